@@ -1,0 +1,366 @@
+"""Bare numba kernels behind :mod:`msdmatch.dtw`.
+
+Nothing here validates its input: the public wrappers in :mod:`msdmatch.dtw`
+check dtypes, shapes and ranges once and then call these kernels on prepared
+arrays.  The conventions (packed costs, lane layout, end cells) are documented
+in :mod:`msdmatch.dtw`; this module only restates what a kernel expects.
+
+Packed Hamming-DTW costs
+------------------------
+A DP value ``P`` packs the accumulated cost and the path length of the best
+path into one signed integer, ``P = cost * 2**shift + (len_mask - length)``
+with ``len_mask = 2**shift - 1 >= M + N - 1``.  Taking the minimum of packed
+values minimises the cost first and, among equal costs, maximises the length.
+Extending a path by one cell of local distance ``d`` (plus penalty ``phi`` for
+a horizontal or vertical step) adds ``(d + phi) * 2**shift - 1``, so the whole
+recurrence is integer adds and mins, which LLVM vectorises across lanes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+
+@intrinsic
+def _popcount(typingctx, x):  # type: ignore[no-untyped-def]
+    """Population count of the low 32 bits of an integer (LLVM ``ctpop``).
+
+    numba widens ``int32 ^ int32`` to int64 with sign extension, so the value
+    is truncated to 32 bits first; the count is returned in the input's type.
+    """
+    if not isinstance(x, types.Integer) or x.bitwidth < 32:
+        return None
+    sig = x(x)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        low = builder.trunc(args[0], ir.IntType(32)) if x.bitwidth > 32 else args[0]
+        count = builder.ctpop(low)
+        return builder.zext(count, ir.IntType(x.bitwidth)) if x.bitwidth > 32 else count
+
+    return sig, codegen
+
+
+@njit(cache=True, boundscheck=False)
+def _consider_end(packed, shift, len_mask, lane, best_cost, best_len):  # type: ignore[no-untyped-def]
+    """Keep the end cell with the smaller cost/length, compared exactly."""
+    p = np.int64(packed)
+    cost = p >> shift
+    length = len_mask - (p & len_mask)
+    if cost * best_len[lane] < best_cost[lane] * length:
+        best_cost[lane] = cost
+        best_len[lane] = length
+
+
+@njit(cache=True, boundscheck=False)
+def _hamming_block(  # type: ignore[no-untyped-def]
+    q, cw, nlen, gidx, shift, phi_s, minus_one, start_add, best_cost, best_len
+):
+    """Hamming-DTW of one query against ``W`` candidates in lockstep.
+
+    Parameters
+    ----------
+    q : int32 or int64 [shape=(M,)]
+        Query words (uint32 bit patterns viewed/widened to the signed type).
+    cw : same dtype as ``q`` [shape=(N_max, W)]
+        Candidate words, one candidate per column (lane), zero padded.
+    nlen, gidx : int64 [shape=(W,)]
+        Per-lane candidate length ``N_k`` and gully index ``g_k``.
+    shift : same dtype as ``q``
+        Bit position of the cost field.
+    phi_s, minus_one, start_add : same dtype as ``q``
+        ``phi * 2**shift``, ``-1``, and ``len_mask - 1`` (packed start value).
+    best_cost, best_len : int64 [shape=(W,)]
+        Output, initialised by the caller to (1, 0) meaning "+inf".
+    """
+    m = q.shape[0]
+    n, w = cw.shape
+    prev = np.empty((n, w), dtype=cw.dtype)
+    cur = np.empty((n, w), dtype=cw.dtype)
+    len_mask = (np.int64(1) << np.int64(shift)) - 1
+    sh = np.int64(shift)
+    qi = q[0]
+    for j in range(n):
+        for k in range(w):
+            prev[j, k] = (_popcount(qi ^ cw[j, k]) << shift) + start_add
+    for k in range(w):
+        if gidx[k] == 0:
+            _consider_end(prev[nlen[k] - 1, k], sh, len_mask, k, best_cost, best_len)
+    for i in range(1, m):
+        qi = q[i]
+        for k in range(w):
+            cur[0, k] = (_popcount(qi ^ cw[0, k]) << shift) + start_add
+        for j in range(1, n):
+            for k in range(w):
+                d = _popcount(qi ^ cw[j, k]) << shift
+                diag = prev[j - 1, k]
+                side = min(prev[j, k], cur[j - 1, k]) + phi_s
+                cur[j, k] = min(diag, side) + d + minus_one
+        for k in range(w):
+            if i >= gidx[k]:
+                _consider_end(cur[nlen[k] - 1, k], sh, len_mask, k, best_cost, best_len)
+        prev, cur = cur, prev
+    # ``prev`` now holds the last row (also when m == 1).
+    for k in range(w):
+        for j in range(gidx[k], nlen[k]):
+            _consider_end(prev[j, k], sh, len_mask, k, best_cost, best_len)
+
+
+@njit(cache=True, boundscheck=False)
+def _gather_block(words, offsets, idx, dtype_probe):  # type: ignore[no-untyped-def]
+    """Candidates ``idx`` as a zero-padded (N_max, W) lane array."""
+    w = idx.shape[0]
+    nmax = 0
+    for k in range(w):
+        c = idx[k]
+        nmax = max(nmax, offsets[c + 1] - offsets[c])
+    cw = np.zeros((nmax, w), dtype=dtype_probe.dtype)
+    nlen = np.empty(w, dtype=np.int64)
+    for k in range(w):
+        c = idx[k]
+        a = offsets[c]
+        nlen[k] = offsets[c + 1] - a
+        for j in range(nlen[k]):
+            cw[j, k] = words[a + j]
+    return cw, nlen
+
+
+@njit(cache=True, boundscheck=False)
+def _gully_indices(m, nlen, gully):  # type: ignore[no-untyped-def]
+    g = np.empty(nlen.shape[0], dtype=np.int64)
+    for k in range(nlen.shape[0]):
+        short = min(m, nlen[k])
+        g[k] = min(np.int64(np.floor(gully * short)), short - 1)
+    return g
+
+
+@njit(cache=True, boundscheck=False)
+def _run_block(q, words, offsets, idx, gully, shift, phi_s, minus_one, start_add, out):  # type: ignore[no-untyped-def]
+    cw, nlen = _gather_block(words, offsets, idx, q)
+    gidx = _gully_indices(q.shape[0], nlen, gully)
+    w = idx.shape[0]
+    best_cost = np.ones(w, dtype=np.int64)
+    best_len = np.zeros(w, dtype=np.int64)
+    _hamming_block(q, cw, nlen, gidx, shift, phi_s, minus_one, start_add, best_cost, best_len)
+    for k in range(w):
+        out[idx[k]] = best_cost[k] / best_len[k]
+
+
+@njit(cache=True, parallel=True, boundscheck=False)
+def _hamming_many_all(q, words, offsets, order, lanes, gully, shift, phi_s, minus_one, start_add, out):  # type: ignore[no-untyped-def]
+    """Exhaustive batch: blocks of ``lanes`` candidates taken from ``order``."""
+    n = order.shape[0]
+    n_blocks = (n + lanes - 1) // lanes
+    for b in prange(n_blocks):
+        idx = order[b * lanes : min(n, (b + 1) * lanes)]
+        _run_block(q, words, offsets, idx, gully, shift, phi_s, minus_one, start_add, out)
+
+
+@njit(cache=True, boundscheck=False)
+def _row_col_minima(q, cw, pad):  # type: ignore[no-untyped-def]
+    """Row minima (M, W) and column minima (N_max, W) of the popcount matrix.
+
+    ``pad`` is 0 on real cells and a value above 32 on padded cells, OR-ed into
+    the distance so padding never wins a minimum.
+    """
+    m = q.shape[0]
+    n, w = cw.shape
+    rmin = np.empty((m, w), dtype=cw.dtype)
+    cmin = np.full((n, w), 64, dtype=cw.dtype)
+    for i in range(m):
+        qi = q[i]
+        for k in range(w):
+            rmin[i, k] = 64
+        for j in range(n):
+            for k in range(w):
+                d = _popcount(qi ^ cw[j, k]) | pad[j, k]
+                rmin[i, k] = min(rmin[i, k], d)
+                cmin[j, k] = min(cmin[j, k], d)
+    return rmin, cmin
+
+
+@njit(cache=True, boundscheck=False)
+def _prefix_bound(mins, count, g, phi):  # type: ignore[no-untyped-def]
+    """Bound for paths covering ``mins[0..e]`` for some ``e >= g``.
+
+    Returns the smaller of ``phi + min(mins[:count])`` (as ``num/1``) and the
+    smallest prefix mean ``sum(mins[:e+1]) / (e+1)`` over ``e >= g``, as an
+    exact rational ``(num, den)``.
+    """
+    best_num = np.int64(phi) + np.int64(mins[0])
+    best_den = np.int64(1)
+    lo = np.int64(mins[0])
+    total = np.int64(0)
+    for e in range(count):
+        v = np.int64(mins[e])
+        total += v
+        lo = min(lo, v)
+        if e >= g and total * best_den < best_num * (e + 1):
+            best_num = total
+            best_den = np.int64(e + 1)
+    if (np.int64(phi) + lo) * best_den < best_num:
+        best_num = np.int64(phi) + lo
+        best_den = np.int64(1)
+    return best_num, best_den
+
+
+@njit(cache=True, boundscheck=False)
+def _lower_bounds(q, words, offsets, lanes, gully, phi, lb_num, lb_den):  # type: ignore[no-untyped-def]
+    """Per-candidate lower bound on the normalised Hamming-DTW score.
+
+    See :func:`msdmatch.dtw.hamming_dtw_many` for the proof.
+    """
+    n_cand = offsets.shape[0] - 1
+    m = q.shape[0]
+    for b in range(0, n_cand, lanes):
+        idx = np.arange(b, min(n_cand, b + lanes))
+        cw, nlen = _gather_block(words, offsets, idx, q)
+        pad = np.zeros(cw.shape, dtype=cw.dtype)
+        for k in range(idx.shape[0]):
+            for j in range(nlen[k], cw.shape[0]):
+                pad[j, k] = 64
+        rmin, cmin = _row_col_minima(q, cw, pad)
+        for k in range(idx.shape[0]):
+            nk = nlen[k]
+            g = np.int64(np.floor(gully * min(m, nk)))
+            g = min(g, min(m, nk) - 1)
+            rn, rd = _prefix_bound(rmin[:, k], m, g, phi)
+            cn, cd = _prefix_bound(cmin[:, k], nk, g, phi)
+            if rn * cd <= cn * rd:
+                lb_num[b + k] = rn
+                lb_den[b + k] = rd
+            else:
+                lb_num[b + k] = cn
+                lb_den[b + k] = cd
+
+
+@njit(cache=True, boundscheck=False)
+def _hamming_many_top(  # type: ignore[no-untyped-def]
+    q, words, offsets, order, lanes, gully, shift, phi_s, minus_one, start_add, lb_num, lb_den, top_r, out
+):
+    """Batch with early abandoning; ``order`` sorts candidates by bound.
+
+    A block is skipped when every lane's bound exceeds the current ``top_r``-th
+    best exact score; skipped candidates keep ``out = inf``.  Returns the number
+    of candidates whose DP was run.
+    """
+    n = order.shape[0]
+    done = np.empty(n, dtype=np.float64)
+    n_done = 0
+    tau = np.inf
+    for b in range(0, n, lanes):
+        idx = order[b : min(n, b + lanes)]
+        if n_done >= top_r:
+            skip = True
+            for k in range(idx.shape[0]):
+                c = idx[k]
+                if not _bound_exceeds(lb_num[c], lb_den[c], tau):
+                    skip = False
+                    break
+            if skip:
+                continue
+        _run_block(q, words, offsets, idx, gully, shift, phi_s, minus_one, start_add, out)
+        for k in range(idx.shape[0]):
+            done[n_done] = out[idx[k]]
+            n_done += 1
+        if n_done >= top_r:
+            tau = np.partition(done[:n_done], top_r - 1)[top_r - 1]
+    return n_done
+
+
+@njit(cache=True, boundscheck=False)
+def _bound_exceeds(num, den, tau):  # type: ignore[no-untyped-def]
+    """True only if the exact ``num/den`` exceeds the exact score behind ``tau``.
+
+    ``tau = fl(c/l)`` is a correctly rounded quotient of integers.  Rounding is
+    monotone, so ``num/den <= c/l`` implies ``fl(num/den) <= fl(c/l)``; by
+    contraposition ``fl(num/den) > tau`` implies ``num/den > c/l``.
+    """
+    return num / den > tau
+
+
+@njit(cache=True, boundscheck=False)
+def _cosine_dtw_kernel(C, penalty, g):  # type: ignore[no-untyped-def]
+    """Cosine DTW dynamic programme with an int8 step matrix.
+
+    Returns ``(steps, end_i, end_j, cost, length)``; ``steps`` holds 0 for a
+    start cell, 1 diagonal, 2 vertical (from ``i-1``), 3 horizontal (from
+    ``j-1``).
+    """
+    n, m = C.shape
+    steps = np.empty((n, m), dtype=np.int8)
+    prev_c = np.empty(m, dtype=np.float64)
+    cur_c = np.empty(m, dtype=np.float64)
+    prev_l = np.empty(m, dtype=np.int64)
+    cur_l = np.empty(m, dtype=np.int64)
+    best_ratio = np.inf
+    best_i = -1
+    best_j = -1
+    best_cost = np.inf
+    best_len = 0
+    for j in range(m):
+        prev_c[j] = C[0, j]
+        prev_l[j] = 1
+        steps[0, j] = 0
+    if g == 0:
+        r = prev_c[m - 1] / prev_l[m - 1]
+        if r < best_ratio:
+            best_ratio, best_i, best_j, best_cost, best_len = r, 0, m - 1, prev_c[m - 1], prev_l[m - 1]
+    for i in range(1, n):
+        cur_c[0] = C[i, 0]
+        cur_l[0] = 1
+        steps[i, 0] = 0
+        for j in range(1, m):
+            best = prev_c[j - 1]
+            ln = prev_l[j - 1]
+            st = 1
+            up = prev_c[j] + penalty
+            if up < best:
+                best = up
+                ln = prev_l[j]
+                st = 2
+            left = cur_c[j - 1] + penalty
+            if left < best:
+                best = left
+                ln = cur_l[j - 1]
+                st = 3
+            cur_c[j] = best + C[i, j]
+            cur_l[j] = ln + 1
+            steps[i, j] = st
+        if i >= g:
+            r = cur_c[m - 1] / cur_l[m - 1]
+            if r < best_ratio:
+                best_ratio, best_i, best_j, best_cost, best_len = r, i, m - 1, cur_c[m - 1], cur_l[m - 1]
+        prev_c, cur_c = cur_c, prev_c
+        prev_l, cur_l = cur_l, prev_l
+    for j in range(g, m):
+        r = prev_c[j] / prev_l[j]
+        if r < best_ratio:
+            best_ratio, best_i, best_j, best_cost, best_len = r, n - 1, j, prev_c[j], prev_l[j]
+    return steps, best_i, best_j, best_cost, best_len
+
+
+@njit(cache=True, boundscheck=False)
+def _traceback(steps, end_i, end_j, length):  # type: ignore[no-untyped-def]
+    """Path (length, 2) from the start cell to ``(end_i, end_j)``."""
+    path = np.empty((length, 2), dtype=np.int64)
+    i = end_i
+    j = end_j
+    p = length - 1
+    while True:
+        path[p, 0] = i
+        path[p, 1] = j
+        st = steps[i, j]
+        if st == 0:
+            break
+        if st == 1:
+            i -= 1
+            j -= 1
+        elif st == 2:
+            i -= 1
+        else:
+            j -= 1
+        p -= 1
+    return path

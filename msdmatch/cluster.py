@@ -1,0 +1,152 @@
+"""Where stages run: the one place that picks a Dask cluster and executes shards.
+
+The scheduler address is taken from, in order: the ``--scheduler`` option,
+the ``DASK_SCHEDULER_ADDRESS`` environment variable, else a new LocalCluster.
+This is the only module that reads the environment for cluster settings.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import uuid
+from typing import Any, Callable, Iterator, Sequence
+
+#: Environment given to LocalCluster workers so that numba, BLAS and
+#: onnxruntime use one thread per worker thread.
+WORKER_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+}
+
+
+def scheduler_address(option: str | None) -> str | None:
+    """The scheduler to submit to, or ``None`` for a LocalCluster."""
+    return option or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+
+
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def client_for(
+    scheduler: str | None = None,
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    dashboard: bool = True,
+    quiet: bool = False,
+) -> Iterator[Any]:
+    """A ``distributed.Client`` for the chosen cluster, closed on exit.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        ``tcp://host:port`` of a running scheduler; see :func:`scheduler_address`.
+    n_workers : int, optional
+        LocalCluster workers (default: one per core).
+    threads_per_worker : int
+        LocalCluster threads per worker.
+    dashboard : bool
+        Serve the dashboard (LocalCluster only).
+    quiet : bool
+        Do not print the dashboard link.
+    """
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    address = scheduler_address(scheduler)
+    if address:
+        try:
+            client = Client(address, timeout="20s")
+        except OSError as e:
+            from .errors import MsdmatchError
+
+            raise MsdmatchError(f"cannot reach Dask scheduler {address!r}: {e}") from None
+        _say(f"dask: scheduler {address}  dashboard {client.dashboard_link}", quiet)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    n = n_workers or os.cpu_count() or 1
+    cluster = LocalCluster(
+        n_workers=n,
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        dashboard_address="127.0.0.1:0" if dashboard else None,
+        env=WORKER_ENV,
+    )
+    client = Client(cluster)
+    _say(f"dask: LocalCluster with {n} workers  dashboard {client.dashboard_link}", quiet)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def total_threads(client) -> int:
+    """Worker threads available on the cluster."""
+    return max(1, sum(client.nthreads().values()))
+
+
+def _apply_one(fn: Callable, kwargs: dict) -> Callable:
+    def run(part: list) -> list:
+        return [fn(x, **kwargs) for x in part]
+
+    run.__name__ = getattr(fn, "__name__", "task")
+    return run
+
+
+def run_shards(
+    client,
+    fn: Callable,
+    shards: Sequence,
+    *,
+    name: str,
+    kwargs: dict | None = None,
+    progress: bool = True,
+) -> list:
+    """Run ``fn(shard, **kwargs)`` for every shard as one task each.
+
+    The shards go through a Dask bag with one shard per partition, so the
+    dashboard shows tasks named ``<name>``.  Results come back in shard
+    order; a task that raises makes this raise after the others finish.
+    """
+    import dask.bag as db
+    from distributed import as_completed
+
+    if not shards:
+        return []
+    bag = db.from_sequence(list(shards), partition_size=1)
+    token = f"{name}-{uuid.uuid4().hex[:8]}"
+    bag = bag.map_partitions(_apply_one(fn, kwargs or {}), token=token)
+    futures = client.compute(bag.to_delayed(optimize_graph=False))
+    index = {f.key: i for i, f in enumerate(futures)}
+    results: list = [None] * len(futures)
+    errors = []
+    bar = _bar(len(futures), name, progress)
+    for fut in as_completed(futures):
+        if fut.status == "error":
+            errors.append(fut)
+        else:
+            results[index[fut.key]] = fut.result()[0]
+        bar.update(1)
+    bar.close()
+    if errors:
+        errors[0].result()  # re-raise the first task error
+    return results
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="task", disable=None if enabled else True, file=sys.stderr)

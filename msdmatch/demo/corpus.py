@@ -1,0 +1,317 @@
+"""Build the demo corpus: MIDI queries, MP3 previews and the ground truth.
+
+Layout written under ``out_dir``::
+
+    midi/<query_id>.mid     whole songs, the queries (one per query song)
+    audio/<track_id>.mp3    30 s previews: one per query song plus distractors
+    truth.csv               query_id,track_id
+    split.csv               query_id,track_id,split   (distractors: empty query_id)
+    recordings.jsonl        the decisions behind each preview
+    corpus.json             seed, counts, soundfonts, versions, seconds
+
+Plan, work and executor are kept apart: :func:`plan_corpus` is a pure
+planner returning immutable :class:`SongSpec` items, :func:`make_item`
+builds one song and writes its files, and :func:`build_corpus` runs the
+items on a Dask bag (the active distributed Client, else local processes).
+Every random decision is drawn from ``numpy.random.default_rng((seed, index,
+stream))``, so a seed gives byte-identical MIDI and identical previews.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, ParameterError
+
+#: Fraction of songs taken from the music21 corpus; the rest are generated.
+MUSIC21_FRACTION = 0.5
+#: Split boundaries on a song's hash in [0, 1): train / valid / test = 70/15/15.
+_SPLITS = ((0.70, "train"), (0.85, "valid"), (1.0, "test"))
+_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_STREAM_SONG, _STREAM_RECORDING = 0, 1
+
+
+@dataclass(frozen=True)
+class SongSpec:
+    """One song of the corpus.
+
+    Attributes
+    ----------
+    index : int
+        Position in the corpus; seeds the song's generators with ``seed``.
+    seed : int
+    track_id : str
+        MSD-style id of the preview, ``'TR'`` + 16 uppercase alphanumerics.
+    query_id : str
+        32 hex digits, or ``''`` for a distractor (no MIDI query).
+    split : str
+        ``'train'``, ``'valid'`` or ``'test'``.
+    work : str
+        music21 corpus work key (``path`` or ``path#number``), or ``''`` for a
+        generated song.
+    """
+
+    index: int
+    seed: int
+    track_id: str
+    query_id: str
+    split: str
+    work: str
+
+
+def _digest(*parts: object) -> bytes:
+    return hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=16).digest()
+
+
+def track_id_for(seed: int, index: int, attempt: int = 0) -> str:
+    """MSD-style track id derived from ``(seed, index)``: ``'TR'`` + 16 of [A-Z0-9]."""
+    d = _digest("track", seed, index, attempt)
+    return "TR" + "".join(_ALNUM[b % 36] for b in d)
+
+
+def split_for(key: str) -> str:
+    """Split of a song, fixed by a hash of its key (70/15/15)."""
+    u = int.from_bytes(_digest("split", key)[:8], "big") / 2.0**64
+    return next(name for bound, name in _SPLITS if u < bound)
+
+
+def plan_corpus(*, songs: int, distractors: int, seed: int,
+                music21_fraction: float = MUSIC21_FRACTION, works=None) -> list[SongSpec]:
+    """Plan every song of the corpus (pure; O(n) time and memory).
+
+    Parameters
+    ----------
+    songs : int
+        Songs with a MIDI query (each also has a preview).
+    distractors : int
+        Songs with a preview only.
+    seed : int
+    music21_fraction : float
+        Share of songs drawn from ``works``; when they run out, songs are generated.
+    works : sequence of str or None
+        music21 work keys to draw from; ``None`` uses
+        :func:`msdmatch.demo.songs.music21_catalog` (shuffled by ``seed``).
+
+    Returns
+    -------
+    specs : list of SongSpec [length songs + distractors]
+    """
+    for name, v in (("songs", songs), ("distractors", distractors)):
+        if not isinstance(v, (int, np.integer)) or v < 0:
+            raise ParameterError(f"{name}={v!r} must be a non-negative integer")
+    if songs + distractors == 0:
+        raise ParameterError("songs=0 and distractors=0: the corpus would be empty")
+    if not 0.0 <= music21_fraction <= 1.0:
+        raise ParameterError(f"music21_fraction={music21_fraction!r} must be in [0, 1]")
+    n = songs + distractors
+    n_m21 = int(round(n * music21_fraction))
+    if works is None:
+        if n_m21:
+            from .songs import music21_catalog
+
+            works = [w.key for w in music21_catalog()]
+            order = np.random.default_rng((seed, 2**20)).permutation(len(works))
+            works = [works[i] for i in order[:n_m21]]
+        else:
+            works = []
+    works = list(works)[:n_m21]
+    # spread music21 songs evenly over queries and distractors
+    is_m21 = np.zeros(n, dtype=bool)
+    if works:
+        is_m21[np.floor(np.arange(len(works)) * (n / len(works))).astype(int)] = True
+    specs, seen, w = [], set(), 0
+    for i in range(n):
+        attempt = 0
+        tid = track_id_for(seed, i)
+        while tid in seen:
+            attempt += 1
+            tid = track_id_for(seed, i, attempt)
+        seen.add(tid)
+        work = ""
+        if is_m21[i]:
+            work, w = works[w], w + 1
+        qid = _digest("query", seed, i).hex() if i < songs else ""
+        specs.append(SongSpec(i, int(seed), tid, qid, split_for(work or tid), work))
+    return specs
+
+
+def make_song(spec: SongSpec):
+    """The song of a spec as ``pretty_midi.PrettyMIDI`` (music21 work, else generated).
+
+    A music21 work that cannot be parsed falls back to a generated song, so
+    the result is still deterministic.
+    """
+    from . import songs
+
+    rng = np.random.default_rng((spec.seed, spec.index, _STREAM_SONG))
+    if spec.work:
+        path, _, num = spec.work.partition("#")
+        try:
+            return songs.music21_song(songs.Work(path, int(num) if num else None), rng=rng), spec.work
+        except InputError:
+            pass
+    return songs.generated_song(rng=rng), ""
+
+
+def make_item(spec: SongSpec, *, out_dir: str) -> dict:
+    """Build one song: write its MIDI query (if any) and its MP3 preview.
+
+    Parameters
+    ----------
+    spec : SongSpec
+    out_dir : str
+
+    Returns
+    -------
+    row : dict
+        The spec's fields, ``source`` (the work actually used, ``''`` if
+        generated), ``plan`` (recording decisions), ``seconds`` (wall time)
+        and ``error`` (``''`` on success).
+    """
+    from .recording import make_recording
+
+    t0 = time.perf_counter()
+    row = asdict(spec)
+    try:
+        pm, source = make_song(spec)
+        row["source"] = source
+        if spec.query_id:
+            pm.write(os.path.join(out_dir, "midi", spec.query_id + ".mid"))
+        rng = np.random.default_rng((spec.seed, spec.index, _STREAM_RECORDING))
+        mp3, plan = make_recording(pm, rng=rng)
+        with open(os.path.join(out_dir, "audio", spec.track_id + ".mp3"), "wb") as fh:
+            fh.write(mp3)
+        row.update(plan=plan, error="")
+    except InputError as e:
+        row.update(source=row.get("source", ""), plan=None, error=str(e))
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+def _make_partition(specs, out_dir: str) -> list[dict]:
+    return [make_item(s, out_dir=out_dir) for s in specs]
+
+
+def _active_client():
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def _run(specs: list[SongSpec], *, out_dir: str, n_workers: int, progress: bool) -> list[dict]:
+    import dask.bag as db
+
+    client = _active_client()
+    workers = len(client.scheduler_info().get("workers", {})) if client else n_workers
+    npart = max(1, min(len(specs), max(1, workers) * 8))
+    bag = db.from_sequence(specs, npartitions=npart).map_partitions(_make_partition, out_dir)
+    if client is not None:
+        fut = client.compute(bag)
+        if progress:
+            from distributed import progress as dprogress
+
+            dprogress(fut)
+        return list(fut.result())
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            return list(bag.compute(scheduler="processes", num_workers=n_workers))
+    return list(bag.compute(scheduler="processes", num_workers=n_workers))
+
+
+def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: int = 0,
+                 n_workers: int = 2, progress: bool = True) -> dict:
+    """Build the demo corpus (MIDI queries, MP3 previews, truth and splits).
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        Created if missing; existing corpus files are overwritten.
+    songs : int
+        Songs with a MIDI query and a matching preview.
+    distractors : int
+        Previews of further songs without a query.
+    seed : int
+    n_workers : int
+        Local worker processes when no distributed Client is active.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    summary : dict
+        ``queries``, ``previews``, ``distractors``, ``music21_songs``,
+        ``generated_songs``, ``failures``, ``seconds`` and
+        ``seconds_per_preview`` (summed worker time / previews).
+    """
+    if not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
+        raise ParameterError(f"n_workers={n_workers!r} must be a positive integer")
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    (out / "midi").mkdir(parents=True, exist_ok=True)
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    specs = plan_corpus(songs=songs, distractors=distractors, seed=seed)
+    rows = sorted(_run(specs, out_dir=str(out), n_workers=n_workers, progress=progress),
+                  key=lambda r: r["index"])
+    ok = [r for r in rows if not r["error"]]
+    with open(out / "truth.csv", "w", encoding="utf-8") as fh:
+        fh.write("query_id,track_id\n")
+        fh.writelines(f"{r['query_id']},{r['track_id']}\n" for r in ok if r["query_id"])
+    with open(out / "split.csv", "w", encoding="utf-8") as fh:
+        fh.write("query_id,track_id,split\n")
+        fh.writelines(f"{r['query_id']},{r['track_id']},{r['split']}\n" for r in ok)
+    with open(out / "recordings.jsonl", "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps({k: r[k] for k in ("track_id", "query_id", "source", "plan", "error")},
+                                sort_keys=True) + "\n")
+    work_seconds = float(sum(r["seconds"] for r in rows))
+    summary = {
+        "queries": sum(1 for r in ok if r["query_id"]),
+        "previews": len(ok),
+        "distractors": sum(1 for r in ok if not r["query_id"]),
+        "music21_songs": sum(1 for r in ok if r["source"]),
+        "generated_songs": sum(1 for r in ok if not r["source"]),
+        "failures": len(rows) - len(ok),
+        "seconds": time.perf_counter() - t0,
+        "seconds_per_preview": work_seconds / max(1, len(rows)),
+    }
+    meta = {
+        "format": 1,
+        "seed": int(seed),
+        "requested": {"songs": int(songs), "distractors": int(distractors)},
+        "counts": {k: summary[k] for k in ("queries", "previews", "distractors",
+                                           "music21_songs", "generated_songs", "failures")},
+        "soundfonts": {"queries": "TimGM6mb.sf2", "recordings": list(_recording_soundfonts())},
+        "preview_seconds": 30.0,
+        "versions": _versions(),
+    }
+    (out / "corpus.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return summary
+
+
+def _recording_soundfonts() -> tuple[str, ...]:
+    from .recording import RECORDING_SOUNDFONTS
+
+    return RECORDING_SOUNDFONTS
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("msdmatch", "music21", "pretty_midi", "pyfluidsynth", "lameenc", "numpy", "scipy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out

@@ -1,0 +1,404 @@
+"""Turn a song into a 30 s "recording" preview that differs from its MIDI.
+
+The pipeline per song is pure up to the MP3 bytes:
+
+1. :func:`plan_recording` draws every decision (soundfont, instrument
+   substitutions, dropped/added parts, dynamics, octave doubling, time warp,
+   effects, MP3 format, preview offset) from a generator into a plain dict.
+2. :func:`perform` applies the MIDI-level decisions and crops the warped
+   performance to the preview window (times in seconds, window starts at 0).
+3. :func:`render_window` synthesizes it in one pass with fluidsynth (float
+   output, reverb and chorus off, so the result does not depend on what the
+   process rendered before).
+4. :func:`apply_effects` adds reverb, EQ, compression, noise and gain.
+5. :func:`encode_mp3` writes MP3 bytes with lameenc.
+
+Audio arrays are mono float32 ``(n_samples,)``; rendering is at 22,050 Hz
+and upsampled when the MP3 is 44.1 kHz.
+"""
+from __future__ import annotations
+
+import copy
+import ctypes
+import functools
+
+import numpy as np
+
+from ..errors import InputError
+from ..synth import resolve_soundfont
+
+#: Soundfonts used for recordings (never TimGM6mb, which renders queries).
+RECORDING_SOUNDFONTS = ("FluidR3_GM.sf2", "MuseScore_General_Lite.sf3")
+#: Preview length in seconds.
+PREVIEW_SECONDS = 30.0
+#: Rate the recordings are synthesized at.
+RENDER_SR = 22050
+
+_EXTRA_LEADS = (40, 56, 65, 71, 73, 80, 81, 24, 11, 61)
+
+
+def plan_recording(pm, *, rng: np.random.Generator) -> dict:
+    """Draw the decisions that make a recording differ from its transcription.
+
+    Parameters
+    ----------
+    pm : pretty_midi.PrettyMIDI
+        The song (the MIDI query).
+    rng : np.random.Generator
+
+    Returns
+    -------
+    plan : dict
+        JSON-serialisable decisions; see the module docstring.
+    """
+    n = len(pm.instruments)
+    melodic = [i for i, inst in enumerate(pm.instruments) if not inst.is_drum]
+    programs = []
+    for inst in pm.instruments:
+        p = int(inst.program)
+        if not inst.is_drum:
+            u = rng.random()
+            if u < 0.5:  # another instrument of the same GM family
+                p = (p // 8) * 8 + int((p % 8 + rng.integers(1, 8)) % 8)
+            elif u < 0.7:  # another family
+                p = int((p + 8 * rng.integers(1, 12)) % 112)
+        programs.append(p)
+    drop = int(rng.choice(melodic[1:])) if len(melodic) >= 3 and rng.random() < 0.35 else -1
+    warp_rate = float(rng.uniform(0.93, 1.07))
+    if abs(warp_rate - 1.0) < 0.02:
+        warp_rate += 0.03 if warp_rate >= 1.0 else -0.03
+    end = pm.get_end_time() * warp_rate
+    fx = {
+        "reverb": bool(rng.random() < 0.75),
+        "rt": float(rng.uniform(0.15, 0.8)),
+        "wet": float(rng.uniform(0.1, 0.4)),
+        "highpass": float(rng.uniform(40, 250)),
+        "lowpass": float(rng.uniform(3500, 10000)) if rng.random() < 0.6 else 0.0,
+        "compress": bool(rng.random() < 0.6),
+        "ratio": float(rng.uniform(2, 6)),
+        "snr_db": float(rng.uniform(25, 50)),
+        "peak": float(rng.uniform(0.5, 0.98)),
+    }
+    return {
+        "soundfont": RECORDING_SOUNDFONTS[int(rng.integers(len(RECORDING_SOUNDFONTS)))],
+        "programs": programs,
+        "drop": drop,
+        "extra_lead": int(rng.choice(_EXTRA_LEADS)) if melodic and rng.random() < 0.25 else -1,
+        "extra_percussion": bool(rng.random() < (0.5 if all(not i.is_drum for i in pm.instruments) else 0.15)),
+        "velocity_scale": [float(rng.uniform(0.6, 1.25)) for _ in range(n)],
+        "octave_double": int(rng.choice(melodic)) if melodic and rng.random() < 0.35 else -1,
+        "octave_shift": int(rng.choice((-12, 12))),
+        "warp_rate": warp_rate,
+        "warp_depth": float(rng.uniform(0.0, 0.03)),
+        "warp_period": float(rng.uniform(15, 60)),
+        "warp_phase": float(rng.uniform(0, 2 * np.pi)),
+        "offset": float(rng.uniform(0, max(0.0, end - PREVIEW_SECONDS))),
+        "fx": fx,
+        "mp3_sr": 22050 if rng.random() < 0.6 else 44100,
+        "mp3_kbps": 64 if rng.random() < 0.5 else 128,
+        "noise_seed": int(rng.integers(2**31)),
+    }
+
+
+def warp_times(t: np.ndarray, *, rate: float, depth: float, period: float, phase: float) -> np.ndarray:
+    """Smooth monotonic time warp: local tempo ``rate * (1 + depth*sin(...))``.
+
+    Parameters
+    ----------
+    t : np.ndarray [shape=(n,)]
+        Times in seconds.
+
+    Returns
+    -------
+    t_warped : np.ndarray [shape=(n,)]
+        ``rate * (t - depth*period/(2*pi) * (cos(2*pi*t/period + phase) - cos(phase)))``;
+        monotonic since ``depth < 1``.
+    """
+    w = 2 * np.pi / period
+    return rate * (t - depth / w * (np.cos(w * t + phase) - np.cos(phase)))
+
+
+def perform(pm, plan: dict):
+    """Apply a plan's MIDI-level decisions and crop to the preview window.
+
+    Parameters
+    ----------
+    pm : pretty_midi.PrettyMIDI
+        The song; not modified.
+    plan : dict
+        From :func:`plan_recording`.
+
+    Returns
+    -------
+    perf : pretty_midi.PrettyMIDI
+        Notes of the window only, in seconds from the window start.
+    """
+    import pretty_midi
+
+    rng = np.random.default_rng(plan["noise_seed"])
+    insts = []
+    for i, src in enumerate(pm.instruments):
+        if i == plan["drop"]:
+            continue
+        inst = pretty_midi.Instrument(program=plan["programs"][i], is_drum=src.is_drum)
+        scale = plan["velocity_scale"][i]
+        for n in src.notes:
+            inst.notes.append(pretty_midi.Note(int(np.clip(n.velocity * scale + rng.integers(-8, 9), 15, 127)),
+                                               n.pitch, n.start, n.end))
+        if i == plan["octave_double"]:
+            sh = plan["octave_shift"]
+            inst.notes.extend(
+                pretty_midi.Note(max(15, n.velocity - 15), n.pitch + sh, n.start, n.end)
+                for n in list(inst.notes) if 24 <= n.pitch + sh <= 108
+            )
+        insts.append(inst)
+    melodic = [x for x in pm.instruments if not x.is_drum and x.notes]
+    if plan["extra_lead"] >= 0 and melodic:
+        top = max(melodic, key=lambda x: np.mean([n.pitch for n in x.notes]))
+        lead = pretty_midi.Instrument(program=plan["extra_lead"])
+        lead.notes = [copy.copy(n) for n in top.notes if n.pitch + 12 <= 108]
+        for n in lead.notes:
+            n.pitch += 12
+            n.velocity = max(20, n.velocity - 20)
+        insts.append(lead)
+    if plan["extra_percussion"]:
+        beats = pm.get_beats()
+        perc = pretty_midi.Instrument(program=0, is_drum=True)
+        for k, b in enumerate(beats):
+            perc.notes.append(pretty_midi.Note(70 if k % 2 else 55, 70 if k % 4 else 39, b, b + 0.1))
+        insts.append(perc)
+    t0 = plan["offset"]
+    t1 = t0 + PREVIEW_SECONDS
+    kw = {k: plan["warp_" + k] for k in ("rate", "depth", "period", "phase")}
+    out = pretty_midi.PrettyMIDI(resolution=480)
+    for inst in insts:
+        if not inst.notes:
+            continue
+        starts = warp_times(np.array([n.start for n in inst.notes]), **kw)
+        ends = warp_times(np.array([n.end for n in inst.notes]), **kw)
+        keep = (ends > t0) & (starts < t1)
+        new = pretty_midi.Instrument(program=inst.program, is_drum=inst.is_drum)
+        for n, s, e in zip(np.array(inst.notes, dtype=object)[keep], starts[keep], ends[keep]):
+            new.notes.append(pretty_midi.Note(n.velocity, n.pitch, max(0.0, s - t0), min(e, t1) - t0))
+        if new.notes:
+            out.instruments.append(new)
+    return out
+
+
+_write_float = None
+
+
+@functools.lru_cache(maxsize=4)
+def _recording_synth(path: str, sr: int):
+    """One fluidsynth synthesizer per (process, soundfont, rate), effects off."""
+    global _write_float
+    import fluidsynth
+
+    synth = fluidsynth.Synth(gain=0.3, samplerate=float(sr), **{
+        "synth.reverb.active": 0, "synth.chorus.active": 0, "synth.polyphony": 128})
+    sfid = synth.sfload(path)
+    if sfid < 0:
+        raise InputError(f"fluidsynth could not load soundfont {path!r}")
+    if _write_float is None:
+        from ctypes import c_int, c_void_p
+
+        _write_float = fluidsynth.cfunc(
+            "fluid_synth_write_float", c_int, ("synth", c_void_p, 1), ("len", c_int, 1),
+            ("lout", c_void_p, 1), ("loff", c_int, 1), ("lincr", c_int, 1),
+            ("rout", c_void_p, 1), ("roff", c_int, 1), ("rincr", c_int, 1))
+    return synth, sfid
+
+
+def render_window(perf, *, soundfont: str, sr: int = RENDER_SR,
+                  seconds: float = PREVIEW_SECONDS) -> np.ndarray:
+    """Synthesize all instruments in one fluidsynth pass.
+
+    Parameters
+    ----------
+    perf : pretty_midi.PrettyMIDI
+        At most 15 melodic instruments plus drums (extra ones are dropped).
+    soundfont : str
+        Name or path, see :func:`msdmatch.synth.resolve_soundfont`.
+    sr : int
+    seconds : float
+        Output length.
+
+    Returns
+    -------
+    y : np.ndarray [shape=(round(seconds*sr),), dtype=float32]
+    """
+    synth, sfid = _recording_synth(resolve_soundfont(soundfont), int(sr))
+    synth.system_reset()
+    n_out = int(round(seconds * sr))
+    events = []
+    ch_free = [c for c in range(16) if c != 9]
+    for inst in perf.instruments:
+        if inst.is_drum:
+            ch = 9
+            synth.program_select(9, sfid, 128, 0)
+        elif ch_free:
+            ch = ch_free.pop(0)
+            synth.program_select(ch, sfid, 0, int(inst.program))
+        else:
+            continue
+        for nt in inst.notes:
+            events.append((int(round(nt.start * sr)), 1, ch, nt.pitch, nt.velocity))
+            events.append((int(round(nt.end * sr)), 0, ch, nt.pitch, 0))
+    events.sort(key=lambda e: (e[0], e[1], e[2], e[3]))
+    left = np.zeros(n_out, dtype=np.float32)
+    right = np.zeros(n_out, dtype=np.float32)
+    lp, rp = left.ctypes.data, right.ctypes.data
+    cur = 0
+    for s, on, ch, pitch, vel in events:
+        s = min(s, n_out)
+        if s > cur:
+            _write_float(synth.synth, s - cur, lp, cur, 1, rp, cur, 1)
+            cur = s
+        if on:
+            synth.noteon(ch, pitch, vel)
+        else:
+            synth.noteoff(ch, pitch)
+    if cur < n_out:
+        _write_float(synth.synth, n_out - cur, lp, cur, 1, rp, cur, 1)
+    synth.system_reset()
+    return 0.5 * (left + right)
+
+
+def apply_effects(y: np.ndarray, *, sr: int, fx: dict, seed: int) -> np.ndarray:
+    """Reverb, EQ, compression, noise and gain, as drawn by :func:`plan_recording`.
+
+    Parameters
+    ----------
+    y : np.ndarray [shape=(n,), dtype=float32]
+    sr : int
+    fx : dict
+        ``plan["fx"]``.
+    seed : int
+        Seeds the impulse response and the noise.
+
+    Returns
+    -------
+    y : np.ndarray [shape=(n,), dtype=float32]
+        Peak ``fx["peak"]`` (unless silent).
+    """
+    from scipy import signal
+
+    rng = np.random.default_rng(seed)
+    y = y.astype(np.float64)
+    if fx["reverb"]:
+        n_ir = int(fx["rt"] * sr)
+        t = np.arange(n_ir) / sr
+        ir = rng.standard_normal(n_ir) * np.exp(-6.9 * t / fx["rt"])
+        ir /= np.sqrt(np.sum(ir**2))
+        wet = signal.fftconvolve(y, ir)[: y.size]
+        y = (1 - fx["wet"]) * y + fx["wet"] * wet
+    sos = signal.butter(2, fx["highpass"], btype="highpass", fs=sr, output="sos")
+    y = signal.sosfilt(sos, y)
+    if fx["lowpass"] and fx["lowpass"] < sr / 2 - 100:
+        y = signal.sosfilt(signal.butter(4, fx["lowpass"], fs=sr, output="sos"), y)
+    if fx["compress"]:
+        block = 256
+        nb = int(np.ceil(y.size / block))
+        env = np.sqrt(np.mean(np.pad(y, (0, nb * block - y.size)).reshape(nb, block) ** 2, axis=1))
+        env = signal.lfilter([0.3], [1, -0.7], env)
+        thr = 0.3 * float(np.max(env)) if np.max(env) > 0 else 1.0
+        gain = np.where(env > thr, (np.maximum(env, 1e-12) / thr) ** (1 / fx["ratio"] - 1), 1.0)
+        y = y * np.interp(np.arange(y.size), np.arange(nb) * block + block / 2, gain)
+    rms = float(np.sqrt(np.mean(y**2)))
+    if rms > 0:
+        y = y + rng.standard_normal(y.size) * rms * 10 ** (-fx["snr_db"] / 20)
+    fade = np.ones(y.size)
+    nf_in, nf_out = min(y.size, int(0.05 * sr)), min(y.size, int(1.0 * sr))
+    fade[:nf_in] = np.linspace(0, 1, nf_in)
+    fade[y.size - nf_out:] *= np.linspace(1, 0, nf_out)
+    y = y * fade
+    peak = float(np.max(np.abs(y)))
+    if peak > 0:
+        y *= fx["peak"] / peak
+    return y.astype(np.float32)
+
+
+def encode_mp3(y: np.ndarray, *, sr: int, out_sr: int, kbps: int) -> bytes:
+    """Encode mono audio as MP3 bytes with lameenc.
+
+    Parameters
+    ----------
+    y : np.ndarray [shape=(n,), dtype=float32]
+        In [-1, 1], at ``sr``.
+    sr : int
+        Rate of ``y``.
+    out_sr : int
+        MP3 sample rate (22,050 or 44,100; an integer multiple of ``sr``).
+    kbps : int
+        Constant bit rate.
+    """
+    import lameenc
+
+    if out_sr != sr:
+        from scipy import signal
+
+        if out_sr % sr:
+            raise InputError(f"out_sr={out_sr} must be a multiple of sr={sr}")
+        y = signal.resample_poly(y, out_sr // sr, 1).astype(np.float32)
+    pcm = (np.clip(y, -1.0, 1.0) * 32767.0).astype(np.int16)
+    enc = lameenc.Encoder()
+    enc.set_bit_rate(int(kbps))
+    enc.set_in_sample_rate(int(out_sr))
+    enc.set_channels(1)
+    enc.set_quality(7)
+    return bytes(enc.encode(pcm.tobytes()) + enc.flush())
+
+
+def make_recording(pm, *, rng: np.random.Generator) -> tuple[bytes, dict]:
+    """Plan, perform, render, process and encode one preview.
+
+    Parameters
+    ----------
+    pm : pretty_midi.PrettyMIDI
+        The song.
+    rng : np.random.Generator
+
+    Returns
+    -------
+    mp3 : bytes
+    plan : dict
+        The decisions, see :func:`plan_recording`.
+
+    Raises
+    ------
+    InputError
+        If the preview window holds no notes.
+    """
+    plan = plan_recording(pm, rng=rng)
+    perf = perform(pm, plan)
+    if not perf.instruments:
+        raise InputError("preview window holds no notes")
+    y = render_window(perf, soundfont=plan["soundfont"], sr=RENDER_SR)
+    y = apply_effects(y, sr=RENDER_SR, fx=plan["fx"], seed=plan["noise_seed"])
+    return encode_mp3(y, sr=RENDER_SR, out_sr=plan["mp3_sr"], kbps=plan["mp3_kbps"]), plan
+
+
+def load_preview(path: str) -> tuple[np.ndarray, int]:
+    """Decode a generated preview with soundfile.
+
+    Parameters
+    ----------
+    path : str
+        An ``.mp3`` written by the demo corpus.
+
+    Returns
+    -------
+    y : np.ndarray [shape=(n_samples,), dtype=float32]
+        Mono audio.
+    sr : int
+    """
+    import soundfile as sf
+
+    y, sr = sf.read(path, dtype="float32", always_2d=True)
+    return y.mean(axis=1), int(sr)
+
+
+def preview_seconds(path: str) -> float:
+    """Duration of a decoded preview in seconds (about 30 plus encoder padding)."""
+    y, sr = load_preview(path)
+    return y.size / sr

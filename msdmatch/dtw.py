@@ -1,0 +1,369 @@
+"""Dynamic time warping kernels for the DHS rerank and the verify step.
+
+Conventions
+-----------
+* The query indexes rows ``i`` (length ``M``), the candidate indexes columns
+  ``j`` (length ``N``).  ``D[i, j]`` is the local distance.
+* Steps: diagonal ``(i-1, j-1) -> (i, j)`` costs ``D[i, j]``; vertical
+  ``(i-1, j)`` and horizontal ``(i, j-1)`` steps cost ``D[i, j] + penalty``.
+* Free start: a path may start on any cell of the first row or first column;
+  the accumulated cost there starts fresh at ``D[i, j]`` with length 1.
+* Gully: with ``g = min(floor(gully * min(M, N)), min(M, N) - 1)``, a path may
+  end on the last row at a column ``j >= g`` or on the last column at a row
+  ``i >= g``.  The clamp keeps the corner ``(M-1, N-1)`` allowed at
+  ``gully = 1``.
+* Path length is the number of cells on the path, both ends included.
+* Score = accumulated cost / path length, minimised over the allowed end
+  cells.  As in Raffel's ``djitw``, the dynamic programme minimises the
+  *accumulated cost* into each cell and only then divides by the length of the
+  path it chose; the result is not the minimum of cost/length over all paths.
+
+Hash sequences are ``uint32`` arrays, one 32-bit word per downsampled step.
+CQT sequences for :func:`cosine_dtw` are ``(n_frames, n_bins)`` arrays of
+L2-normalised frames (float16, float32 or float64).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from msdmatch import _dtw_kernels as _k
+from msdmatch.errors import ParameterError
+
+__all__ = ["hamming_dtw", "hamming_dtw_many", "cosine_dtw", "dtw_confidence"]
+
+#: Candidates processed in lockstep by the Hamming kernel (SIMD lanes).
+_LANES = 64
+
+
+def _check_words(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype != np.uint32:
+        hint = ""
+        if x.dtype.kind in "iu":
+            hint = f"; if these are hash words, pass {name}.astype(np.uint32)"
+        elif x.dtype.kind == "f":
+            hint = "; did you pass CQT features instead of packed DHS hash words?"
+        raise ParameterError(f"{name} must have dtype uint32, got {x.dtype}{hint}")
+    if x.ndim != 1:
+        raise ParameterError(
+            f"{name} must be 1-D (one uint32 word per step), got shape {x.shape}"
+        )
+    return x
+
+
+def _check_gully(gully: float) -> float:
+    g = float(gully)
+    if not (0.0 <= g <= 1.0):
+        raise ParameterError(f"gully must be in [0, 1], got {gully!r}")
+    return g
+
+
+def _check_penalty(penalty: float) -> int:
+    try:
+        p = float(penalty)
+    except (TypeError, ValueError):
+        raise ParameterError(f"penalty must be a non-negative integer, got {penalty!r}") from None
+    if not (p >= 0 and p == math.floor(p) and p <= 1 << 20):
+        raise ParameterError(
+            f"penalty must be a non-negative integer up to 2**20 (costs are exact "
+            f"integers), got {penalty!r}"
+        )
+    return int(p)
+
+
+def _packing(m: int, n_max: int, phi: int) -> tuple[type, int]:
+    """Integer type and shift for packed (cost, length) values."""
+    max_len = m + n_max - 1
+    shift = max_len.bit_length()
+    bound = ((32 + phi) * max_len + phi + 1) << shift
+    if bound < 2**31:
+        return np.int32, shift
+    if bound < 2**63:
+        return np.int64, shift
+    raise ParameterError(
+        f"sequences too long for exact integer costs: query {m} and candidate "
+        f"{n_max} steps with penalty {phi}"
+    )
+
+
+def hamming_dtw(
+    query: np.ndarray, candidate: np.ndarray, *, penalty: int = 15, gully: float = 0.9
+) -> float:
+    """Normalised Hamming-DTW score between two packed hash sequences.
+
+    Parameters
+    ----------
+    query : np.ndarray [shape=(M,), dtype=uint32]
+        Query hash words (rows).
+    candidate : np.ndarray [shape=(N,), dtype=uint32]
+        Candidate hash words (columns).
+    penalty : int >= 0
+        Added to the local distance of every horizontal or vertical step.
+    gully : float in [0, 1]
+        The path must end on the last row or column at an index of at least
+        ``g = min(floor(gully * min(M, N)), min(M, N) - 1)``.
+
+    Returns
+    -------
+    score : float
+        ``cost / length`` of the best end cell; 0 for identical sequences.
+
+    Notes
+    -----
+    The local distance is ``popcount(query[i] ^ candidate[j])``.  Into each
+    cell the DP keeps the predecessor of least accumulated cost; among
+    predecessors of equal cost it keeps the one whose path is longest (which
+    gives the lower normalised score).  Cost and length are exact integers, so
+    the score is ``cost / length`` rounded once.  Among end cells the smallest
+    ``cost / length`` is taken, compared exactly.  With ``M == 1`` or
+    ``N == 1`` every cell is a start and an end cell and the score is the
+    smallest local distance.
+
+    Raises
+    ------
+    ParameterError
+        If a sequence is empty, not 1-D or not ``uint32``, or a parameter is out
+        of range.
+    """
+    q = _check_words(query, "query")
+    c = _check_words(candidate, "candidate")
+    if q.size == 0 or c.size == 0:
+        which = "query" if q.size == 0 else "candidate"
+        raise ParameterError(f"{which} is empty; Hamming-DTW needs at least one step")
+    offsets = np.array([0, c.size], dtype=np.int64)
+    return float(hamming_dtw_many(q, c, offsets, penalty=penalty, gully=gully)[0])
+
+
+def hamming_dtw_many(
+    query: np.ndarray,
+    words: np.ndarray,
+    offsets: np.ndarray,
+    *,
+    penalty: int = 15,
+    gully: float = 0.9,
+    top_r: int | None = None,
+) -> np.ndarray:
+    """Hamming-DTW of one query against many candidates stored flat.
+
+    Candidate ``i`` is ``words[offsets[i]:offsets[i+1]]``.  Candidates are
+    processed ``64`` at a time in lockstep (one SIMD lane each).  Without
+    ``top_r`` the blocks run in parallel on numba's threads
+    (``numba.set_num_threads`` controls how many).
+
+    Parameters
+    ----------
+    query : np.ndarray [shape=(M,), dtype=uint32]
+    words : np.ndarray [shape=(total,), dtype=uint32]
+    offsets : np.ndarray [shape=(n_candidates + 1,), integer]
+        Non-decreasing, within ``[0, total]``; every candidate non-empty.
+    penalty, gully
+        As in :func:`hamming_dtw`.
+    top_r : int or None
+        If given, candidates that provably cannot be among the ``top_r``
+        smallest scores may be abandoned and get ``+inf``.
+
+    Returns
+    -------
+    scores : np.ndarray [shape=(n_candidates,), dtype=float64]
+        Exact scores, identical to :func:`hamming_dtw` for every candidate not
+        abandoned.  Every candidate whose score is at most the true
+        ``top_r``-th smallest score is computed exactly, so ranking the output
+        by ``(score, index)`` gives the same top ``top_r`` as the exhaustive run.
+
+    Notes
+    -----
+    **Lower bound used for abandoning.**  Let ``r_i = min_j D[i, j]`` (row
+    minima), ``c_j = min_i D[i, j]`` (column minima), ``g`` the gully index.
+
+    *Coverage.*  A path starts on row 0 or column 0 and ends on the last row
+    (column ``>= g``) or the last column (row ``>= g``).  Row 0 to last row
+    covers all rows; column 0 to last column covers all columns; row 0 to last
+    column covers rows ``0..e`` with ``e >= g``; column 0 to last row covers
+    columns ``0..e`` with ``e >= g``.  Paths are monotone, so the covered rows
+    (columns) are contiguous.  Hence every allowed path covers rows ``0..e`` or
+    columns ``0..e`` for some ``e >= g``.
+
+    *Bound.*  Take the row case, rows ``0..e`` with ``k_i >= 1`` cells in row
+    ``i``.  The first cell of a row costs at least ``r_i``; each further cell
+    in that row is entered by a horizontal step and costs at least
+    ``r_i + penalty``.  With ``K = sum(k_i - 1)``, the score is at least
+    ``(sum r_i + sum (k_i - 1)(r_i + penalty)) / (e + 1 + K)``, a mediant of
+    ``mean(r_0..r_e)`` and values ``>= penalty + min_i r_i``, hence at least
+    ``min(mean(r_0..r_e), penalty + min(r))``.  Minimising over ``e >= g``
+    and doing the same for columns gives a bound valid for every allowed path,
+    so for the DP's chosen path too.
+
+    *Abandoning.*  Candidates are visited in order of increasing bound; a
+    block is skipped when every bound in it exceeds the current ``top_r``-th
+    smallest exact score ``tau_t``.  Since ``tau_t`` can only be larger than
+    the final ``tau``, a skipped candidate has score ``> tau``.
+    """
+    q = _check_words(query, "query")
+    w = _check_words(words, "words")
+    off = np.asarray(offsets)
+    if off.ndim != 1 or off.dtype.kind not in "iu":
+        raise ParameterError(
+            f"offsets must be a 1-D integer array, got shape {off.shape} dtype {off.dtype}"
+        )
+    if off.size == 0:
+        raise ParameterError("offsets is empty; it needs n_candidates + 1 entries, starting at 0")
+    off = off.astype(np.int64)
+    if off[0] < 0 or off[-1] > w.size:
+        raise ParameterError(
+            f"offsets must lie in [0, len(words)={w.size}], got {off[0]}..{off[-1]}"
+        )
+    lengths = np.diff(off)
+    if np.any(lengths < 0):
+        raise ParameterError("offsets must be non-decreasing")
+    if np.any(lengths == 0):
+        bad = int(np.flatnonzero(lengths == 0)[0])
+        raise ParameterError(
+            f"candidate {bad} is empty (offsets[{bad}] == offsets[{bad + 1}]); "
+            "Hamming-DTW needs at least one step"
+        )
+    if q.size == 0:
+        raise ParameterError("query is empty; Hamming-DTW needs at least one step")
+    phi = _check_penalty(penalty)
+    gul = _check_gully(gully)
+    n_cand = lengths.size
+    if top_r is not None:
+        if isinstance(top_r, bool) or not isinstance(top_r, (int, np.integer)) or top_r < 1:
+            raise ParameterError(f"top_r must be None or a positive integer, got {top_r!r}")
+    out = np.full(n_cand, np.inf, dtype=np.float64)
+    if n_cand == 0:
+        return out
+
+    itype, shift = _packing(q.size, int(lengths.max()), phi)
+    qv = q.astype(itype)
+    wv = w.astype(itype)
+    consts = (
+        itype(shift),
+        itype(phi << shift),
+        itype(-1),
+        itype((1 << shift) - 2),
+    )
+    lanes = min(_LANES, n_cand)
+    if top_r is None or top_r >= n_cand:
+        order = np.argsort(lengths, kind="stable")
+        _k._hamming_many_all(qv, wv, off, order, lanes, gul, *consts, out)
+        return out
+    lb_num = np.empty(n_cand, dtype=np.int64)
+    lb_den = np.empty(n_cand, dtype=np.int64)
+    _k._lower_bounds(qv, wv, off, lanes, gul, phi, lb_num, lb_den)
+    order = np.argsort(lb_num / lb_den, kind="stable")
+    _k._hamming_many_top(
+        qv, wv, off, order, lanes, gul, *consts, lb_num, lb_den, int(top_r), out
+    )
+    return out
+
+
+def _check_frames(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype not in (np.float16, np.float32, np.float64):
+        raise ParameterError(
+            f"{name} must be float16, float32 or float64 frames, got {x.dtype}"
+        )
+    if x.ndim != 2:
+        raise ParameterError(
+            f"{name} must be 2-D (n_frames, n_bins), got shape {x.shape}; "
+            "did you pass a single frame or a batch?"
+        )
+    if x.shape[0] == 0:
+        raise ParameterError(f"{name} has no frames; cosine DTW needs at least one")
+    if not np.all(np.isfinite(x)):
+        raise ParameterError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def cosine_dtw(
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    gully: float = 0.96,
+    penalty: float | None = None,
+    return_path: bool = True,
+) -> tuple[float, np.ndarray] | float:
+    """Cosine-distance DTW with Raffel's normalised score.
+
+    Parameters
+    ----------
+    X : np.ndarray [shape=(n, d)], float16/32/64
+        L2-normalised frames (rows of the DP).
+    Y : np.ndarray [shape=(m, d)], float16/32/64
+        L2-normalised frames (columns).
+    gully : float in [0, 1]
+        End on the last row or column at an index ``>= floor(gully*min(n, m))``.
+    penalty : float >= 0 or None
+        Additive penalty on horizontal and vertical steps; ``None`` means the
+        median of the cost matrix.
+    return_path : bool
+        Also return the alignment path.
+
+    Returns
+    -------
+    score : float
+        ``cost / length / mean(C[i0:i1+1, j0:j1+1])`` where ``(i0, j0)`` and
+        ``(i1, j1)`` are the path's first and last cells.  0 means a perfect
+        match; :func:`dtw_confidence` maps it to ``[0, 1]``.  If the bounding
+        box has mean 0 the score is 0 when the path cost is 0, else ``inf``.
+    path : np.ndarray [shape=(L, 2), dtype=int64]
+        Only if ``return_path``: the ``(i, j)`` cells, monotone, from start to
+        end.
+
+    Notes
+    -----
+    ``C = clip(1 - X @ Y.T, 0, 2)``, computed in float32 and accumulated in
+    float64 (clipping removes rounding below 0 on identical frames).  Ties
+    between predecessors prefer diagonal, then vertical, then horizontal.  End
+    cells are scanned on the last column by increasing row, then on the last
+    row by increasing column; the first smallest ``cost / length`` wins.
+    """
+    x = _check_frames(X, "X")
+    y = _check_frames(Y, "Y")
+    if x.shape[1] != y.shape[1]:
+        raise ParameterError(
+            f"X has {x.shape[1]} bins but Y has {y.shape[1]}; were they featurized "
+            "with the same parameters?"
+        )
+    gul = _check_gully(gully)
+    C = 1.0 - x.astype(np.float32) @ y.astype(np.float32).T
+    C = np.clip(C.astype(np.float64), 0.0, 2.0)
+    if penalty is None:
+        pen = float(np.median(C))
+    else:
+        pen = float(penalty)
+        if not (pen >= 0 and math.isfinite(pen)):
+            raise ParameterError(f"penalty must be a finite number >= 0 or None, got {penalty!r}")
+    n, m = C.shape
+    g = min(int(math.floor(gul * min(n, m))), min(n, m) - 1)
+    steps, ei, ej, cost, length = _k._cosine_dtw_kernel(C, pen, g)
+    path = _k._traceback(steps, ei, ej, length)
+    box = C[path[0, 0] : ei + 1, path[0, 1] : ej + 1]
+    mean = float(box.mean())
+    if mean > 0:
+        score = cost / length / mean
+    else:
+        score = 0.0 if cost == 0 else math.inf
+    if return_path:
+        return float(score), path
+    return float(score)
+
+
+def dtw_confidence(score: float | np.ndarray) -> float | np.ndarray:
+    """Thesis confidence ``clip(2 * (1 - score), 0, 1)``.
+
+    Parameters
+    ----------
+    score : float or np.ndarray
+        Raw :func:`cosine_dtw` score(s).
+
+    Returns
+    -------
+    confidence : float or np.ndarray
+        Same shape as ``score``; the thesis counts ``>= 0.5`` as a match.
+    """
+    c = np.clip(2.0 * (1.0 - np.asarray(score, dtype=np.float64)), 0.0, 1.0)
+    return float(c) if c.ndim == 0 else c

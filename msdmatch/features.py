@@ -1,0 +1,184 @@
+"""Feature extraction: pure functions, numpy in and numpy out.
+
+Conventions
+-----------
+- Every feature matrix has shape ``(n_frames, params.n_bins)`` (time first),
+  dtype float32, one frame per ``params.hop_length`` samples at
+  ``params.sr`` (46.4 ms at the defaults).
+- Audio and synthesized MIDI: CQT magnitude from MIDI note
+  ``params.fmin_midi``, in dB relative to the clip's maximum with a
+  ``params.top_db`` floor, each frame L2-normalised.
+- Piano roll: pretty_midi piano roll at the same frame rate, drums excluded,
+  pitches folded by octaves into the 48 rows, log-compressed velocity, each
+  frame L2-normalised (silent frames stay zero).
+
+Nothing here reads files; decoding lives in :mod:`msdmatch.decode`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+from .params import DEFAULT_PARAMS, FeatureParams
+
+#: Peak amplitude below which audio counts as silent (about -100 dBFS).
+SILENCE_PEAK = 1e-5
+
+
+def _check_length(n_frames: int, params: FeatureParams) -> None:
+    if n_frames > params.max_frames:
+        raise InputError(
+            f"too long: {n_frames} frames > max_frames={params.max_frames} "
+            f"({params.max_frames * params.frame_seconds:.0f} s)"
+        )
+
+
+def _normalise_frames(S_db: np.ndarray, floor_db: float) -> np.ndarray:
+    """Shift dB to be non-negative, transpose to time-first, L2-normalise frames."""
+    X = (S_db - floor_db).T.astype(np.float32)
+    norm = np.linalg.norm(X, axis=1, keepdims=True)
+    np.divide(X, norm, out=X, where=norm > 0)
+    return X
+
+
+def audio_cqt(y: np.ndarray, sr: int, *, params: FeatureParams = DEFAULT_PARAMS) -> np.ndarray:
+    """Log-magnitude constant-Q spectrogram of mono audio.
+
+    Parameters
+    ----------
+    y : np.ndarray [shape=(n_samples,)]
+        Mono audio, any float dtype.
+    sr : int
+        Sample rate of ``y``; resampled to ``params.sr`` if different.
+    params : FeatureParams
+        Feature geometry.
+
+    Returns
+    -------
+    X : np.ndarray [shape=(n_frames, params.n_bins), dtype=float32]
+        dB re clip maximum (``params.top_db`` floor, shifted to be >= 0),
+        L2-normalised per frame.
+
+    Raises
+    ------
+    InputError
+        If the audio is empty, silent, non-finite or too long.
+    """
+    import librosa
+
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim != 1:
+        raise InputError(f"audio must be mono with shape (n,), got shape {y.shape}")
+    if y.size == 0:
+        raise InputError("empty audio (0 samples)")
+    if not np.all(np.isfinite(y)):
+        raise InputError("audio contains NaN or infinite samples")
+    if float(np.max(np.abs(y))) < SILENCE_PEAK:
+        raise InputError("silent audio (peak below -100 dBFS)")
+    if sr != params.sr:
+        y = librosa.resample(y, orig_sr=sr, target_sr=params.sr, res_type="soxr_hq")
+    _check_length(1 + y.size // params.hop_length, params)
+    C = np.abs(
+        librosa.cqt(
+            y,
+            sr=params.sr,
+            hop_length=params.hop_length,
+            fmin=params.fmin_hz,
+            n_bins=params.n_bins,
+            bins_per_octave=params.bins_per_octave,
+        )
+    )
+    peak = float(np.max(C))
+    if not np.isfinite(peak) or peak <= 0:
+        raise InputError("CQT has no energy in the analysed range")
+    S_db = librosa.amplitude_to_db(C, ref=peak, top_db=params.top_db)
+    if params.beat_sync:
+        S_db = _beat_sync(S_db, y, params)
+    return _normalise_frames(S_db, -params.top_db)
+
+
+def _beat_sync(S: np.ndarray, y: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """Average columns of ``S`` (bins, frames) between estimated beats."""
+    import librosa
+
+    _, beats = librosa.beat.beat_track(y=y, sr=params.sr, hop_length=params.hop_length)
+    if len(beats) < 2:
+        raise InputError("beat-synchronous features need at least 2 detected beats")
+    return librosa.util.sync(S, beats, aggregate=np.mean)
+
+
+def midi_duration_check(pm, params: FeatureParams = DEFAULT_PARAMS) -> None:
+    """Refuse MIDI with no notes, only drums, or longer than ``max_frames``.
+
+    Parameters
+    ----------
+    pm : pretty_midi.PrettyMIDI
+    params : FeatureParams
+    """
+    pitched = [i for i in pm.instruments if not i.is_drum and i.notes]
+    if not any(i.notes for i in pm.instruments):
+        raise InputError("MIDI file has no notes")
+    if not pitched:
+        raise InputError("MIDI file has only drum notes (nothing pitched to match)")
+    end = pm.get_end_time()
+    if not np.isfinite(end) or end <= 0:
+        raise InputError(f"MIDI end time is {end!r} s; is the tempo map corrupt?")
+    _check_length(int(np.ceil(end * params.frame_rate)), params)
+
+
+def midi_cqt(pm, *, params: FeatureParams = DEFAULT_PARAMS, soundfont: str | None = None) -> np.ndarray:
+    """Synthesize MIDI with fluidsynth and take its CQT.
+
+    Parameters
+    ----------
+    pm : pretty_midi.PrettyMIDI
+    params : FeatureParams
+    soundfont : str or None
+        Soundfont name or path; ``None`` is pretty_midi's TimGM6mb.
+
+    Returns
+    -------
+    X : np.ndarray [shape=(n_frames, params.n_bins), dtype=float32]
+    """
+    from .synth import render
+
+    midi_duration_check(pm, params)
+    y = render(pm, sr=params.sr, soundfont=soundfont)
+    return audio_cqt(y, params.sr, params=params)
+
+
+def pianoroll(pm, *, params: FeatureParams = DEFAULT_PARAMS) -> np.ndarray:
+    """Piano-roll features at the CQT frame rate, no synthesis.
+
+    Parameters
+    ----------
+    pm : pretty_midi.PrettyMIDI
+    params : FeatureParams
+
+    Returns
+    -------
+    X : np.ndarray [shape=(n_frames, params.n_bins), dtype=float32]
+        Rows are MIDI notes ``fmin_midi .. fmin_midi + n_bins - 1``; notes
+        outside are folded by whole octaves into that range.
+    """
+    midi_duration_check(pm, params)
+    n_frames = int(np.ceil(pm.get_end_time() * params.frame_rate)) + 1
+    roll = np.zeros((128, n_frames), dtype=np.float32)
+    for inst in pm.instruments:
+        if inst.is_drum or not inst.notes:
+            continue
+        r = inst.get_piano_roll(fs=params.frame_rate)
+        m = min(n_frames, r.shape[1])
+        roll[:, :m] += r[:, :m]
+    folded = np.zeros((params.n_bins, n_frames), dtype=np.float32)
+    lo = params.fmin_midi
+    for pitch in range(128):
+        row = roll[pitch]
+        if not row.any():
+            continue
+        k = (pitch - lo) % 12 + 12 * min(max((pitch - lo) // 12, 0), params.n_bins // 12 - 1)
+        folded[k] += row
+    # Log-compress velocity to a dB-like scale: 0 stays silent.
+    S = np.where(folded > 0, 20.0 * np.log10(np.maximum(folded, 1.0) / 127.0) + params.top_db, 0.0)
+    S = np.maximum(S, 0.0)
+    return _normalise_frames(S, 0.0)

@@ -1,0 +1,324 @@
+"""Featurize stage: audio previews or MIDI files into an msdmatch store.
+
+Plan, shard work and execution are kept apart:
+
+- :func:`plan` (pure) turns the input items into immutable shards of
+  ``partition_size`` items, and rejects duplicate ids up front;
+- :func:`featurize_shard` processes one shard and writes one staging part;
+- :func:`run` resumes or creates the store, runs the uncommitted shards on a
+  Dask client, then consolidates the parts into the store's flat arrays.
+
+Features follow :mod:`msdmatch.features`: (n_frames, 48) per item, stored as
+float16.  Items that fail are recorded with a one-line reason in
+``failures``; the stage goes on.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError, ParameterError
+from .params import DEFAULT_PARAMS, FeatureParams
+from .sources import AUDIO_EXTENSIONS, MIDI_EXTENSIONS, Item, resolve_sources
+
+STAGE = "featurize"
+MODES = ("synth", "pianoroll")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One task's worth of input items."""
+
+    pid: int
+    items: tuple[Item, ...]
+
+
+@dataclass
+class Summary:
+    """What a featurize run did; printed by the CLI."""
+
+    items: int = 0
+    failures: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    threads: int = 1
+    parts_run: int = 0
+    parts_skipped: int = 0
+    out: str = ""
+    failure_reasons: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        per_core = self.items / max(self.seconds * self.threads, 1e-9)
+        return (
+            f"featurized {self.items} items ({self.frames} frames), {self.failures} failures, "
+            f"{self.seconds:.1f} s, {per_core:.1f} items/s/core; "
+            f"{self.parts_run} partitions run, {self.parts_skipped} already done -> {self.out}"
+        )
+
+
+def modality_of(kind: str, mode: str) -> str:
+    """Store modality for a featurize kind (``audio``/``midi``) and MIDI mode."""
+    if kind == "audio":
+        return "audio"
+    if mode not in MODES:
+        raise ParameterError(f"--mode must be one of {MODES}, got {mode!r}")
+    return f"midi-{mode}"
+
+
+def plan(items: list[Item], *, partition_size: int) -> tuple[list[Shard], list[dict]]:
+    """Split items into shards; duplicates of an id become failures.
+
+    Parameters
+    ----------
+    items : list of Item
+        In a deterministic order (see :func:`msdmatch.sources.resolve_sources`).
+    partition_size : int
+        Items per shard (100-1,000 for real runs).
+
+    Returns
+    -------
+    shards : list of Shard
+    rejected : list of dict
+        Failure rows for items dropped at planning time.
+    """
+    if partition_size < 1:
+        raise ParameterError(f"partition_size must be >= 1, got {partition_size}")
+    seen: dict[str, str] = {}
+    keep, rejected = [], []
+    for it in items:
+        if it.id in seen:
+            rejected.append(
+                {"id": it.id, "source": it.source, "stage": STAGE,
+                 "reason": f"duplicate id (first seen at {seen[it.id]})"}
+            )
+            continue
+        seen[it.id] = it.source
+        keep.append(it)
+    shards = [
+        Shard(pid, tuple(keep[a : a + partition_size]))
+        for pid, a in enumerate(range(0, len(keep), partition_size))
+    ]
+    return shards, rejected
+
+
+def plan_digest(shards: list[Shard], *, modality: str, params: FeatureParams, extra: str = "") -> str:
+    """Stable hash of a plan, so a resumed run knows it is the same job."""
+    h = hashlib.sha256(f"{modality}|{sorted(params.to_dict().items())}|{extra}".encode())
+    for s in shards:
+        h.update(f"#{s.pid}".encode())
+        for it in s.items:
+            h.update(f"\n{it.id}\t{it.source}".encode())
+    return h.hexdigest()
+
+
+def featurize_item(
+    item: Item,
+    *,
+    modality: str,
+    params: FeatureParams = DEFAULT_PARAMS,
+    soundfont: str | None = None,
+    storage_options: dict | None = None,
+) -> np.ndarray:
+    """Features of one file; raises InputError for a bad item.
+
+    Returns
+    -------
+    X : np.ndarray [shape=(n_frames, params.n_bins), dtype=float32]
+    """
+    from . import decode, features
+
+    if modality == "audio":
+        data = decode.read_bytes(item.source, max_bytes=decode.MAX_AUDIO_BYTES, storage_options=storage_options)
+        y, sr = decode.decode_audio(data, max_seconds=params.max_frames * params.frame_seconds)
+        return features.audio_cqt(y, sr, params=params)
+    data = decode.read_bytes(item.source, max_bytes=decode.MAX_MIDI_BYTES, storage_options=storage_options)
+    pm = decode.decode_midi(data)
+    if modality == "midi-synth":
+        return features.midi_cqt(pm, params=params, soundfont=soundfont)
+    return features.pianoroll(pm, params=params)
+
+
+def featurize_shard(
+    shard: Shard,
+    *,
+    url: str,
+    modality: str,
+    params: FeatureParams = DEFAULT_PARAMS,
+    soundfont: str | None = None,
+    storage_options: dict | None = None,
+    input_options: dict | None = None,
+) -> dict:
+    """Featurize one shard and commit it as a staging part of the store.
+
+    Returns
+    -------
+    stats : dict
+        ``items``, ``failures``, ``frames`` of this shard.
+    """
+    from .store import write_part
+
+    feats, ids, sources, fails = [], [], [], []
+    for it in shard.items:
+        try:
+            X = featurize_item(
+                it, modality=modality, params=params, soundfont=soundfont, storage_options=input_options
+            )
+            if X.shape[0] == 0:
+                raise InputError("no frames")
+            if not np.all(np.isfinite(X)):
+                raise InputError("features contain NaN or infinity")
+        except InputError as e:
+            fails.append((it.id, it.source, str(e)))
+            continue
+        except MemoryError:
+            fails.append((it.id, it.source, "out of memory while featurizing"))
+            continue
+        feats.append(X.astype(np.float16))
+        ids.append(it.id)
+        sources.append(it.source)
+    lengths = np.array([f.shape[0] for f in feats], dtype=np.int64)
+    allf = np.concatenate(feats) if feats else np.zeros((0, params.n_bins), np.float16)
+    write_part(
+        url, STAGE, shard.pid,
+        {"features": allf, "lengths": lengths},
+        {"ids": ids, "sources": sources,
+         "fail_id": [f[0] for f in fails], "fail_source": [f[1] for f in fails],
+         "fail_reason": [f[2] for f in fails]},
+        storage_options=storage_options,
+    )
+    return {"items": len(ids), "failures": len(fails), "frames": int(lengths.sum())}
+
+
+def consolidate(client, url: str, *, n_parts: int, rejected: list[dict], params: FeatureParams,
+                storage_options: dict | None = None, progress: bool = True) -> dict:
+    """Concatenate committed parts into ``features``/``offsets``/``ids``/``sources``/``failures``."""
+    from .cluster import run_shards
+    from .store import (FEATURES_CHUNK, ITEM_CHUNK, _read_str, _str_array, copy_block,
+                        delete_path, open_group, plan_blocks, read_part, write_failures)
+
+    root = open_group(url, mode="r+", storage_options=storage_options)
+    lengths, ids, sources, fails = [], [], [], list(rejected)
+    for pid in range(n_parts):
+        g = read_part(root, STAGE, pid)
+        lengths.append(np.asarray(g["lengths"][:], dtype=np.int64))
+        ids += _read_str(g, "ids")
+        sources += _read_str(g, "sources")
+        for i, s, r in zip(_read_str(g, "fail_id"), _read_str(g, "fail_source"), _read_str(g, "fail_reason")):
+            fails.append({"id": i, "source": s, "stage": STAGE, "reason": r})
+    part_frames = [int(x.sum()) for x in lengths]
+    starts = np.concatenate([[0], np.cumsum(part_frames)]).astype(np.int64)
+    total = int(starts[-1])
+    all_len = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(all_len)]).astype(np.int64)
+    root.create_array("features", shape=(total, params.n_bins), dtype="float16",
+                      chunks=(FEATURES_CHUNK, params.n_bins), overwrite=True)
+    off = root.create_array("offsets", shape=offsets.shape, dtype="int64",
+                            chunks=(min(offsets.size, ITEM_CHUNK),), overwrite=True)
+    off[:] = offsets
+    _str_array(root, "ids", ids)
+    _str_array(root, "sources", sources)
+    write_failures(root, fails)
+    spans = [(pid, int(starts[pid]), int(starts[pid + 1])) for pid in range(n_parts)]
+    blocks = plan_blocks(total, chunk=FEATURES_CHUNK)
+    run_shards(client, copy_block, blocks, name="featurize-consolidate", progress=progress,
+               kwargs={"url": url, "stage": STAGE, "name": "features", "part_spans": spans,
+                       "storage_options": storage_options})
+    root.attrs.update({"complete": True, "n_items": len(ids), "n_failures": len(fails),
+                       "n_frames": total})
+    delete_path(url, f"_parts/{STAGE}", storage_options=storage_options)
+    return {"items": len(ids), "failures": len(fails), "frames": total,
+            "reasons": [f["reason"] for f in fails]}
+
+
+def run(
+    src: str,
+    out: str,
+    *,
+    client,
+    kind: str,
+    mode: str = "synth",
+    params: FeatureParams = DEFAULT_PARAMS,
+    soundfont: str | None = None,
+    partition_size: int = 100,
+    storage_options: dict | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    max_parts: int | None = None,
+) -> Summary:
+    """Featurize every file named by ``src`` into the store at ``out``.
+
+    Parameters
+    ----------
+    src : str
+        Directory, glob, manifest or URL prefix.
+    out : str
+        Store path or URL.
+    client : distributed.Client
+    kind : {'audio', 'midi'}
+    mode : {'synth', 'pianoroll'}
+        MIDI features; ignored for audio.
+    params : FeatureParams
+    soundfont : str, optional
+        Soundfont for ``midi-synth``.
+    partition_size : int
+        Items per task.
+    storage_options : dict, optional
+        fsspec options for ``src`` and ``out``.
+    overwrite : bool
+        Start ``out`` afresh instead of resuming.
+    max_parts : int, optional
+        Stop after this many new partitions (leaves the store incomplete;
+        used to test resuming).
+
+    Returns
+    -------
+    Summary
+    """
+    from .cluster import run_shards, total_threads
+    from .store import committed_parts, init_store, open_group
+
+    t0 = time.perf_counter()
+    modality = modality_of(kind, mode)
+    if modality == "midi-synth":
+        from .synth import resolve_soundfont
+
+        soundfont = resolve_soundfont(soundfont)
+    exts = AUDIO_EXTENSIONS if kind == "audio" else MIDI_EXTENSIONS
+    items = resolve_sources(src, extensions=exts, storage_options=storage_options)
+    if not items:
+        raise ParameterError(f"SRC {src!r} holds no {kind} files (looked for {', '.join(exts)})")
+    shards, rejected = plan(items, partition_size=partition_size)
+    sf_name = soundfont.rsplit("/", 1)[-1] if soundfont else ""
+    digest = plan_digest(shards, modality=modality, params=params, extra=sf_name)
+    group = init_store(
+        out, modality=modality, params=params, storage_options=storage_options, overwrite=overwrite,
+        plan={"digest": digest, "n_planned": len(items), "n_parts": len(shards),
+              "partition_size": partition_size, "src": src},
+    )
+    if sf_name:
+        group.attrs["soundfont"] = sf_name
+    summary = Summary(out=out, threads=total_threads(client))
+    if group.attrs.get("complete"):
+        summary.parts_skipped = len(shards)
+    else:
+        done = committed_parts(group, STAGE)
+        todo = [s for s in shards if s.pid not in done]
+        summary.parts_skipped = len(shards) - len(todo)
+        if max_parts is not None:
+            todo = todo[:max_parts]
+        run_shards(client, featurize_shard, todo, name=f"featurize-{modality}", progress=progress,
+                   kwargs={"url": out, "modality": modality, "params": params, "soundfont": soundfont,
+                           "storage_options": storage_options, "input_options": storage_options})
+        summary.parts_run = len(todo)
+        if len(committed_parts(group, STAGE)) == len(shards):
+            consolidate(client, out, n_parts=len(shards), rejected=rejected, params=params,
+                        storage_options=storage_options, progress=progress)
+    attrs = dict(open_group(out, storage_options=storage_options).attrs)
+    summary.items = int(attrs.get("n_items", 0))
+    summary.failures = int(attrs.get("n_failures", 0))
+    summary.frames = int(attrs.get("n_frames", 0))
+    summary.seconds = time.perf_counter() - t0
+    return summary

@@ -1,0 +1,537 @@
+"""Training of the DHS and PSE model pairs (f for audio, g for MIDI).
+
+Conventions
+-----------
+* Loss (both models), with positives ``(x, y)`` matched and negatives
+  ``(a, b)`` random swaps::
+
+      mean ||f(x) - g(y)||^2 + alpha * mean max(0, m - ||f(a) - g(b)||)^2
+                             + beta * mean(||f(x)||^2 + ||g(y)||^2)
+
+  DHS applies it per output step (one 32-d hash per 8 frames) on aligned
+  crops; PSE per sequence on unaligned crops, with ``beta = 0``.
+* Validation: the Bhattacharyya coefficient (BC) between the histograms of
+  matched and unmatched distances on the validation split; lower is better.
+  DHS uses Hamming distances between the bits of aligned steps; PSE uses
+  Euclidean distances between embeddings of whole validation sequences.
+* Reproducibility: the nets are seeded from ``seed`` and batches drawn from
+  ``numpy.random.default_rng(seed)``; with a step limit (``max_steps``) a
+  rerun on the same machine gives identical weights.  The wall-clock limit
+  (``max_minutes``) is a safety cap and is not reproducible when it binds.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ParameterError
+from .nets import NetConfig, build_net, default_config
+from .pairs import (
+    Pair,
+    align_pairs,
+    aligned_batch,
+    as_store,
+    collect_pairs,
+    pad_batch,
+    sequence_batch,
+    zscore_stats,
+)
+
+__all__ = [
+    "HParams",
+    "FitResult",
+    "pair_loss",
+    "bhattacharyya",
+    "validate",
+    "fit",
+    "random_search",
+    "train_models",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HParams:
+    """Optimisation and loss settings of one training run.
+
+    Defaults per kind come from :func:`default_hparams` (thesis loss values).
+    """
+
+    lr: float = 1e-3
+    alpha: float = 5.33
+    margin: float = 4.0
+    beta: float = 0.05
+    batch: int = 50
+    crop: int = 100
+    audio_frames: int = 646
+    midi_frames: int = 1500
+    optimizer: str = "adam"
+    grad_clip: float = 10.0
+
+
+def default_hparams(kind: str, **overrides: Any) -> HParams:
+    """Thesis loss constants for ``kind`` with practical batch/crop sizes."""
+    if kind == "dhs":
+        hp = HParams(alpha=5.33, margin=4.0, beta=0.05, batch=50, crop=100, lr=1e-3)
+    elif kind == "pse":
+        hp = HParams(alpha=3.34, margin=1.06, beta=0.0, batch=16, lr=3e-4,
+                     audio_frames=646, midi_frames=1500)
+    else:
+        raise ParameterError(f"kind={kind!r} must be 'dhs' or 'pse'")
+    return dataclasses.replace(hp, **overrides)
+
+
+def pair_loss(
+    fx: torch.Tensor,
+    gy: torch.Tensor,
+    fa: torch.Tensor,
+    gb: torch.Tensor,
+    *,
+    alpha: float,
+    margin: float,
+    beta: float = 0.0,
+    weight: torch.Tensor | None = None,
+    neg_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Siamese hinge loss of the DHS/PSE papers.
+
+    Parameters
+    ----------
+    fx, gy : torch.Tensor [shape=(..., d)]
+        Outputs for matched pairs.
+    fa, gb : torch.Tensor [shape=(..., d)]
+        Outputs for unmatched pairs.
+    alpha, margin, beta : float
+        Negative weight, hinge margin and output-norm penalty.
+    weight, neg_weight : torch.Tensor [shape=(...)], optional
+        0/1 validity of each positive / negative (padding); means are taken
+        over valid entries only.
+    """
+    pos = ((fx - gy) ** 2).sum(-1)
+    neg = torch.relu(margin - torch.sqrt(((fa - gb) ** 2).sum(-1) + 1e-12)) ** 2
+    reg = (fx ** 2).sum(-1) + (gy ** 2).sum(-1)
+    if weight is None:
+        weight = torch.ones_like(pos)
+    if neg_weight is None:
+        neg_weight = torch.ones_like(neg)
+    w = weight.sum().clamp_min(1.0)
+    nw = neg_weight.sum().clamp_min(1.0)
+    loss = (pos * weight).sum() / w + alpha * (neg * neg_weight).sum() / nw
+    if beta:
+        loss = loss + beta * (reg * weight).sum() / w
+    return loss
+
+
+def bhattacharyya(
+    matched: np.ndarray, unmatched: np.ndarray, *, bins: int | np.ndarray = 100
+) -> float:
+    """Bhattacharyya coefficient between two distance distributions.
+
+    Parameters
+    ----------
+    matched, unmatched : np.ndarray [shape=(n,), (m,)]
+        Distances of matched and unmatched pairs.
+    bins : int or np.ndarray
+        Number of equal-width bins over the joint range, or bin edges
+        (e.g. ``np.arange(-0.5, 33)`` for 32-bit Hamming distances).
+
+    Returns
+    -------
+    bc : float in [0, 1]
+        ``sum_i sqrt(p_i q_i)`` of the normalised histograms: 1 for identical
+        histograms, 0 for disjoint ones.  Lower is better.
+    """
+    a = np.asarray(matched, dtype=np.float64).ravel()
+    b = np.asarray(unmatched, dtype=np.float64).ravel()
+    if a.size == 0 or b.size == 0:
+        raise ParameterError(
+            f"bhattacharyya needs non-empty inputs, got {a.size} matched and {b.size} "
+            "unmatched distances; is the validation split empty?"
+        )
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ParameterError("bhattacharyya got non-finite distances; did training diverge?")
+    if np.ndim(bins) == 0:
+        lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
+        if hi <= lo:
+            return 1.0
+        edges = np.linspace(lo, hi, int(bins) + 1)
+    else:
+        edges = np.asarray(bins, dtype=np.float64)
+    p = np.histogram(a, bins=edges)[0].astype(np.float64)
+    q = np.histogram(b, bins=edges)[0].astype(np.float64)
+    p /= max(p.sum(), 1.0)
+    q /= max(q.sum(), 1.0)
+    return float(np.sqrt(p * q).sum())
+
+
+def _downsample_mask(mask: np.ndarray, factor: int) -> np.ndarray:
+    """``(B, T)`` -> ``(B, ceil(T/factor))``: valid where any frame is valid."""
+    b, t = mask.shape
+    n = -(-t // factor)
+    padded = np.zeros((b, n * factor), mask.dtype)
+    padded[:, :t] = mask
+    return padded.reshape(b, n, factor).max(axis=2)
+
+
+def _run(net: torch.nn.Module, seqs: Sequence[np.ndarray], *, device: str, chunk: int = 8) -> list[np.ndarray]:
+    """Outputs of ``net`` for each sequence (DHS: unpadded ``(ceil(T/8), bits)``)."""
+    out = []
+    net.eval()
+    with torch.no_grad():
+        for s in range(0, len(seqs), chunk):
+            part = list(seqs[s : s + chunk])
+            x, m = pad_batch(part, n_bins=part[0].shape[1])
+            y = net(torch.from_numpy(x).to(device), torch.from_numpy(m).to(device)).cpu().numpy()
+            for k, seq in enumerate(part):
+                out.append(y[k, : -(-len(seq) // 8)] if y.ndim == 3 else y[k])
+    net.train()
+    return out
+
+
+def validate(
+    kind: str, f: torch.nn.Module, g: torch.nn.Module, pairs: Sequence[Pair], *,
+    device: str = "cpu", seed: int = 0, n_unmatched: int = 20000,
+) -> dict[str, Any]:
+    """Validation metrics of a model on ``pairs`` (validation split).
+
+    Returns
+    -------
+    metrics : dict
+        ``bc`` (Bhattacharyya coefficient, lower is better), ``matched`` and
+        ``unmatched`` distance arrays, and for PSE ``top1``/``mrr`` of
+        ranking each query's true track among the validation tracks.
+    """
+    rng = np.random.default_rng(seed)
+    if kind == "pse":
+        ea = np.stack(_run(f, [p.audio for p in pairs], device=device))
+        em = np.stack(_run(g, [p.midi for p in pairs], device=device))
+        d = np.sqrt(((em[:, None, :] - ea[None, :, :]) ** 2).sum(-1))
+        n = len(pairs)
+        matched = np.diag(d).copy()
+        unmatched = d[~np.eye(n, dtype=bool)]
+        ranks = (d < matched[:, None]).sum(1) + 1
+        return dict(bc=bhattacharyya(matched, unmatched, bins=100), matched=matched,
+                    unmatched=unmatched, top1=float(np.mean(ranks == 1)),
+                    mrr=float(np.mean(1.0 / ranks)), n_pairs=n)
+    ha = _run(f, [p.audio_w for p in pairs], device=device)
+    hm = _run(g, [p.midi_w for p in pairs], device=device)
+    ba = [h > 0 for h in ha]
+    bm = [h > 0 for h in hm]
+    matched = np.concatenate([(x != y).sum(1) for x, y in zip(ba, bm)])
+    lens = np.array([len(x) for x in ba])
+    i = rng.integers(0, len(pairs), n_unmatched)
+    j = (i + rng.integers(1, max(len(pairs), 2), n_unmatched)) % len(pairs)
+    ti = (rng.random(n_unmatched) * lens[i]).astype(int)
+    tj = (rng.random(n_unmatched) * lens[j]).astype(int)
+    unmatched = np.array([(ba[a][s] != bm[b][t]).sum() for a, b, s, t in zip(i, j, ti, tj)])
+    return dict(bc=bhattacharyya(matched, unmatched, bins=np.arange(-0.5, 33.0)),
+                matched=matched, unmatched=unmatched,
+                bit_balance=float(np.concatenate(ba).mean()), n_pairs=len(pairs))
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`: best nets (by validation BC) and the history."""
+
+    f: torch.nn.Module
+    g: torch.nn.Module
+    config: NetConfig
+    hparams: HParams
+    metrics: dict[str, Any]
+    history: dict[str, list[float]] = field(default_factory=dict)
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def _device(device: str | None) -> str:
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def fit(
+    kind: str,
+    train_pairs: Sequence[Pair],
+    valid_pairs: Sequence[Pair],
+    *,
+    config: NetConfig | None = None,
+    hparams: HParams | None = None,
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    seed: int = 0,
+    max_steps: int = 3000,
+    max_seconds: float = 300.0,
+    eval_every: int = 100,
+    patience: int = 5,
+    device: str | None = None,
+) -> FitResult:
+    """Train one model pair with early stopping on validation BC.
+
+    Parameters
+    ----------
+    kind : {'dhs', 'pse'}
+    train_pairs, valid_pairs : sequence of Pair
+        Aligned pairs (``midi_w``/``audio_w`` set) for DHS; any for PSE.
+    config, hparams : optional
+        Architecture and optimisation settings; defaults per kind.
+    stats : dict, optional
+        ``{'audio': (mean, std), 'midi': (mean, std)}`` z-score statistics;
+        computed from ``train_pairs`` when omitted.
+    seed : int
+    max_steps, max_seconds : int, float
+        Stop after this many minibatches or seconds, whichever comes first.
+    eval_every, patience : int
+        Validate every ``eval_every`` steps; stop after ``patience``
+        validations without a lower BC.  The best nets are returned.
+    device : str, optional
+        Torch device; CUDA when available.
+    """
+    config = config or default_config(kind)
+    hp = hparams or default_hparams(kind)
+    if config.kind != kind:
+        raise ParameterError(f"config.kind={config.kind!r} does not match kind={kind!r}")
+    if not train_pairs or not valid_pairs:
+        raise ParameterError(
+            f"fit needs training and validation pairs, got {len(train_pairs)} and "
+            f"{len(valid_pairs)}; check the split column of the truth file"
+        )
+    dev = _device(device)
+    if stats is None:
+        stats = dict(audio=zscore_stats(p.audio for p in train_pairs),
+                     midi=zscore_stats(p.midi for p in train_pairs))
+    torch.manual_seed(seed)
+    f, g = build_net(config), build_net(config)
+    f.front.set_stats(*stats["audio"])
+    g.front.set_stats(*stats["midi"])
+    f.to(dev)
+    g.to(dev)
+    params = list(f.parameters()) + list(g.parameters())
+    if hp.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=hp.lr)
+    elif hp.optimizer == "rmsprop":
+        opt = torch.optim.RMSprop(params, lr=hp.lr)
+    else:
+        raise ParameterError(f"optimizer={hp.optimizer!r} must be 'adam' or 'rmsprop'")
+    rng = np.random.default_rng(seed)
+    t0 = time.monotonic()
+    hist: dict[str, list[float]] = dict(step=[], loss=[], val_step=[], val_bc=[])
+    best_bc, best_state, best_metrics, bad, running = math.inf, None, None, 0, []
+    step = 0
+    for step in range(1, max_steps + 1):
+        if kind == "dhs":
+            xa, xm, mask = aligned_batch(train_pairs, rng=rng, batch=hp.batch, crop=hp.crop)
+            shift = int(rng.integers(1, hp.batch))
+            ta, tm, tk = (torch.from_numpy(v).to(dev) for v in (xa, xm, mask))
+            fa, gm = f(ta, tk), g(tm, tk)
+            w = torch.from_numpy(_downsample_mask(mask, config.downsample)).to(dev)
+            perm = torch.roll(torch.arange(hp.batch), shift)
+            loss = pair_loss(fa, gm, fa[perm], gm, alpha=hp.alpha, margin=hp.margin,
+                             beta=hp.beta, weight=w, neg_weight=w[perm] * w)
+        else:
+            xa, ma, xm, mm = sequence_batch(train_pairs, rng=rng, batch=hp.batch,
+                                            audio_frames=hp.audio_frames, midi_frames=hp.midi_frames)
+            shift = int(rng.integers(1, hp.batch))
+            fa = f(torch.from_numpy(xa).to(dev), torch.from_numpy(ma).to(dev))
+            gm = g(torch.from_numpy(xm).to(dev), torch.from_numpy(mm).to(dev))
+            perm = torch.roll(torch.arange(hp.batch), shift)
+            loss = pair_loss(fa, gm, fa[perm], gm, alpha=hp.alpha, margin=hp.margin, beta=hp.beta)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
+        opt.step()
+        running.append(float(loss))
+        out_of_time = time.monotonic() - t0 > max_seconds
+        if step % eval_every == 0 or step == max_steps or out_of_time:
+            hist["step"].append(step)
+            hist["loss"].append(float(np.mean(running)))
+            running = []
+            m = validate(kind, f, g, valid_pairs, device=dev, seed=seed)
+            hist["val_step"].append(step)
+            hist["val_bc"].append(m["bc"])
+            log.info("%s step %d loss %.4f val BC %.4f", kind, step, hist["loss"][-1], m["bc"])
+            if m["bc"] < best_bc - 1e-6:
+                best_bc, best_metrics, bad = m["bc"], m, 0
+                best_state = (copy.deepcopy(f.state_dict()), copy.deepcopy(g.state_dict()))
+            else:
+                bad += 1
+            if bad >= patience or out_of_time:
+                break
+    assert best_state is not None and best_metrics is not None
+    f.load_state_dict(best_state[0])
+    g.load_state_dict(best_state[1])
+    f.eval()
+    g.eval()
+    return FitResult(f.cpu(), g.cpu(), config, hp, best_metrics, hist, step, time.monotonic() - t0)
+
+
+def _sample_trial(kind: str, rng: np.random.Generator) -> tuple[NetConfig, HParams]:
+    lr = float(10 ** rng.uniform(-3.7, -2.5))
+    width = int(rng.choice([256, 512, 768]))
+    if kind == "dhs":
+        alpha = float(rng.uniform(2.0, 8.0))
+        margin = float(rng.uniform(2.5, 5.5))
+        depth = int(rng.choice([1, 2]))
+        cfg = default_config("dhs", dense=(width,) * depth)
+    else:
+        alpha = float(rng.uniform(1.0, 5.0))
+        margin = float(rng.uniform(0.6, 1.6))
+        depth = int(rng.choice([1, 2, 3]))
+        filters = (16, 32, 64)[:depth]
+        cfg = default_config("pse", filters=filters, dense=(width, width))
+    return cfg, default_hparams(kind, lr=lr, alpha=alpha, margin=margin)
+
+
+def random_search(
+    kind: str, train_pairs: Sequence[Pair], valid_pairs: Sequence[Pair], *,
+    n_trials: int, csv_path: str | Path, seed: int = 0, **fit_kwargs: Any,
+) -> FitResult:
+    """Random search over lr, alpha, margin, depth and width, scored by BC.
+
+    Trial 0 is the default configuration.  Every trial is written to
+    ``csv_path`` (one row per trial); the best trial's result is returned.
+    """
+    rng = np.random.default_rng(seed + 1000)
+    rows, best = [], None
+    for t in range(n_trials):
+        cfg, hp = (default_config(kind), default_hparams(kind)) if t == 0 else _sample_trial(kind, rng)
+        res = fit(kind, train_pairs, valid_pairs, config=cfg, hparams=hp, seed=seed, **fit_kwargs)
+        rows.append(dict(trial=t, bc=res.metrics["bc"], lr=hp.lr, alpha=hp.alpha,
+                         margin=hp.margin, filters=" ".join(map(str, cfg.filters)),
+                         dense=" ".join(map(str, cfg.dense)), steps=res.steps,
+                         seconds=round(res.seconds, 1)))
+        if best is None or res.metrics["bc"] < best.metrics["bc"]:
+            best = res
+    Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert best is not None
+    return best
+
+
+def train_models(
+    query_store: Any,
+    db_store: Any,
+    truth: Any,
+    *,
+    out_dir: str | Path,
+    kind: str = "both",
+    seed: int = 0,
+    max_minutes: float = 10.0,
+    search: int = 0,
+    max_steps: int | None = None,
+    eval_every: int = 100,
+    patience: int = 5,
+    min_confidence: float = 0.5,
+    configs: dict[str, NetConfig] | None = None,
+    hparams: dict[str, HParams] | None = None,
+    device: str | None = None,
+    report: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Path]:
+    """Train, validate and export DHS and/or PSE models for one MIDI modality.
+
+    Parameters
+    ----------
+    query_store, db_store : store or URL
+        MIDI query store (``midi-synth`` or ``midi-pianoroll``) and audio
+        database store, featurized with the same parameters.
+    truth : path or rows
+        ``split.csv`` / ``truth.csv`` (see :func:`msdmatch.models.pairs.read_truth`).
+    out_dir : path
+        Models are written to ``<out_dir>/<kind>-<midi modality>/``
+        (``audio.onnx``, ``midi.onnx``, ``model.json``, ``training.png`` and,
+        with ``search``, ``trials.csv``).
+    kind : {'both', 'dhs', 'pse'}
+    seed : int
+    max_minutes : float
+        Wall-clock budget for all training, split evenly between kinds and
+        trials.
+    search : int
+        Number of random-search trials per kind (0: train the defaults once).
+    max_steps : int, optional
+        Step limit per training run (default: by time only, capped at 20000).
+    eval_every, patience : int
+        Early stopping on validation BC.
+    min_confidence : float
+        DTW confidence threshold for DHS training pairs.
+    configs, hparams : dict, optional
+        Per-kind overrides of the architecture and training settings.
+    device : str, optional
+    report : bool
+        Write the training report PNG.
+    progress : callable, optional
+        Called with one-line status messages.
+
+    Returns
+    -------
+    dirs : dict
+        ``{'dhs': Path, 'pse': Path}`` for the kinds trained.
+    """
+    from .export import export_model
+
+    kinds = {"both": ["pse", "dhs"], "pse": ["pse"], "dhs": ["dhs"]}.get(kind)
+    if kinds is None:
+        raise ParameterError(f"kind={kind!r} must be 'both', 'dhs' or 'pse'")
+    say = progress or (lambda msg: log.info(msg))
+    qs, ds = as_store(query_store), as_store(db_store)
+    pairs = collect_pairs(qs, ds, truth, splits=("train", "valid"))
+    train = [p for p in pairs if p.split == "train"]
+    valid = [p for p in pairs if p.split == "valid"]
+    say(f"{len(train)} training and {len(valid)} validation pairs")
+    stats = dict(audio=zscore_stats(p.audio for p in train), midi=zscore_stats(p.midi for p in train))
+    desc: dict[str, Any] = dict(query_modality=qs.modality, n_train_pairs=len(train),
+                                n_valid_pairs=len(valid), seed=seed)
+    if "dhs" in kinds:
+        t0 = time.monotonic()
+        kept, rejected = align_pairs(pairs, min_confidence=min_confidence)
+        say(f"aligned {len(pairs)} pairs in {time.monotonic() - t0:.1f}s: kept {len(kept)}, "
+            f"rejected {len(rejected)} with confidence < {min_confidence}")
+        desc.update(n_aligned=len(kept), n_rejected=len(rejected), min_confidence=min_confidence)
+    out = Path(out_dir)
+    budget = max_minutes * 60.0 / len(kinds) / max(search, 1)
+    result = {}
+    for k in kinds:
+        if k == "dhs":
+            tr = [p for p in kept if p.split == "train"]
+            va = [p for p in kept if p.split == "valid"]
+        else:
+            tr, va = train, valid
+        mdir = out / f"{k}-{qs.modality}"
+        fit_kw = dict(stats=stats, max_steps=max_steps or 20000, max_seconds=budget,
+                      eval_every=eval_every, patience=patience, device=device)
+        say(f"training {k} on {len(tr)} pairs (validation {len(va)}), budget {budget:.0f}s per run")
+        if search:
+            res = random_search(k, tr, va, n_trials=search, csv_path=mdir / "trials.csv",
+                                seed=seed, **fit_kw)
+        else:
+            res = fit(k, tr, va, config=(configs or {}).get(k), hparams=(hparams or {}).get(k),
+                      seed=seed, **fit_kw)
+        say(f"{k}: {res.steps} steps in {res.seconds:.0f}s, validation BC {res.metrics['bc']:.3f}")
+        real = dict(audio=[p.audio for p in va[:3]], midi=[p.midi[:2000] for p in va[:3]])
+        metrics = {key: v for key, v in res.metrics.items() if np.isscalar(v)}
+        export_model(res.f, res.g, out_dir=mdir, name=f"{k}-{qs.modality}",
+                     midi_modality=qs.modality, params=qs.params, stats=stats,
+                     metrics=metrics, config=res.config,
+                     training=dict(desc, hparams=dataclasses.asdict(res.hparams),
+                                   steps=res.steps, seconds=round(res.seconds, 1)),
+                     real_inputs=real)
+        if report:
+            from .report import training_report
+
+            training_report(res.history, res.metrics["matched"], res.metrics["unmatched"],
+                            path=mdir / "training.png", title=f"{k}-{qs.modality}",
+                            bc=res.metrics["bc"], hamming=(k == "dhs"))
+        result[k] = mdir
+    return result

@@ -1,0 +1,93 @@
+"""Feature geometry: the single source of truth.
+
+Every stage, the model input shape, the ONNX axes and the CLI defaults read
+:data:`DEFAULT_PARAMS`.  Stores and models record ``FeatureParams.to_dict()``
+and refuse to mix with a different one.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+#: Integer version of the on-disk store and model format.
+FORMAT_VERSION = 1
+
+#: Names of the modalities a store or model can hold.
+MODALITIES = ("audio", "midi-synth", "midi-pianoroll")
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """Constant-Q feature parameters (the thesis / Lakh MIDI settings).
+
+    Parameters
+    ----------
+    sr : int
+        Sample rate in Hz that audio is resampled to.
+    hop_length : int
+        Hop between frames in samples.
+    fmin_midi : int
+        MIDI note number of the lowest CQT bin.
+    n_bins : int
+        Number of CQT bins (rows of the piano roll).
+    bins_per_octave : int
+        CQT resolution.
+    top_db : float
+        Floor of the dB scale below the clip's maximum.
+    max_frames : int
+        Longest sequence accepted; longer inputs are failures (the thesis
+        skipped MIDI files longer than 10,000 frames).
+    beat_sync : bool
+        Aggregate frames per beat instead of the fixed frame rate.
+    """
+
+    sr: int = 22050
+    hop_length: int = 1024
+    fmin_midi: int = 36
+    n_bins: int = 48
+    bins_per_octave: int = 12
+    top_db: float = 80.0
+    max_frames: int = 10000
+    beat_sync: bool = False
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second (about 21.53)."""
+        return self.sr / self.hop_length
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds per frame (about 0.0464)."""
+        return self.hop_length / self.sr
+
+    @property
+    def fmin_hz(self) -> float:
+        """Centre frequency of the lowest bin in Hz."""
+        return 440.0 * 2.0 ** ((self.fmin_midi - 69) / 12.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form recorded in store and model attributes."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FeatureParams":
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            from .errors import FormatMismatchError
+
+            raise FormatMismatchError(
+                f"unknown feature parameters {sorted(unknown)}; was this written "
+                "by a newer msdmatch? Upgrade msdmatch or re-run `msdmatch featurize`."
+            )
+        return cls(**d)
+
+    def diff(self, other: "FeatureParams") -> list[str]:
+        """Human-readable differences, e.g. ``['n_bins: 36 != 48']``."""
+        a, b = self.to_dict(), other.to_dict()
+        return [f"{k}: {a[k]!r} != {b[k]!r}" for k in a if a[k] != b[k]]
+
+
+DEFAULT_PARAMS = FeatureParams()

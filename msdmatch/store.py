@@ -1,0 +1,352 @@
+"""The msdmatch Zarr v3 store: layout, validation, staged writes.
+
+Layout (one group per store; see DESIGN.md "Store format")::
+
+    features   (total_frames, n_bins) float16, chunked along frames
+    offsets    (n + 1,) int64      sequence i = features[offsets[i]:offsets[i+1]]
+    ids        (n,) str
+    sources    (n,) str
+    failures/  id, source, stage, reason   (m,) str each
+    pse/<model>                 (n, 128) float32           written by embed
+    dhs/<model>/words, offsets  flat uint32 + (n+1,) int64  written by embed
+    _parts/<stage>/p000123/     staging area of one partition (private)
+
+Writers never share a chunk: each partition writes its own staging arrays,
+then marks them ``committed`` in the part group's attributes (one atomic
+object write).  Readers only ever see consolidated arrays, which are written
+from the committed parts in chunk-aligned blocks once every part is done.
+Group attributes record ``msdmatch_format``, ``modality``, the feature
+parameters and the msdmatch version; readers refuse anything else.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import __version__
+from .errors import FormatMismatchError, StoreError
+from .params import FORMAT_VERSION, MODALITIES, FeatureParams
+
+#: Frames per chunk of ``features`` (16384 x 48 x 2 bytes = 1.5 MiB).
+FEATURES_CHUNK = 16384
+#: Rows per chunk of the per-item string and offset arrays.
+ITEM_CHUNK = 65536
+FAILURE_FIELDS = ("id", "source", "stage", "reason")
+
+
+def is_remote(url: str) -> bool:
+    """True for fsspec URLs such as ``s3://bucket/x.zarr``."""
+    return "://" in str(url) and not str(url).startswith("file://")
+
+
+def open_group(url: str, *, mode: str = "r", storage_options: dict | None = None):
+    """Open a Zarr v3 group locally or through fsspec."""
+    import zarr
+
+    kw: dict[str, Any] = {}
+    if is_remote(url):
+        kw["storage_options"] = dict(storage_options or {})
+    try:
+        return zarr.open_group(str(url), mode=mode, zarr_format=3, **kw)
+    except FileNotFoundError:
+        raise StoreError(f"no msdmatch store at {url!r}; create it with `msdmatch featurize`") from None
+    except (PermissionError, OSError) as e:
+        raise StoreError(f"cannot open store {url!r} (mode {mode!r}): {e}") from None
+
+
+def _str_array(group, name: str, values: Sequence[str]) -> None:
+    n = len(values)
+    arr = group.create_array(
+        name, shape=(n,), dtype=str, chunks=(max(1, min(n, ITEM_CHUNK)),), overwrite=True
+    )
+    if n:
+        arr[:] = np.asarray(list(values), dtype=str)
+
+
+def _read_str(group, name: str) -> list[str]:
+    arr = group[name]
+    return [str(s) for s in arr[:]] if arr.shape[0] else []
+
+
+class Store:
+    """A consolidated msdmatch store.
+
+    Parameters
+    ----------
+    url : str
+        Local path or fsspec URL.
+    storage_options : dict, optional
+        fsspec options (credentials, ``endpoint_url``) for remote stores.
+    mode : {'r', 'r+'}
+    """
+
+    def __init__(self, url: str, *, storage_options: dict | None = None, mode: str = "r"):
+        self.url = str(url)
+        self.storage_options = storage_options
+        self.group = open_group(self.url, mode=mode, storage_options=storage_options)
+        attrs = dict(self.group.attrs)
+        check_format(attrs, self.url)
+        if not attrs.get("complete"):
+            raise StoreError(
+                f"store {self.url!r} is incomplete (featurize was interrupted); "
+                "re-run the same `msdmatch featurize` command to finish it"
+            )
+        self.attrs = attrs
+        self.modality: str = attrs["modality"]
+        self.params = FeatureParams.from_dict(attrs["params"])
+
+    @functools.cached_property
+    def offsets(self) -> np.ndarray:
+        """(n + 1,) int64 frame offsets."""
+        return np.asarray(self.group["offsets"][:], dtype=np.int64)
+
+    @functools.cached_property
+    def ids(self) -> list[str]:
+        """Item ids, in store order."""
+        return _read_str(self.group, "ids")
+
+    @property
+    def sources(self) -> list[str]:
+        """Where each item came from."""
+        return _read_str(self.group, "sources")
+
+    @property
+    def n(self) -> int:
+        """Number of featurized items."""
+        return int(self.offsets.size - 1)
+
+    def sequence(self, i: int) -> np.ndarray:
+        """Features of item ``i``, shape (n_frames, n_bins), float32."""
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return np.asarray(self.group["features"][a:b], dtype=np.float32)
+
+    def sequences(self, start: int = 0, stop: int | None = None) -> list[np.ndarray]:
+        """Items ``start:stop`` with one contiguous read, float32."""
+        stop = self.n if stop is None else stop
+        off = self.offsets[start : stop + 1]
+        if stop <= start:
+            return []
+        block = np.asarray(self.group["features"][off[0] : off[-1]], dtype=np.float32)
+        return [block[a - off[0] : b - off[0]] for a, b in zip(off[:-1], off[1:])]
+
+    def failures(self) -> list[dict[str, str]]:
+        """Rows of the failures table."""
+        if "failures" not in self.group:
+            return []
+        g = self.group["failures"]
+        cols = {f: _read_str(g, f) for f in FAILURE_FIELDS}
+        return [dict(zip(FAILURE_FIELDS, row)) for row in zip(*cols.values())]
+
+    def require(self, *, params: FeatureParams | None = None, modality: str | None = None) -> None:
+        """Refuse the store if its parameters or modality differ from the caller's."""
+        if params is not None and params != self.params:
+            raise FormatMismatchError(
+                f"store {self.url!r} was featurized with other parameters "
+                f"({'; '.join(self.params.diff(params))}); re-run `msdmatch featurize` "
+                "with matching settings or use a model trained on these"
+            )
+        if modality is not None and modality != self.modality:
+            raise FormatMismatchError(
+                f"store {self.url!r} holds {self.modality!r} features but {modality!r} "
+                "was expected; did you swap QUERIES and DB?"
+            )
+
+
+def check_format(attrs: dict, url: str) -> None:
+    """Refuse stores that are not msdmatch stores of this format version."""
+    if "msdmatch_format" not in attrs:
+        raise StoreError(f"{url!r} is not an msdmatch store (no 'msdmatch_format' attribute)")
+    fmt = attrs["msdmatch_format"]
+    if fmt != FORMAT_VERSION:
+        raise FormatMismatchError(
+            f"store {url!r} has msdmatch_format={fmt} but this msdmatch "
+            f"({__version__}) reads format {FORMAT_VERSION}; re-run `msdmatch featurize` "
+            "into a new store, or use the msdmatch version that wrote it"
+        )
+
+
+def init_store(
+    url: str,
+    *,
+    modality: str,
+    params: FeatureParams,
+    plan: dict,
+    storage_options: dict | None = None,
+    overwrite: bool = False,
+):
+    """Create a store for writing, or reopen one to resume.
+
+    An existing store is reused only if its format, modality, parameters and
+    plan digest all match; otherwise the caller is told how to proceed.
+
+    Returns
+    -------
+    group : zarr.Group opened for writing
+    """
+    if modality not in MODALITIES:
+        raise StoreError(f"modality {modality!r} is not one of {MODALITIES}")
+    import zarr
+
+    attrs = {
+        "msdmatch_format": FORMAT_VERSION,
+        "modality": modality,
+        "params": params.to_dict(),
+        "msdmatch_version": __version__,
+        "plan": plan,
+        "complete": False,
+    }
+    exists = True
+    try:
+        g = open_group(url, mode="r", storage_options=storage_options)
+        old = dict(g.attrs)
+    except StoreError:
+        exists = False
+    if exists and not overwrite and old:
+        check_format(old, url)
+        if old.get("modality") != modality:
+            raise StoreError(
+                f"{url!r} already holds {old.get('modality')!r} features, not {modality!r}; "
+                "choose another --out or pass --overwrite"
+            )
+        diff = FeatureParams.from_dict(old["params"]).diff(params)
+        if diff:
+            raise FormatMismatchError(
+                f"{url!r} was featurized with other parameters ({'; '.join(diff)}); "
+                "choose another --out or pass --overwrite"
+            )
+        if old.get("plan", {}).get("digest") != plan["digest"]:
+            raise StoreError(
+                f"{url!r} was started from a different list of inputs or partition size; "
+                "re-run with the original SRC, choose another --out, or pass --overwrite"
+            )
+        return open_group(url, mode="r+", storage_options=storage_options)
+    kw: dict[str, Any] = {"storage_options": dict(storage_options or {})} if is_remote(url) else {}
+    try:
+        g = zarr.open_group(url, mode="w", zarr_format=3, **kw)
+    except (PermissionError, OSError) as e:
+        raise StoreError(f"cannot create store {url!r}: {e}") from None
+    g.attrs.update(attrs)
+    return g
+
+
+# ----------------------------------------------------------------- staging
+
+
+def part_path(stage: str, pid: int) -> str:
+    """Group path of one staged partition."""
+    return f"_parts/{stage}/p{pid:06d}"
+
+
+def write_part(
+    url: str,
+    stage: str,
+    pid: int,
+    arrays: dict[str, np.ndarray],
+    strings: dict[str, Sequence[str]],
+    *,
+    storage_options: dict | None = None,
+) -> None:
+    """Write one partition's staging arrays, then mark it committed.
+
+    A part that was half-written by an interrupted run is overwritten; the
+    ``committed`` attribute is written last, so readers never see a partial
+    part.
+    """
+    root = open_group(url, mode="r+", storage_options=storage_options)
+    g = root.create_group(part_path(stage, pid), overwrite=True)
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        chunks = (max(1, min(a.shape[0], FEATURES_CHUNK)),) + a.shape[1:]
+        arr = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=chunks, overwrite=True)
+        if a.size:
+            arr[...] = a
+    for name, values in strings.items():
+        _str_array(g, name, values)
+    g.attrs["committed"] = True
+
+
+def committed_parts(group, stage: str) -> set[int]:
+    """Partition ids whose staging write finished."""
+    path = f"_parts/{stage}"
+    if path not in group:
+        return set()
+    done = set()
+    for name, sub in group[path].groups():
+        if sub.attrs.get("committed"):
+            done.add(int(name[1:]))
+    return done
+
+
+def read_part(group, stage: str, pid: int) -> Any:
+    """The zarr group of one committed part."""
+    return group[part_path(stage, pid)]
+
+
+def plan_blocks(total: int, *, chunk: int, chunks_per_block: int = 16) -> list[tuple[int, int]]:
+    """Chunk-aligned ``[start, stop)`` row ranges covering ``total`` rows.
+
+    Parameters
+    ----------
+    total : int
+        Number of rows of the consolidated array.
+    chunk : int
+        Chunk length of that array; every block boundary is a multiple.
+    chunks_per_block : int
+        Chunks written by one task.
+    """
+    step = chunk * chunks_per_block
+    return [(a, min(a + step, total)) for a in range(0, total, step)]
+
+
+def copy_block(
+    block: tuple[int, int],
+    *,
+    url: str,
+    stage: str,
+    name: str,
+    part_spans: list[tuple[int, int, int]],
+    storage_options: dict | None = None,
+) -> int:
+    """Fill rows ``block`` of array ``name`` from staged parts.
+
+    Parameters
+    ----------
+    part_spans : list of (pid, start, stop)
+        Where each part's rows go in the consolidated array.
+
+    Returns
+    -------
+    n_rows : int
+    """
+    root = open_group(url, mode="r+", storage_options=storage_options)
+    a, b = block
+    out = root[name]
+    buf = np.empty((b - a,) + out.shape[1:], dtype=out.dtype)
+    for pid, s, e in part_spans:
+        lo, hi = max(s, a), min(e, b)
+        if lo < hi:
+            buf[lo - a : hi - a] = root[f"{part_path(stage, pid)}/{name.split('/')[-1]}"][lo - s : hi - s]
+    out[a:b] = buf
+    return b - a
+
+
+def write_failures(group, rows: list[dict[str, str]]) -> None:
+    """Replace the failures table with ``rows`` (dicts with FAILURE_FIELDS)."""
+    g = group.require_group("failures")
+    for f in FAILURE_FIELDS:
+        _str_array(g, f, [str(r[f]) for r in rows])
+
+
+def delete_path(url: str, path: str, *, storage_options: dict | None = None) -> None:
+    """Remove a sub-tree (used to drop the staging area once consolidated)."""
+    import fsspec
+
+    if is_remote(url):
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    else:
+        fs, root = fsspec.filesystem("file"), str(url)
+    target = f"{root.rstrip('/')}/{path}"
+    if fs.exists(target):
+        fs.rm(target, recursive=True)
