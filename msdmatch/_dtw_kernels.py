@@ -55,57 +55,69 @@ def _consider_end(packed, shift, len_mask, lane, best_cost, best_len):  # type: 
 
 
 @njit(cache=True, boundscheck=False)
-def _hamming_block(  # type: ignore[no-untyped-def]
-    q, cw, nlen, gidx, shift, phi_s, minus_one, start_add, best_cost, best_len
-):
-    """Hamming-DTW of one query against ``W`` candidates in lockstep.
+def _hamming_block(q, cw, nlen, shift, phi_s, start_add, lastcol, lastrow):  # type: ignore[no-untyped-def]
+    """Hamming-DTW dynamic programme for one query and ``W`` candidate lanes.
 
     Parameters
     ----------
     q : int32 or int64 [shape=(M,)]
-        Query words (uint32 bit patterns viewed/widened to the signed type).
+        Query words (uint32 bit patterns cast to the signed type).
     cw : same dtype as ``q`` [shape=(N_max, W)]
         Candidate words, one candidate per column (lane), zero padded.
-    nlen, gidx : int64 [shape=(W,)]
-        Per-lane candidate length ``N_k`` and gully index ``g_k``.
-    shift : same dtype as ``q``
-        Bit position of the cost field.
-    phi_s, minus_one, start_add : same dtype as ``q``
-        ``phi * 2**shift``, ``-1``, and ``len_mask - 1`` (packed start value).
-    best_cost, best_len : int64 [shape=(W,)]
-        Output, initialised by the caller to (1, 0) meaning "+inf".
+    nlen : int64 [shape=(W,)]
+        Per-lane candidate length ``N_k``.
+    shift, phi_s, start_add : same dtype as ``q``
+        Cost-field shift, ``phi * 2**shift`` and ``len_mask - 1``.
+    lastcol : same dtype as ``q`` [shape=(M, W)]
+        Output: packed value of cell ``(i, N_k - 1)`` for every row ``i``.
+    lastrow : same dtype as ``q`` [shape=(N_max, W)]
+        Output: packed values of the last row.
     """
-    m = q.shape[0]
-    n, w = cw.shape
-    prev = np.empty((n, w), dtype=cw.dtype)
-    cur = np.empty((n, w), dtype=cw.dtype)
-    len_mask = (np.int64(1) << np.int64(shift)) - 1
-    sh = np.int64(shift)
+    M = q.shape[0]
+    N, W = cw.shape
+    prev = np.empty((N, W), dtype=cw.dtype)
+    cur = np.empty((N, W), dtype=cw.dtype)
     qi = q[0]
-    for j in range(n):
-        for k in range(w):
+    for j in range(N):
+        for k in range(W):
             prev[j, k] = (_popcount(qi ^ cw[j, k]) << shift) + start_add
-    for k in range(w):
-        if gidx[k] == 0:
-            _consider_end(prev[nlen[k] - 1, k], sh, len_mask, k, best_cost, best_len)
-    for i in range(1, m):
+    for i in range(1, M):
         qi = q[i]
-        for k in range(w):
+        for k in range(W):
             cur[0, k] = (_popcount(qi ^ cw[0, k]) << shift) + start_add
-        for j in range(1, n):
-            for k in range(w):
+        for j in range(1, N):
+            for k in range(W):
                 d = _popcount(qi ^ cw[j, k]) << shift
-                diag = prev[j - 1, k]
-                side = min(prev[j, k], cur[j - 1, k]) + phi_s
-                cur[j, k] = min(diag, side) + d + minus_one
-        for k in range(w):
-            if i >= gidx[k]:
-                _consider_end(cur[nlen[k] - 1, k], sh, len_mask, k, best_cost, best_len)
+                a = prev[j - 1, k]
+                b = min(prev[j, k], cur[j - 1, k]) + phi_s
+                cur[j, k] = min(a, b) + d - 1
+        for k in range(W):
+            lastcol[i, k] = cur[nlen[k] - 1, k]
         prev, cur = cur, prev
-    # ``prev`` now holds the last row (also when m == 1).
-    for k in range(w):
+    for j in range(N):
+        for k in range(W):
+            lastrow[j, k] = prev[j, k]
+    # Row 0 is recomputed here rather than stored before the main loop: a
+    # store into ``lastcol`` ahead of the loop stops LLVM vectorising it.
+    qi = q[0]
+    for k in range(W):
+        lastcol[0, k] = (_popcount(qi ^ cw[nlen[k] - 1, k]) << shift) + start_add
+
+
+@njit(cache=True, boundscheck=False)
+def _block_scores(lastcol, lastrow, nlen, gidx, shift, out, idx):  # type: ignore[no-untyped-def]
+    """Best cost/length over each lane's end cells, written to ``out[idx]``."""
+    sh = np.int64(shift)
+    len_mask = (np.int64(1) << sh) - 1
+    best_cost = np.ones(nlen.shape[0], dtype=np.int64)
+    best_len = np.zeros(nlen.shape[0], dtype=np.int64)
+    M = lastcol.shape[0]
+    for k in range(nlen.shape[0]):
+        for i in range(gidx[k], M):
+            _consider_end(lastcol[i, k], sh, len_mask, k, best_cost, best_len)
         for j in range(gidx[k], nlen[k]):
-            _consider_end(prev[j, k], sh, len_mask, k, best_cost, best_len)
+            _consider_end(lastrow[j, k], sh, len_mask, k, best_cost, best_len)
+        out[idx[k]] = best_cost[k] / best_len[k]
 
 
 @njit(cache=True, boundscheck=False)
@@ -137,25 +149,23 @@ def _gully_indices(m, nlen, gully):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, boundscheck=False)
-def _run_block(q, words, offsets, idx, gully, shift, phi_s, minus_one, start_add, out):  # type: ignore[no-untyped-def]
+def _run_block(q, words, offsets, idx, gully, shift, phi_s, start_add, out):  # type: ignore[no-untyped-def]
     cw, nlen = _gather_block(words, offsets, idx, q)
     gidx = _gully_indices(q.shape[0], nlen, gully)
-    w = idx.shape[0]
-    best_cost = np.ones(w, dtype=np.int64)
-    best_len = np.zeros(w, dtype=np.int64)
-    _hamming_block(q, cw, nlen, gidx, shift, phi_s, minus_one, start_add, best_cost, best_len)
-    for k in range(w):
-        out[idx[k]] = best_cost[k] / best_len[k]
+    lastcol = np.empty((q.shape[0], cw.shape[1]), dtype=cw.dtype)
+    lastrow = np.empty(cw.shape, dtype=cw.dtype)
+    _hamming_block(q, cw, nlen, shift, phi_s, start_add, lastcol, lastrow)
+    _block_scores(lastcol, lastrow, nlen, gidx, shift, out, idx)
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _hamming_many_all(q, words, offsets, order, lanes, gully, shift, phi_s, minus_one, start_add, out):  # type: ignore[no-untyped-def]
+def _hamming_many_all(q, words, offsets, order, lanes, gully, shift, phi_s, start_add, out):  # type: ignore[no-untyped-def]
     """Exhaustive batch: blocks of ``lanes`` candidates taken from ``order``."""
     n = order.shape[0]
     n_blocks = (n + lanes - 1) // lanes
     for b in prange(n_blocks):
         idx = order[b * lanes : min(n, (b + 1) * lanes)]
-        _run_block(q, words, offsets, idx, gully, shift, phi_s, minus_one, start_add, out)
+        _run_block(q, words, offsets, idx, gully, shift, phi_s, start_add, out)
 
 
 @njit(cache=True, boundscheck=False)
@@ -238,7 +248,7 @@ def _lower_bounds(q, words, offsets, lanes, gully, phi, lb_num, lb_den):  # type
 
 @njit(cache=True, boundscheck=False)
 def _hamming_many_top(  # type: ignore[no-untyped-def]
-    q, words, offsets, order, lanes, gully, shift, phi_s, minus_one, start_add, lb_num, lb_den, top_r, out
+    q, words, offsets, order, lanes, gully, shift, phi_s, start_add, lb_num, lb_den, top_r, out
 ):
     """Batch with early abandoning; ``order`` sorts candidates by bound.
 
@@ -261,7 +271,7 @@ def _hamming_many_top(  # type: ignore[no-untyped-def]
                     break
             if skip:
                 continue
-        _run_block(q, words, offsets, idx, gully, shift, phi_s, minus_one, start_add, out)
+        _run_block(q, words, offsets, idx, gully, shift, phi_s, start_add, out)
         for k in range(idx.shape[0]):
             done[n_done] = out[idx[k]]
             n_done += 1

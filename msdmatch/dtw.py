@@ -242,7 +242,6 @@ def hamming_dtw_many(
     consts = (
         itype(shift),
         itype(phi << shift),
-        itype(-1),
         itype((1 << shift) - 2),
     )
     lanes = min(_LANES, n_cand)

@@ -245,8 +245,11 @@ def render_window(perf, *, soundfont: str, sr: int = RENDER_SR,
             events.append((int(round(nt.start * sr)), 1, ch, nt.pitch, nt.velocity))
             events.append((int(round(nt.end * sr)), 0, ch, nt.pitch, 0))
     events.sort(key=lambda e: (e[0], e[1], e[2], e[3]))
-    left = np.zeros(n_out, dtype=np.float32)
-    right = np.zeros(n_out, dtype=np.float32)
+    # fluidsynth renders 64-sample blocks and keeps a partial block for the
+    # next call: render whole blocks so no state carries over between songs
+    n_buf = -(-n_out // 64) * 64
+    left = np.zeros(n_buf, dtype=np.float32)
+    right = np.zeros(n_buf, dtype=np.float32)
     lp, rp = left.ctypes.data, right.ctypes.data
     cur = 0
     for s, on, ch, pitch, vel in events:
@@ -258,10 +261,26 @@ def render_window(perf, *, soundfont: str, sr: int = RENDER_SR,
             synth.noteon(ch, pitch, vel)
         else:
             synth.noteoff(ch, pitch)
-    if cur < n_out:
-        _write_float(synth.synth, n_out - cur, lp, cur, 1, rp, cur, 1)
+    if cur < n_buf:
+        _write_float(synth.synth, n_buf - cur, lp, cur, 1, rp, cur, 1)
+    _drain(synth)
+    return 0.5 * (left[:n_out] + right[:n_out])
+
+
+def _drain(synth, *, max_seconds: float = 6.0) -> None:
+    """Silence the synth: a reset only releases voices, so render until the tails end.
+
+    Without this, release tails of one song would leak into the next one the
+    process renders and previews would depend on task order.
+    """
     synth.system_reset()
-    return 0.5 * (left + right)
+    block = np.zeros(2048, dtype=np.float32)
+    p = block.ctypes.data
+    sr = float(synth.get_setting("synth.sample-rate") or RENDER_SR)
+    for _ in range(int(max_seconds * sr / 1024)):
+        _write_float(synth.synth, 1024, p, 0, 1, p, 1024, 1)
+        if not block.any():
+            return
 
 
 def apply_effects(y: np.ndarray, *, sr: int, fx: dict, seed: int) -> np.ndarray:

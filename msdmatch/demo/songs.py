@@ -139,6 +139,13 @@ def _part_notes(part) -> list[tuple[float, float, int, int]]:
     return [tuple(n) for n in notes]
 
 
+def _has_repeats(score) -> bool:
+    """Whether a score has repeat barlines or jumps (expanding them deep-copies the score)."""
+    from music21 import bar, repeat
+
+    return any(True for _ in score.recurse().getElementsByClass((bar.Repeat, repeat.RepeatExpression)))
+
+
 def music21_song(work: Work, *, rng: np.random.Generator):
     """Turn a music21 corpus work into a multi-track song.
 
@@ -169,10 +176,11 @@ def music21_song(work: Work, *, rng: np.random.Generator):
         score = music21.corpus.parse(work.path, number=work.number)
     except Exception as e:  # music21 raises many kinds of errors on odd files
         raise InputError(f"music21 could not parse {work.key}: {e}") from None
-    try:
-        score = score.expandRepeats()
-    except Exception:
-        pass  # some scores have inconsistent repeat marks: play them as written
+    if _has_repeats(score):
+        try:
+            score = score.expandRepeats()
+        except Exception:
+            pass  # some scores have inconsistent repeat marks: play them as written
     parts = list(score.parts) if hasattr(score, "parts") and len(score.parts) else [score]
     tracks = [n for n in (_part_notes(p) for p in parts) if n]
     if sum(len(t) for t in tracks) < 8:

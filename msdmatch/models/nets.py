@@ -250,10 +250,10 @@ def default_config(kind: str, **overrides: Any) -> NetConfig:
     if kind not in ("dhs", "pse"):
         raise ParameterError(f"kind={kind!r} must be 'dhs' or 'pse'")
     base: dict[str, Any] = (
-        dict(kind="dhs", filters=(16, 32, 64), convs_per_group=2, pool_freq=True,
+        dict(kind="dhs", filters=(16, 32, 64), convs_per_group=1, pool_freq=True,
              dense=(512,), out_dim=32)
         if kind == "dhs"
-        else dict(kind="pse", filters=(16, 32), convs_per_group=1, pool_freq=True,
+        else dict(kind="pse", filters=(16,), convs_per_group=1, pool_freq=True,
                   dense=(512, 512), out_dim=128, attention_dim=128)
     )
     base.update(overrides)

@@ -86,7 +86,7 @@ def default_hparams(kind: str, **overrides: Any) -> HParams:
         hp = HParams(alpha=5.33, margin=4.0, beta=0.05, batch=50, crop=100, lr=1e-3)
     elif kind == "pse":
         hp = HParams(alpha=3.34, margin=1.06, beta=0.0, batch=16, lr=3e-4,
-                     audio_frames=646, midi_frames=1500)
+                     audio_frames=400, midi_frames=800)
     else:
         raise ParameterError(f"kind={kind!r} must be 'dhs' or 'pse'")
     return dataclasses.replace(hp, **overrides)
@@ -349,7 +349,7 @@ def fit(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
         opt.step()
-        running.append(float(loss))
+        running.append(loss.item())
         out_of_time = time.monotonic() - t0 > max_seconds
         if step % eval_every == 0 or step == max_steps or out_of_time:
             hist["step"].append(step)

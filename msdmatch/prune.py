@@ -1,0 +1,400 @@
+"""PSE prune: exact Euclidean top-K over a shard of database embeddings.
+
+Conventions
+-----------
+* Queries are ``(q, d)`` and database embeddings ``(n, d)`` arrays, float32 or
+  float16 (``d = 128`` for PSE).  A float16 database halves the memory and the
+  bandwidth per entry (256 MB instead of 512 MB per million 128-D entries);
+  distances are then exact for the float16 values as stored.
+* The distance is the squared Euclidean distance, computed exactly in float64
+  from the stored values and returned rounded to float32.
+* Order: ascending float32 distance, ties broken by the lower database index.
+  Because the key ``(float32 distance, index)`` is a total order, merging the
+  top-K of shards (:func:`merge_topk`) gives exactly the unsharded result.
+* Indices are int64 and local to ``db`` unless an offset is given to
+  :func:`merge_topk`.  When ``k > n`` the result has ``n`` columns.
+
+Method
+------
+The database is scanned in blocks.  For each block, one BLAS product gives the
+surrogate key ``‖d‖² − 2 q·d`` (‖q‖² is constant per query) and a compiled
+kernel scans each query's row against a running threshold, the worst key held
+in a bounded max-heap; most entries are rejected with a single comparison.
+The heap holds ``k`` plus a slack of candidates, which are then re-scored
+exactly.  A rigorous float32 rounding bound certifies that no rejected entry
+could belong to the exact top-K; a query that cannot be certified (near-ties
+at the boundary, e.g. duplicate rows) is rescanned with a larger heap, down to
+an exhaustive exact scan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from numba import njit
+
+from msdmatch.errors import ParameterError
+
+__all__ = ["topk_sq_euclidean", "merge_topk", "default_k"]
+
+#: Unit roundoff of float32.
+_U32 = 2.0**-24
+
+
+def default_k(n_db: int) -> int:
+    """Default number of PSE survivors: ``min(n_db, max(ceil(0.01 n_db), 1000))``.
+
+    Parameters
+    ----------
+    n_db : int >= 0
+        Number of database entries.
+
+    Returns
+    -------
+    k : int
+    """
+    n = int(n_db)
+    if n < 0:
+        raise ParameterError(f"n_db must be >= 0, got {n_db!r}")
+    return min(n, max(math.ceil(0.01 * n), 1000))
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@njit(cache=True, boundscheck=False)
+def _sift_down(hv, hi, pos, size):  # pragma: no cover - compiled
+    v = hv[pos]
+    x = hi[pos]
+    while True:
+        c = 2 * pos + 1
+        if c >= size:
+            break
+        if c + 1 < size and hv[c + 1] > hv[c]:
+            c += 1
+        if hv[c] <= v:
+            break
+        hv[pos] = hv[c]
+        hi[pos] = hi[c]
+        pos = c
+    hv[pos] = v
+    hi[pos] = x
+
+
+@njit(cache=True, boundscheck=False)
+def _push(hv, hi, size, v, x):  # pragma: no cover - compiled
+    pos = size
+    while pos > 0:
+        p = (pos - 1) // 2
+        if hv[p] >= v:
+            break
+        hv[pos] = hv[p]
+        hi[pos] = hi[p]
+        pos = p
+    hv[pos] = v
+    hi[pos] = x
+
+
+@njit(cache=True, boundscheck=False, fastmath=True)
+def _chunk_min(row, nrm, j0, j1):  # pragma: no cover - compiled
+    m = np.float32(np.inf)
+    for j in range(j0, j1):
+        v = nrm[j] + row[j]
+        m = min(m, v)
+    return m
+
+
+@njit(cache=True, boundscheck=False)
+def _scan_block(g, nrm, base, hv, hi, fill):  # pragma: no cover - compiled
+    """Insert the entries of one block into the per-query bounded max-heaps.
+
+    ``g[i, j] = -2 q_i·d_j`` and ``nrm[j] = ‖d_j‖²``; ``base`` is the index
+    of the block's first row.
+    """
+    nq, b = g.shape
+    cap = hv.shape[1]
+    chunk = 32
+    for i in range(nq):
+        row = g[i]
+        h = hv[i]
+        x = hi[i]
+        size = fill[i]
+        j = 0
+        while size < cap and j < b:
+            _push(h, x, size, nrm[j] + row[j], base + j)
+            size += 1
+            j += 1
+        fill[i] = size
+        if j >= b:
+            continue
+        thr = h[0]
+        while j < b:
+            j1 = min(j + chunk, b)
+            if _chunk_min(row, nrm, j, j1) < thr:
+                for jj in range(j, j1):
+                    v = nrm[jj] + row[jj]
+                    if v < thr:
+                        h[0] = v
+                        x[0] = base + jj
+                        _sift_down(h, x, 0, cap)
+                        thr = h[0]
+            j = j1
+
+
+@njit(cache=True, boundscheck=False)
+def _half(h):  # pragma: no cover - compiled
+    """Value of an IEEE binary16 number given its bits (finite values only)."""
+    e = (h >> 10) & 0x1F
+    m = np.float64(h & 0x3FF)
+    v = m * 2.0**-24 if e == 0 else (1.0 + m / 1024.0) * 2.0 ** (np.int64(e) - 15)
+    return -v if h & 0x8000 else v
+
+
+@njit(cache=True, boundscheck=False)
+def _exact_rows(queries, db, cand, fill):  # pragma: no cover - compiled
+    """Exact float64 squared distances of each query to its candidates (float32 db)."""
+    nq, cap = cand.shape
+    d = db.shape[1]
+    out = np.full((nq, cap), np.inf)
+    for i in range(nq):
+        for c in range(fill[i]):
+            r = cand[i, c]
+            s = 0.0
+            for t in range(d):
+                diff = np.float64(queries[i, t]) - np.float64(db[r, t])
+                s += diff * diff
+            out[i, c] = s
+    return out
+
+
+@njit(cache=True, boundscheck=False)
+def _exact_rows_half(queries, bits, cand, fill):  # pragma: no cover - compiled
+    """As :func:`_exact_rows` for a float16 db given as its uint16 bits."""
+    nq, cap = cand.shape
+    d = bits.shape[1]
+    out = np.full((nq, cap), np.inf)
+    for i in range(nq):
+        for c in range(fill[i]):
+            r = cand[i, c]
+            s = 0.0
+            for t in range(d):
+                diff = np.float64(queries[i, t]) - _half(bits[r, t])
+                s += diff * diff
+            out[i, c] = s
+    return out
+
+
+def _exact(queries: np.ndarray, db: np.ndarray, cand: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Exact distances; float16 arrays are passed to the kernel as their bits."""
+    q = queries.astype(np.float32)
+    if db.dtype == np.float16:
+        return _exact_rows_half(q, db.view(np.uint16), cand, fill)
+    return _exact_rows(q, db, cand, fill)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_matrix(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ParameterError(f"{name} must be 2-D (entries, dims), got shape {x.shape}")
+    if x.dtype not in (np.float32, np.float16):
+        hint = "; cast with .astype(np.float32)" if x.dtype.kind in "fiu" else ""
+        raise ParameterError(f"{name} must be float32 or float16, got {x.dtype}{hint}")
+    if x.size and not np.isfinite(x).all():
+        raise ParameterError(f"{name} contains NaN or infinite values; embeddings must be finite")
+    return np.ascontiguousarray(x)
+
+
+def _select(exact: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row by (float32 distance, index) and keep the first ``k``."""
+    d32 = exact.astype(np.float32)
+    order = np.lexsort((cand, d32), axis=-1)[:, :k]
+    return np.take_along_axis(d32, order, 1), np.take_along_axis(cand, order, 1)
+
+
+def _all_exact(queries: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    n = db.shape[0]
+    cand = np.broadcast_to(np.arange(n, dtype=np.int64), (queries.shape[0], n)).copy()
+    fill = np.full(queries.shape[0], n, dtype=np.int64)
+    return _select(_exact(queries, db, cand, fill), cand, k)
+
+
+def _scan(queries, db, nrm, *, cap, block):
+    """Bounded-heap scan; returns candidate indices and surrogate keys, shape (q, cap)."""
+    nq = queries.shape[0]
+    n = db.shape[0]
+    hv = np.empty((nq, cap), dtype=np.float32)
+    hi = np.empty((nq, cap), dtype=np.int64)
+    fill = np.zeros(nq, dtype=np.int64)
+    qm2 = (-2.0 * queries.astype(np.float32)).astype(np.float32)
+    g = np.empty((nq, block), dtype=np.float32)
+    for s in range(0, n, block):
+        e = min(s + block, n)
+        blk = db[s:e]
+        if blk.dtype != np.float32:
+            blk = blk.astype(np.float32)
+        gb = g[:, : e - s]
+        np.matmul(qm2, blk.T, out=gb)
+        _scan_block(gb, nrm[s:e], s, hv, hi, fill)
+    return hi, hv
+
+
+def topk_sq_euclidean(
+    queries: np.ndarray,
+    db: np.ndarray,
+    *,
+    k: int,
+    block: int = 8192,
+    db_sq_norms: np.ndarray | None = None,
+    slack: float = 0.125,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-K nearest database entries by squared Euclidean distance.
+
+    Parameters
+    ----------
+    queries : np.ndarray [shape=(q, d), dtype=float32 or float16]
+        Query embeddings.
+    db : np.ndarray [shape=(n, d), dtype=float32 or float16]
+        One shard of database embeddings.
+    k : int > 0
+        Number of neighbours per query; clipped to ``n``.
+    block : int > 0
+        Database rows per BLAS product.  The default keeps a block of 128-D
+        float32 rows (4 MB) and the product rows in the L2/L3 caches.
+    db_sq_norms : np.ndarray [shape=(n,), dtype=float32] or None
+        Precomputed ``‖d‖²`` of the float32 values of ``db`` (saves one pass
+        when the same shard is searched many times).
+    slack : float >= 0
+        Extra heap capacity, as a fraction of ``k`` (at least 16 entries), that
+        absorbs float32 rounding at the boundary so results can be certified.
+
+    Returns
+    -------
+    dist : np.ndarray [shape=(q, min(k, n)), dtype=float32]
+        Squared distances, ascending along each row.
+    idx : np.ndarray [shape=(q, min(k, n)), dtype=int64]
+        Row indices into ``db``; equal distances are ordered by index.
+
+    Raises
+    ------
+    ParameterError
+        If the shapes or dtypes do not fit or ``k``/``block`` is not positive.
+    """
+    queries = _check_matrix(queries, "queries")
+    db = _check_matrix(db, "db")
+    if queries.shape[1] != db.shape[1]:
+        raise ParameterError(
+            f"queries have {queries.shape[1]} dims but db has {db.shape[1]}; "
+            "were they embedded with different models?"
+        )
+    if int(k) != k or k < 1:
+        raise ParameterError(f"k must be a positive integer, got {k!r}")
+    if int(block) != block or block < 1:
+        raise ParameterError(f"block must be a positive integer, got {block!r}")
+    if not slack >= 0:
+        raise ParameterError(f"slack must be >= 0, got {slack!r}")
+    nq, dim = queries.shape
+    n = db.shape[0]
+    k = min(int(k), n)
+    if nq == 0 or n == 0:
+        return np.zeros((nq, k), np.float32), np.zeros((nq, k), np.int64)
+    if db_sq_norms is None:
+        nrm = np.einsum("ij,ij->i", db, db, dtype=np.float32)
+    else:
+        nrm = np.ascontiguousarray(db_sq_norms, dtype=np.float32)
+        if nrm.shape != (n,):
+            raise ParameterError(f"db_sq_norms must have shape ({n},), got {nrm.shape}")
+
+    # Rigorous bound on |surrogate − exact| (dot, norm and one float32 add).
+    gam = (dim + 2) * _U32 / (1 - (dim + 2) * _U32)
+    max_n2 = float(np.max(nrm)) * (1 + gam)
+    q64 = queries.astype(np.float64)
+    q_n2 = np.einsum("ij,ij->i", q64, q64)
+    delta = 2.0 * gam * (max_n2 + 2.0 * np.sqrt(q_n2 * max_n2)) + 4.0 * _U32 * max_n2
+
+    dist = np.empty((nq, k), np.float32)
+    idx = np.empty((nq, k), np.int64)
+    todo = np.arange(nq)
+    cap = k + max(16, math.ceil(slack * k))
+    block = min(int(block), n)
+    while todo.size:
+        if cap >= n:
+            dist[todo], idx[todo] = _all_exact(queries[todo], db, k)
+            break
+        sub = queries[todo]
+        cand, keys = _scan(sub, db, nrm, cap=cap, block=block)
+        exact = _exact(sub, db, cand, np.full(todo.size, cap, np.int64))
+        d_k, i_k = _select(exact, cand, k)
+        # Every rejected entry has surrogate >= the heap maximum, so its exact
+        # distance is >= q_n2 + max(keys) - delta; certify it cannot reach the
+        # k-th value after rounding to float32.
+        kth = d_k[:, -1].astype(np.float64)
+        floor_rejected = q_n2[todo] + keys.max(axis=1).astype(np.float64) - delta[todo]
+        ok = floor_rejected > kth + np.spacing(d_k[:, -1]).astype(np.float64)
+        dist[todo[ok]], idx[todo[ok]] = d_k[ok], i_k[ok]
+        todo = todo[~ok]
+        cap = min(n, 4 * cap)
+    return dist, idx
+
+
+def merge_topk(
+    parts: Sequence[tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, int]],
+    *,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard top-K results into one top-K.
+
+    Parameters
+    ----------
+    parts : sequence of ``(dist, idx)`` or ``(dist, idx, offset)``
+        ``dist`` [shape=(q, k_s), float32] and ``idx`` [shape=(q, k_s), int64]
+        as returned by :func:`topk_sq_euclidean` for one shard; ``offset``
+        (default 0) is added to ``idx`` to make it global.  Results of earlier
+        merges (already global) can be passed again, so merges form a tree.
+    k : int > 0
+        Number of neighbours to keep; clipped to the total available.
+
+    Returns
+    -------
+    dist : np.ndarray [shape=(q, min(k, sum k_s)), dtype=float32]
+    idx : np.ndarray [shape=(q, min(k, sum k_s)), dtype=int64]
+        Global indices, ordered by (distance, index).
+    """
+    if int(k) != k or k < 1:
+        raise ParameterError(f"k must be a positive integer, got {k!r}")
+    if len(parts) == 0:
+        raise ParameterError("parts is empty; pass at least one (dist, idx[, offset]) shard result")
+    ds, xs = [], []
+    nq = None
+    for p, part in enumerate(parts):
+        if len(part) not in (2, 3):
+            raise ParameterError(
+                f"parts[{p}] has {len(part)} items; expected (dist, idx) or (dist, idx, offset)"
+            )
+        d = np.asarray(part[0], dtype=np.float32)
+        x = np.asarray(part[1])
+        off = int(part[2]) if len(part) == 3 else 0
+        if d.ndim != 2 or d.shape != x.shape:
+            raise ParameterError(
+                f"parts[{p}]: dist {d.shape} and idx {x.shape} must be equal 2-D shapes (q, k)"
+            )
+        if x.dtype.kind not in "iu":
+            raise ParameterError(f"parts[{p}]: idx must be integer, got {x.dtype}")
+        if nq is None:
+            nq = d.shape[0]
+        elif d.shape[0] != nq:
+            raise ParameterError(
+                f"parts[{p}] has {d.shape[0]} queries but parts[0] has {nq}; "
+                "all shards must be searched with the same query batch"
+            )
+        ds.append(d)
+        xs.append(x.astype(np.int64) + off)
+    dist = np.concatenate(ds, axis=1)
+    idx = np.concatenate(xs, axis=1)
+    k = min(int(k), dist.shape[1])
+    order = np.lexsort((idx, dist), axis=-1)[:, :k]
+    return np.take_along_axis(dist, order, 1), np.take_along_axis(idx, order, 1)

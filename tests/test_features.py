@@ -1,0 +1,99 @@
+"""Pure feature functions: shapes, normalisation, refusals."""
+import numpy as np
+import pretty_midi
+import pytest
+from conftest import make_midi
+
+from msdmatch import features
+from msdmatch.errors import InputError
+from msdmatch.params import DEFAULT_PARAMS, FeatureParams
+
+
+def test_audio_cqt_shape_and_norm(rng):
+    sr = 22050
+    t = np.arange(sr * 3) / sr
+    y = 0.5 * np.sin(2 * np.pi * 220.0 * t) + 0.01 * rng.standard_normal(t.size)
+    X = features.audio_cqt(y, sr)
+    assert X.dtype == np.float32
+    assert X.shape == (1 + y.size // DEFAULT_PARAMS.hop_length, 48)
+    norms = np.linalg.norm(X, axis=1)
+    np.testing.assert_allclose(norms[norms > 0], 1.0, rtol=1e-5)
+    # A4 = MIDI 57 is bin 57 - 36 = 21: the strongest bin in the middle frames.
+    assert int(np.argmax(X[X.shape[0] // 2])) == 21
+
+
+def test_audio_cqt_resamples(rng):
+    y = rng.standard_normal(44100 * 2).astype(np.float32) * 0.1
+    X = features.audio_cqt(y, 44100)
+    assert X.shape == (1 + 22050 * 2 // 1024, 48)
+
+
+@pytest.mark.parametrize(
+    "y, match",
+    [
+        (np.zeros(0, np.float32), "empty"),
+        (np.zeros(22050, np.float32), "silent"),
+        (np.full(22050, np.nan, np.float32), "NaN"),
+        (np.zeros((2, 100), np.float32), "mono"),
+    ],
+)
+def test_audio_cqt_refuses(y, match):
+    with pytest.raises(InputError, match=match):
+        features.audio_cqt(y, 22050)
+
+
+def test_audio_cqt_too_long(rng):
+    p = FeatureParams(max_frames=50)
+    with pytest.raises(InputError, match="too long"):
+        features.audio_cqt(rng.standard_normal(22050 * 5).astype(np.float32), 22050, params=p)
+
+
+def test_pianoroll_folds_octaves_and_skips_drums():
+    pm = pretty_midi.PrettyMIDI()
+    inst = pretty_midi.Instrument(0)
+    inst.notes += [pretty_midi.Note(100, 24, 0.0, 1.0),   # C1: below range, folds to row 0
+                   pretty_midi.Note(100, 96, 1.0, 2.0)]   # C7: above range, folds to row 36
+    drum = pretty_midi.Instrument(0, is_drum=True)
+    drum.notes.append(pretty_midi.Note(100, 60, 0.0, 2.0))  # would be row 24 if counted
+    pm.instruments += [inst, drum]
+    X = features.pianoroll(pm)
+    assert X.shape[1] == 48
+    first = X[5]
+    assert np.argmax(first) == 0 and first[24] == 0
+    second = X[int(1.5 * DEFAULT_PARAMS.frame_rate)]
+    assert np.argmax(second) == 36
+    np.testing.assert_allclose(np.linalg.norm(second), 1.0, rtol=1e-5)
+
+
+def test_midi_refusals():
+    pm = pretty_midi.PrettyMIDI()
+    with pytest.raises(InputError, match="no notes"):
+        features.pianoroll(pm)
+    drum = pretty_midi.Instrument(0, is_drum=True)
+    drum.notes.append(pretty_midi.Note(100, 36, 0.0, 1.0))
+    pm.instruments.append(drum)
+    with pytest.raises(InputError, match="only drum"):
+        features.pianoroll(pm)
+    long = make_midi(1, seconds=30.0)
+    with pytest.raises(InputError, match="too long"):
+        features.midi_cqt(long, params=FeatureParams(max_frames=100))
+
+
+def test_midi_cqt_real_fluidsynth_matches_pianoroll_pitch():
+    pm = pretty_midi.PrettyMIDI()
+    inst = pretty_midi.Instrument(0)  # acoustic grand piano, rendered by fluidsynth
+    inst.notes.append(pretty_midi.Note(110, 69, 0.0, 2.0))  # A4 -> bin 33
+    pm.instruments.append(inst)
+    X = features.midi_cqt(pm)
+    assert X.shape[1] == 48 and X.shape[0] >= int(2 * DEFAULT_PARAMS.frame_rate)
+    assert int(np.argmax(X[10])) == 33
+    assert int(np.argmax(features.pianoroll(pm)[10])) == 33
+
+
+def test_beat_sync_shortens(rng):
+    from msdmatch.synth import render
+
+    y = render(make_midi(3, seconds=10.0), sr=22050)
+    full = features.audio_cqt(y, 22050)
+    sync = features.audio_cqt(y, 22050, params=FeatureParams(beat_sync=True))
+    assert sync.shape[1] == 48 and 4 < sync.shape[0] < full.shape[0] // 3
