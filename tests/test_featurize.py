@@ -106,7 +106,7 @@ def make_bad_midi(d):
     pm.write(str(d / "drumsonly.mid"))
     hdr = b"MThd" + struct.pack(">IHHH", 6, 1, 65535, 480)  # the 16-bit field's maximum
     (d / "manytracks.mid").write_bytes(hdr + b"MTrk\x00\x00\x00\x04\x00\xff\x2f\x00")
-    pm = pretty_midi.PrettyMIDI(initial_tempo=0.5)  # absurdly slow: hours long
+    pm = pretty_midi.PrettyMIDI(initial_tempo=4.0)  # absurdly slow: hours long
     inst = pretty_midi.Instrument(0)
     inst.notes += [pretty_midi.Note(100, 60, 0, 1), pretty_midi.Note(100, 62, 20000, 20001)]
     pm.instruments.append(inst)
