@@ -84,12 +84,10 @@ def featurize() -> None:
 def _featurize(kind, src, out, mode, soundfont, partition_size, scheduler, workers,
                storage_options, overwrite, quiet):
     from . import featurize as stage
-    from .cluster import client_for
 
-    with client_for(scheduler, n_workers=workers, quiet=quiet) as client:
-        summary = stage.run(src, out, client=client, kind=kind, mode=mode, soundfont=soundfont,
-                            partition_size=partition_size, storage_options=storage_options,
-                            overwrite=overwrite, progress=not quiet)
+    summary = stage.run(src, out, scheduler=scheduler, n_workers=workers, kind=kind, mode=mode,
+                        soundfont=soundfont, partition_size=partition_size,
+                        storage_options=storage_options, overwrite=overwrite, progress=not quiet)
     click.echo(summary.line())
 
 

@@ -328,8 +328,9 @@ def cosine_dtw(
             "with the same parameters?"
         )
     gul = _check_gully(gully)
-    C = 1.0 - x.astype(np.float32) @ y.astype(np.float32).T
-    C = np.clip(C.astype(np.float64), 0.0, 2.0)
+    C = (1.0 - x.astype(np.float32) @ y.astype(np.float32).T).astype(np.float64)
+    np.maximum(C, 0.0, out=C)  # same as np.clip, which is several times slower
+    np.minimum(C, 2.0, out=C)
     if penalty is None:
         pen = float(np.median(C))
     else:

@@ -237,7 +237,9 @@ def run(
     src: str,
     out: str,
     *,
-    client,
+    client=None,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
     kind: str,
     mode: str = "synth",
     params: FeatureParams = DEFAULT_PARAMS,
@@ -256,7 +258,10 @@ def run(
         Directory, glob, manifest or URL prefix.
     out : str
         Store path or URL.
-    client : distributed.Client
+    client : distributed.Client, optional
+        Run on this client; otherwise one is made by
+        :func:`msdmatch.cluster.client_for` from ``scheduler`` and
+        ``n_workers`` once the inputs have been checked.
     kind : {'audio', 'midi'}
     mode : {'synth', 'pianoroll'}
         MIDI features; ignored for audio.
@@ -277,9 +282,19 @@ def run(
     -------
     Summary
     """
-    from .cluster import run_shards, total_threads
+    from .cluster import client_for, run_shards, total_threads
     from .store import committed_parts, init_store, open_group
 
+    if client is None:
+        # Check the inputs before paying for a cluster.
+        modality_of(kind, mode)
+        exts = AUDIO_EXTENSIONS if kind == "audio" else MIDI_EXTENSIONS
+        if not resolve_sources(src, extensions=exts, storage_options=storage_options):
+            raise ParameterError(f"SRC {src!r} holds no {kind} files (looked for {', '.join(exts)})")
+        with client_for(scheduler, n_workers=n_workers, quiet=not progress) as c:
+            return run(src, out, client=c, kind=kind, mode=mode, params=params, soundfont=soundfont,
+                       partition_size=partition_size, storage_options=storage_options,
+                       overwrite=overwrite, progress=progress, max_parts=max_parts)
     t0 = time.perf_counter()
     modality = modality_of(kind, mode)
     if modality == "midi-synth":

@@ -64,39 +64,6 @@ def default_k(n_db: int) -> int:
 # ----------------------------------------------------------------------------- kernels
 
 
-@njit(cache=True, boundscheck=False)
-def _sift_down(hv, hi, pos, size):  # pragma: no cover - compiled
-    v = hv[pos]
-    x = hi[pos]
-    while True:
-        c = 2 * pos + 1
-        if c >= size:
-            break
-        if c + 1 < size and hv[c + 1] > hv[c]:
-            c += 1
-        if hv[c] <= v:
-            break
-        hv[pos] = hv[c]
-        hi[pos] = hi[c]
-        pos = c
-    hv[pos] = v
-    hi[pos] = x
-
-
-@njit(cache=True, boundscheck=False)
-def _push(hv, hi, size, v, x):  # pragma: no cover - compiled
-    pos = size
-    while pos > 0:
-        p = (pos - 1) // 2
-        if hv[p] >= v:
-            break
-        hv[pos] = hv[p]
-        hi[pos] = hi[p]
-        pos = p
-    hv[pos] = v
-    hi[pos] = x
-
-
 @njit(cache=True, boundscheck=False, fastmath=True)
 def _chunk_min(row, nrm, j0, j1):  # pragma: no cover - compiled
     m = np.float32(np.inf)
@@ -107,40 +74,59 @@ def _chunk_min(row, nrm, j0, j1):  # pragma: no cover - compiled
 
 
 @njit(cache=True, boundscheck=False)
-def _scan_block(g, nrm, base, hv, hi, fill):  # pragma: no cover - compiled
-    """Insert the entries of one block into the per-query bounded max-heaps.
+def _compact(vals, ids, fill, cap):  # pragma: no cover - compiled
+    """Keep the ``cap`` smallest buffered keys; return (new fill, new threshold)."""
+    t = np.partition(vals[:fill].copy(), cap - 1)[cap - 1]
+    m = 0
+    for c in range(fill):
+        if vals[c] < t:
+            vals[m] = vals[c]
+            ids[m] = ids[c]
+            m += 1
+    for c in range(fill):
+        if m == cap:
+            break
+        if vals[c] == t:
+            vals[m] = vals[c]
+            ids[m] = ids[c]
+            m += 1
+    return m, t
 
-    ``g[i, j] = -2 q_i·d_j`` and ``nrm[j] = ‖d_j‖²``; ``base`` is the index
-    of the block's first row.
+
+@njit(cache=True, boundscheck=False)
+def _scan_block(g, nrm, base, bv, bi, fill, thr, cap):  # pragma: no cover - compiled
+    """Buffer the entries of one block whose key is below each query's threshold.
+
+    ``g[i, j] = -2 q_i·d_j`` and ``nrm[j] = ‖d_j‖²``, so the key is
+    ``‖d‖² − 2 q·d``; ``base`` is the index of the block's first row.  When a
+    query's buffer fills, it is cut to its ``cap`` smallest keys and the
+    threshold drops to the largest kept key; every discarded or rejected entry
+    has a key >= the final threshold.
     """
     nq, b = g.shape
-    cap = hv.shape[1]
+    size = bv.shape[1]
     chunk = 32
     for i in range(nq):
         row = g[i]
-        h = hv[i]
-        x = hi[i]
-        size = fill[i]
+        vals = bv[i]
+        ids = bi[i]
+        f = fill[i]
+        t = thr[i]
         j = 0
-        while size < cap and j < b:
-            _push(h, x, size, nrm[j] + row[j], base + j)
-            size += 1
-            j += 1
-        fill[i] = size
-        if j >= b:
-            continue
-        thr = h[0]
         while j < b:
             j1 = min(j + chunk, b)
-            if _chunk_min(row, nrm, j, j1) < thr:
+            if _chunk_min(row, nrm, j, j1) < t:
                 for jj in range(j, j1):
                     v = nrm[jj] + row[jj]
-                    if v < thr:
-                        h[0] = v
-                        x[0] = base + jj
-                        _sift_down(h, x, 0, cap)
-                        thr = h[0]
+                    if v < t:
+                        vals[f] = v
+                        ids[f] = base + jj
+                        f += 1
+                        if f == size:
+                            f, t = _compact(vals, ids, f, cap)
             j = j1
+        fill[i] = f
+        thr[i] = t
 
 
 @njit(cache=True, boundscheck=False)
@@ -153,45 +139,46 @@ def _half(h):  # pragma: no cover - compiled
 
 
 @njit(cache=True, boundscheck=False)
-def _exact_rows(queries, db, cand, fill):  # pragma: no cover - compiled
-    """Exact float64 squared distances of each query to its candidates (float32 db)."""
-    nq, cap = cand.shape
-    d = db.shape[1]
-    out = np.full((nq, cap), np.inf)
-    for i in range(nq):
-        for c in range(fill[i]):
-            r = cand[i, c]
-            s = 0.0
-            for t in range(d):
-                diff = np.float64(queries[i, t]) - np.float64(db[r, t])
-                s += diff * diff
-            out[i, c] = s
-    return out
+def _sq_dist(q, db32, bits, half, r):  # pragma: no cover - compiled
+    """Exact float64 squared distance from ``q`` to row ``r`` (4 fixed-order partial sums)."""
+    d = q.shape[0]
+    acc = np.zeros(4)
+    for t in range(d):
+        x = _half(bits[r, t]) if half else np.float64(db32[r, t])
+        diff = np.float64(q[t]) - x
+        acc[t & 3] += diff * diff
+    return (acc[0] + acc[1]) + (acc[2] + acc[3])
 
 
 @njit(cache=True, boundscheck=False)
-def _exact_rows_half(queries, bits, cand, fill):  # pragma: no cover - compiled
-    """As :func:`_exact_rows` for a float16 db given as its uint16 bits."""
-    nq, cap = cand.shape
-    d = bits.shape[1]
-    out = np.full((nq, cap), np.inf)
+def _refine(queries, db32, bits, half, bv, bi, fill, thr, delta, q_n2, k):  # pragma: no cover
+    """Exact top-``k`` of each query's buffered candidates, with a certificate.
+
+    A candidate is re-scored exactly when its key is within a margin ``m`` of
+    the ``k``-th smallest key ``s_k``: ``m`` covers twice the key error bound
+    ``delta`` plus two float32 ulps of the distance.  The result is certified
+    when every rejected entry (key >= ``thr``) is also beyond that margin.
+    """
+    nq = bv.shape[0]
+    dist = np.empty((nq, k), np.float32)
+    idx = np.empty((nq, k), np.int64)
+    ok = np.zeros(nq, np.bool_)
     for i in range(nq):
-        for c in range(fill[i]):
-            r = cand[i, c]
-            s = 0.0
-            for t in range(d):
-                diff = np.float64(queries[i, t]) - _half(bits[r, t])
-                s += diff * diff
-            out[i, c] = s
-    return out
-
-
-def _exact(queries: np.ndarray, db: np.ndarray, cand: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    """Exact distances; float16 arrays are passed to the kernel as their bits."""
-    q = queries.astype(np.float32)
-    if db.dtype == np.float16:
-        return _exact_rows_half(q, db.view(np.uint16), cand, fill)
-    return _exact_rows(q, db, cand, fill)
+        f = fill[i]
+        vals = bv[i, :f].astype(np.float64)
+        s_k = np.partition(vals.copy(), k - 1)[k - 1]
+        top = abs(q_n2[i]) + abs(s_k) + delta[i]
+        m = 2.0 * delta[i] + 2.0 * np.float64(np.spacing(np.float32(top)))
+        ok[i] = thr[i] == np.inf or thr[i] > s_k + m
+        sel = np.sort(bi[i, :f][vals <= s_k + m])
+        e32 = np.empty(sel.shape[0], np.float32)
+        for c in range(sel.shape[0]):
+            e32[c] = np.float32(_sq_dist(queries[i], db32, bits, half, sel[c]))
+        order = np.argsort(e32, kind="mergesort")[:k]
+        for c in range(k):
+            dist[i, c] = e32[order[c]]
+            idx[i, c] = sel[order[c]]
+    return dist, idx, ok
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -209,27 +196,15 @@ def _check_matrix(x: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _select(exact: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sort each row by (float32 distance, index) and keep the first ``k``."""
-    d32 = exact.astype(np.float32)
-    order = np.lexsort((cand, d32), axis=-1)[:, :k]
-    return np.take_along_axis(d32, order, 1), np.take_along_axis(cand, order, 1)
-
-
-def _all_exact(queries: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    n = db.shape[0]
-    cand = np.broadcast_to(np.arange(n, dtype=np.int64), (queries.shape[0], n)).copy()
-    fill = np.full(queries.shape[0], n, dtype=np.int64)
-    return _select(_exact(queries, db, cand, fill), cand, k)
-
-
 def _scan(queries, db, nrm, *, cap, block):
-    """Bounded-heap scan; returns candidate indices and surrogate keys, shape (q, cap)."""
+    """Threshold scan; returns buffered (keys, ids), fill counts and final thresholds."""
     nq = queries.shape[0]
     n = db.shape[0]
-    hv = np.empty((nq, cap), dtype=np.float32)
-    hi = np.empty((nq, cap), dtype=np.int64)
+    size = 2 * cap
+    bv = np.empty((nq, size), dtype=np.float32)
+    bi = np.empty((nq, size), dtype=np.int64)
     fill = np.zeros(nq, dtype=np.int64)
+    thr = np.full(nq, np.inf, dtype=np.float32)
     qm2 = (-2.0 * queries.astype(np.float32)).astype(np.float32)
     g = np.empty((nq, block), dtype=np.float32)
     for s in range(0, n, block):
@@ -239,8 +214,8 @@ def _scan(queries, db, nrm, *, cap, block):
             blk = blk.astype(np.float32)
         gb = g[:, : e - s]
         np.matmul(qm2, blk.T, out=gb)
-        _scan_block(gb, nrm[s:e], s, hv, hi, fill)
-    return hi, hv
+        _scan_block(gb, nrm[s:e], s, bv, bi, fill, thr, cap)
+    return bv, bi, fill, thr
 
 
 def topk_sq_euclidean(
@@ -248,7 +223,7 @@ def topk_sq_euclidean(
     db: np.ndarray,
     *,
     k: int,
-    block: int = 8192,
+    block: int | None = None,
     db_sq_norms: np.ndarray | None = None,
     slack: float = 0.125,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -262,9 +237,9 @@ def topk_sq_euclidean(
         One shard of database embeddings.
     k : int > 0
         Number of neighbours per query; clipped to ``n``.
-    block : int > 0
-        Database rows per BLAS product.  The default keeps a block of 128-D
-        float32 rows (4 MB) and the product rows in the L2/L3 caches.
+    block : int > 0 or None
+        Database rows per BLAS product.  The default sizes blocks so that the
+        ``(q, block)`` product (about 2 MB) stays in cache for the scan.
     db_sq_norms : np.ndarray [shape=(n,), dtype=float32] or None
         Precomputed ``‖d‖²`` of the float32 values of ``db`` (saves one pass
         when the same shard is searched many times).
@@ -293,7 +268,7 @@ def topk_sq_euclidean(
         )
     if int(k) != k or k < 1:
         raise ParameterError(f"k must be a positive integer, got {k!r}")
-    if int(block) != block or block < 1:
+    if block is not None and (int(block) != block or block < 1):
         raise ParameterError(f"block must be a positive integer, got {block!r}")
     if not slack >= 0:
         raise ParameterError(f"slack must be >= 0, got {slack!r}")
@@ -316,25 +291,34 @@ def topk_sq_euclidean(
     q_n2 = np.einsum("ij,ij->i", q64, q64)
     delta = 2.0 * gam * (max_n2 + 2.0 * np.sqrt(q_n2 * max_n2)) + 4.0 * _U32 * max_n2
 
+    half = db.dtype == np.float16
+    db32 = db if not half else np.empty((0, dim), np.float32)
+    bits = db.view(np.uint16) if half else np.empty((0, dim), np.uint16)
+    qs = queries.astype(np.float32)
     dist = np.empty((nq, k), np.float32)
     idx = np.empty((nq, k), np.int64)
     todo = np.arange(nq)
     cap = k + max(16, math.ceil(slack * k))
+    if block is None:
+        # Keep the (q, block) product within ~2 MB so the scan reads it from cache.
+        block = max(1024, min(32768, (2 << 20) // (4 * nq)))
     block = min(int(block), n)
     while todo.size:
+        sub = qs[todo]
         if cap >= n:
-            dist[todo], idx[todo] = _all_exact(queries[todo], db, k)
-            break
-        sub = queries[todo]
-        cand, keys = _scan(sub, db, nrm, cap=cap, block=block)
-        exact = _exact(sub, db, cand, np.full(todo.size, cap, np.int64))
-        d_k, i_k = _select(exact, cand, k)
-        # Every rejected entry has surrogate >= the heap maximum, so its exact
-        # distance is >= q_n2 + max(keys) - delta; certify it cannot reach the
-        # k-th value after rounding to float32.
-        kth = d_k[:, -1].astype(np.float64)
-        floor_rejected = q_n2[todo] + keys.max(axis=1).astype(np.float64) - delta[todo]
-        ok = floor_rejected > kth + np.spacing(d_k[:, -1]).astype(np.float64)
+            # Exhaustive: every entry is a candidate and nothing is rejected.
+            bi = np.broadcast_to(np.arange(n, dtype=np.int64), (todo.size, n)).copy()
+            bv = np.zeros((todo.size, n), np.float32)
+            fill = np.full(todo.size, n, np.int64)
+            thr = np.full(todo.size, np.inf, np.float32)
+            dl = np.zeros(todo.size)
+        else:
+            bv, bi, fill, thr = _scan(sub, db, nrm, cap=cap, block=block)
+            dl = delta[todo]
+        d_k, i_k, ok = _refine(sub, db32, bits, half, bv, bi, fill,
+                               thr.astype(np.float64), dl, q_n2[todo], k)
+        if cap >= n:
+            ok[:] = True
         dist[todo[ok]], idx[todo[ok]] = d_k[ok], i_k[ok]
         todo = todo[~ok]
         cap = min(n, 4 * cap)

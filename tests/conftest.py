@@ -134,7 +134,10 @@ def s3(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     so = {"endpoint_url": s3_server["endpoint_url"], "key": S3_KEY, "secret": S3_SECRET,
           "client_kwargs": {"region_name": "us-east-1"}}
+    import boto3
+
     bucket = f"b{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=so["endpoint_url"], aws_access_key_id=S3_KEY,
+                 aws_secret_access_key=S3_SECRET, region_name="us-east-1").create_bucket(Bucket=bucket)
     fs = s3fs.S3FileSystem(**so)
-    fs.mkdir(bucket)
     return {"bucket": bucket, "storage_options": so, "fs": fs}

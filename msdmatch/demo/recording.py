@@ -185,38 +185,13 @@ def perform(pm, plan: dict):
     return out
 
 
-_write_float = None
-
-
-@functools.lru_cache(maxsize=4)
-def _recording_synth(path: str, sr: int):
-    """One fluidsynth synthesizer per (process, soundfont, rate), effects off."""
-    global _write_float
-    import fluidsynth
-
-    synth = fluidsynth.Synth(gain=0.3, samplerate=float(sr), **{
-        "synth.reverb.active": 0, "synth.chorus.active": 0, "synth.polyphony": 128})
-    sfid = synth.sfload(path)
-    if sfid < 0:
-        raise InputError(f"fluidsynth could not load soundfont {path!r}")
-    if _write_float is None:
-        from ctypes import c_int, c_void_p
-
-        _write_float = fluidsynth.cfunc(
-            "fluid_synth_write_float", c_int, ("synth", c_void_p, 1), ("len", c_int, 1),
-            ("lout", c_void_p, 1), ("loff", c_int, 1), ("lincr", c_int, 1),
-            ("rout", c_void_p, 1), ("roff", c_int, 1), ("rincr", c_int, 1))
-    return synth, sfid
-
-
 def render_window(perf, *, soundfont: str, sr: int = RENDER_SR,
                   seconds: float = PREVIEW_SECONDS) -> np.ndarray:
-    """Synthesize all instruments in one fluidsynth pass.
+    """Synthesize a cropped performance with :func:`msdmatch.synth.render`.
 
     Parameters
     ----------
     perf : pretty_midi.PrettyMIDI
-        At most 15 melodic instruments plus drums (extra ones are dropped).
     soundfont : str
         Name or path, see :func:`msdmatch.synth.resolve_soundfont`.
     sr : int
@@ -226,61 +201,17 @@ def render_window(perf, *, soundfont: str, sr: int = RENDER_SR,
     Returns
     -------
     y : np.ndarray [shape=(round(seconds*sr),), dtype=float32]
+        Peak 1, or all zeros if the window holds no notes.
     """
-    synth, sfid = _recording_synth(resolve_soundfont(soundfont), int(sr))
-    synth.system_reset()
+    from ..synth import render
+
     n_out = int(round(seconds * sr))
-    events = []
-    ch_free = [c for c in range(16) if c != 9]
-    for inst in perf.instruments:
-        if inst.is_drum:
-            ch = 9
-            synth.program_select(9, sfid, 128, 0)
-        elif ch_free:
-            ch = ch_free.pop(0)
-            synth.program_select(ch, sfid, 0, int(inst.program))
-        else:
-            continue
-        for nt in inst.notes:
-            events.append((int(round(nt.start * sr)), 1, ch, nt.pitch, nt.velocity))
-            events.append((int(round(nt.end * sr)), 0, ch, nt.pitch, 0))
-    events.sort(key=lambda e: (e[0], e[1], e[2], e[3]))
-    # fluidsynth renders 64-sample blocks and keeps a partial block for the
-    # next call: render whole blocks so no state carries over between songs
-    n_buf = -(-n_out // 64) * 64
-    left = np.zeros(n_buf, dtype=np.float32)
-    right = np.zeros(n_buf, dtype=np.float32)
-    lp, rp = left.ctypes.data, right.ctypes.data
-    cur = 0
-    for s, on, ch, pitch, vel in events:
-        s = min(s, n_out)
-        if s > cur:
-            _write_float(synth.synth, s - cur, lp, cur, 1, rp, cur, 1)
-            cur = s
-        if on:
-            synth.noteon(ch, pitch, vel)
-        else:
-            synth.noteoff(ch, pitch)
-    if cur < n_buf:
-        _write_float(synth.synth, n_buf - cur, lp, cur, 1, rp, cur, 1)
-    _drain(synth)
-    return 0.5 * (left[:n_out] + right[:n_out])
-
-
-def _drain(synth, *, max_seconds: float = 6.0) -> None:
-    """Silence the synth: a reset only releases voices, so render until the tails end.
-
-    Without this, release tails of one song would leak into the next one the
-    process renders and previews would depend on task order.
-    """
-    synth.system_reset()
-    block = np.zeros(2048, dtype=np.float32)
-    p = block.ctypes.data
-    sr = float(synth.get_setting("synth.sample-rate") or RENDER_SR)
-    for _ in range(int(max_seconds * sr / 1024)):
-        _write_float(synth.synth, 1024, p, 0, 1, p, 1024, 1)
-        if not block.any():
-            return
+    out = np.zeros(n_out, dtype=np.float32)
+    if not any(inst.notes for inst in perf.instruments):
+        return out
+    y = render(perf, sr=sr, soundfont=soundfont, tail=0.0)
+    out[: min(n_out, y.size)] = y[:n_out]
+    return out
 
 
 def apply_effects(y: np.ndarray, *, sr: int, fx: dict, seed: int) -> np.ndarray:

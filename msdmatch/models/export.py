@@ -16,6 +16,7 @@ onnxruntime with torch: PSE max abs diff <= 1e-4, DHS bit agreement >= 99.9%.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,7 +52,8 @@ def export_onnx(net: torch.nn.Module, path: str | Path) -> Path:
     m[1, 30:] = 0
     axes: dict[str, dict[int, str]] = {"features": {0: "batch", 1: "time"}, "mask": {0: "batch", 1: "time"}}
     axes[out] = {0: "batch", 1: "steps"} if kind == "dhs" else {0: "batch"}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(net, (x, m), str(path), input_names=list(INPUTS), output_names=[out],
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False)
     return path

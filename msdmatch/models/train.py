@@ -374,36 +374,42 @@ def fit(
     return FitResult(f.cpu(), g.cpu(), config, hp, best_metrics, hist, step, time.monotonic() - t0)
 
 
-def _sample_trial(kind: str, rng: np.random.Generator) -> tuple[NetConfig, HParams]:
+def _sample_trial(
+    kind: str, rng: np.random.Generator, base_cfg: NetConfig, base_hp: HParams
+) -> tuple[NetConfig, HParams]:
+    """A random variation of the base settings (lr, alpha, m, depth, width)."""
     lr = float(10 ** rng.uniform(-3.7, -2.5))
     width = int(rng.choice([256, 512, 768]))
     if kind == "dhs":
         alpha = float(rng.uniform(2.0, 8.0))
         margin = float(rng.uniform(2.5, 5.5))
         depth = int(rng.choice([1, 2]))
-        cfg = default_config("dhs", dense=(width,) * depth)
+        cfg = dataclasses.replace(base_cfg, dense=(width,) * depth)
     else:
         alpha = float(rng.uniform(1.0, 5.0))
         margin = float(rng.uniform(0.6, 1.6))
         depth = int(rng.choice([1, 2, 3]))
-        filters = (16, 32, 64)[:depth]
-        cfg = default_config("pse", filters=filters, dense=(width, width))
-    return cfg, default_hparams(kind, lr=lr, alpha=alpha, margin=margin)
+        filters = tuple(int(base_cfg.filters[0]) * 2 ** k for k in range(depth))
+        cfg = dataclasses.replace(base_cfg, filters=filters, dense=(width, width))
+    return cfg, dataclasses.replace(base_hp, lr=lr, alpha=alpha, margin=margin)
 
 
 def random_search(
     kind: str, train_pairs: Sequence[Pair], valid_pairs: Sequence[Pair], *,
-    n_trials: int, csv_path: str | Path, seed: int = 0, **fit_kwargs: Any,
+    n_trials: int, csv_path: str | Path, seed: int = 0, config: NetConfig | None = None,
+    hparams: HParams | None = None, **fit_kwargs: Any,
 ) -> FitResult:
     """Random search over lr, alpha, margin, depth and width, scored by BC.
 
-    Trial 0 is the default configuration.  Every trial is written to
+    Trial 0 is the base configuration (``config``/``hparams``, defaults per
+    kind); the others vary it.  Every trial is written to
     ``csv_path`` (one row per trial); the best trial's result is returned.
     """
     rng = np.random.default_rng(seed + 1000)
     rows, best = [], None
+    base_cfg, base_hp = config or default_config(kind), hparams or default_hparams(kind)
     for t in range(n_trials):
-        cfg, hp = (default_config(kind), default_hparams(kind)) if t == 0 else _sample_trial(kind, rng)
+        cfg, hp = (base_cfg, base_hp) if t == 0 else _sample_trial(kind, rng, base_cfg, base_hp)
         res = fit(kind, train_pairs, valid_pairs, config=cfg, hparams=hp, seed=seed, **fit_kwargs)
         rows.append(dict(trial=t, bc=res.metrics["bc"], lr=hp.lr, alpha=hp.alpha,
                          margin=hp.margin, filters=" ".join(map(str, cfg.filters)),
@@ -512,12 +518,12 @@ def train_models(
         fit_kw = dict(stats=stats, max_steps=max_steps or 20000, max_seconds=budget,
                       eval_every=eval_every, patience=patience, device=device)
         say(f"training {k} on {len(tr)} pairs (validation {len(va)}), budget {budget:.0f}s per run")
+        cfg, hp = (configs or {}).get(k), (hparams or {}).get(k)
         if search:
             res = random_search(k, tr, va, n_trials=search, csv_path=mdir / "trials.csv",
-                                seed=seed, **fit_kw)
+                                seed=seed, config=cfg, hparams=hp, **fit_kw)
         else:
-            res = fit(k, tr, va, config=(configs or {}).get(k), hparams=(hparams or {}).get(k),
-                      seed=seed, **fit_kw)
+            res = fit(k, tr, va, config=cfg, hparams=hp, seed=seed, **fit_kw)
         say(f"{k}: {res.steps} steps in {res.seconds:.0f}s, validation BC {res.metrics['bc']:.3f}")
         real = dict(audio=[p.audio for p in va[:3]], midi=[p.midi[:2000] for p in va[:3]])
         metrics = {key: v for key, v in res.metrics.items() if np.isscalar(v)}

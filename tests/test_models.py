@@ -1,0 +1,280 @@
+"""DHS/PSE nets, training data, loss, validation metric, training and export."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from msdmatch.errors import ModelError, ParameterError  # noqa: E402
+from msdmatch.models.export import check_parity, export_model, export_onnx  # noqa: E402
+from msdmatch.models.nets import NetConfig, build_net, default_config  # noqa: E402
+from msdmatch.models.pairs import (  # noqa: E402
+    MemoryStore,
+    aligned_batch,
+    align_pairs,
+    collect_pairs,
+    generated_corpus,
+    pad_batch,
+    read_truth,
+    zscore_stats,
+)
+from msdmatch.models.train import (  # noqa: E402
+    HParams,
+    bhattacharyya,
+    fit,
+    pair_loss,
+    train_models,
+)
+
+torch.set_num_threads(1)
+
+TINY = {
+    "dhs": NetConfig(kind="dhs", filters=(4, 4, 8), convs_per_group=1, dense=(32,), out_dim=32),
+    "pse": NetConfig(kind="pse", filters=(4,), dense=(32, 32), out_dim=128, attention_dim=16),
+}
+
+
+def _seqs(rng, lengths, n_bins=48):
+    out = []
+    for n in lengths:
+        s = rng.random((n, n_bins)).astype(np.float32) ** 3
+        out.append(s / np.linalg.norm(s, axis=1, keepdims=True))
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return generated_corpus(n_songs=12, song_frames=(200, 300), preview_frames=120,
+                            n_distractors=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def aligned(corpus):
+    qs, ds, truth = corpus
+    pairs = collect_pairs(qs, ds, truth, splits=("train", "valid"))
+    kept, rejected = align_pairs(pairs)
+    return kept, rejected
+
+
+@pytest.mark.parametrize("kind", ["dhs", "pse"])
+def test_shapes_and_dtypes(kind, rng):
+    net = build_net(default_config(kind)).eval()
+    x, m = pad_batch(_seqs(rng, [37, 20]))
+    with torch.no_grad():
+        y = net(torch.from_numpy(x), torch.from_numpy(m))
+    assert y.dtype == torch.float32
+    if kind == "dhs":
+        assert tuple(y.shape) == (2, 5, 32)  # ceil(37 / 8)
+        assert torch.all(y[1, 3:] == 0)  # steps past ceil(20 / 8) are padding
+    else:
+        assert tuple(y.shape) == (2, 128)
+    assert torch.all(y.abs() < 1)
+
+
+def test_config_rejects_bad_dhs_depth():
+    with pytest.raises(ParameterError, match="exactly 3 conv groups"):
+        NetConfig(kind="dhs", filters=(8, 8))
+
+
+@pytest.mark.parametrize("kind", ["dhs", "pse"])
+def test_batch_independence(kind, rng):
+    torch.manual_seed(0)
+    net = build_net(default_config(kind)).eval()
+    seqs = _seqs(rng, [61, 8, 130, 17])
+    x, m = pad_batch(seqs)
+    with torch.no_grad():
+        batched = net(torch.from_numpy(x), torch.from_numpy(m)).numpy()
+        for k, s in enumerate(seqs):
+            xs, ms = pad_batch([s])
+            single = net(torch.from_numpy(xs), torch.from_numpy(ms)).numpy()[0]
+            if kind == "pse":
+                assert np.abs(single - batched[k]).max() <= 1e-4
+            else:
+                n = -(-len(s) // 8)
+                assert single.shape[0] == n
+                assert np.array_equal(single > 0, batched[k, :n] > 0)
+
+
+def test_bhattacharyya_values():
+    a = np.array([0.0, 0.1, 0.2, 0.3])
+    assert bhattacharyya(a, a, bins=4) == pytest.approx(1.0)
+    assert bhattacharyya(a, a + 10.0, bins=10) == pytest.approx(0.0)
+    # p = [1/2, 1/2, 0], q = [0, 1/2, 1/2]  ->  BC = sqrt(1/4) = 0.5
+    edges = np.array([-0.5, 0.5, 1.5, 2.5])
+    assert bhattacharyya([0, 1], [1, 2], bins=edges) == pytest.approx(0.5)
+    with pytest.raises(ParameterError, match="validation split empty"):
+        bhattacharyya([], [1.0])
+
+
+def test_pair_loss_terms():
+    fx = torch.zeros(3, 4)
+    gy = torch.ones(3, 4)  # squared distance 4
+    far = torch.full((3, 4), 10.0)
+    loss = pair_loss(fx, gy, far, fx, alpha=2.0, margin=1.0, beta=0.0)
+    assert float(loss) == pytest.approx(4.0)  # negatives beyond the margin cost nothing
+    loss = pair_loss(fx, gy, fx, fx, alpha=2.0, margin=1.0, beta=0.5)
+    assert float(loss) == pytest.approx(4.0 + 2.0 * 1.0 + 0.5 * 4.0)
+
+
+def test_read_truth_skips_distractors_and_checks_split(tmp_path):
+    p = tmp_path / "split.csv"
+    p.write_text("query_id,track_id,split\nq1,TR1,train\n,TR2,\nq3,TR3,valid\n")
+    assert read_truth(p) == [("q1", "TR1", "train"), ("q3", "TR3", "valid")]
+    with pytest.raises(ParameterError, match="must be one of"):
+        read_truth([("q1", "TR1", "training")])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("midi,track\nq1,TR1\n")
+    with pytest.raises(ParameterError, match="lacks columns"):
+        read_truth(bad)
+
+
+def test_alignment_filter_rejects_mismatched_pair(corpus):
+    qs, ds, truth = corpus
+    q0, t0, _ = truth[0]
+    _, t1, _ = truth[1]
+    pairs = collect_pairs(qs, ds, [(q0, t0, "train"), (q0, t1, "train")])
+    kept, rejected = align_pairs(pairs)
+    assert [p.track_id for p in kept] == [t0]
+    assert [p.track_id for p in rejected] == [t1]
+    assert kept[0].confidence >= 0.5 > rejected[0].confidence
+    p = kept[0]
+    assert p.audio_w.shape == p.midi_w.shape and p.audio_w.shape[1] == 48
+    # aligned frames are more similar than the same frames 30 steps apart
+    aligned_sim = np.mean(np.sum(p.audio_w * p.midi_w, 1))
+    shifted_sim = np.mean(np.sum(p.audio_w * np.roll(p.midi_w, 30, axis=0), 1))
+    assert aligned_sim > 0.8 and aligned_sim > shifted_sim + 0.05
+
+
+def test_zscore_stats_and_aligned_batch(aligned, rng):
+    kept, _ = aligned
+    mean, std = zscore_stats(p.audio for p in kept)
+    assert mean.shape == std.shape == (48,) and np.all(std > 0)
+    xa, xm, mask = aligned_batch(kept, rng=rng, batch=5, crop=40)
+    assert xa.shape == xm.shape == (5, 40, 48) and mask.shape == (5, 40)
+
+
+@pytest.mark.parametrize("kind", ["dhs", "pse"])
+def test_loss_decreases(kind, aligned):
+    kept, _ = aligned
+    train = [p for p in kept if p.split == "train"]
+    valid = [p for p in kept if p.split == "valid"]
+    hp = HParams(lr=3e-3, alpha=1.0, margin=2.0 if kind == "dhs" else 1.0,
+                 beta=0.0, batch=8, crop=48, audio_frames=96, midi_frames=160)
+    res = fit(kind, train, valid, config=TINY[kind], hparams=hp, seed=1, max_steps=60,
+              eval_every=20, patience=10)
+    loss = res.history["loss"]
+    assert len(loss) == 3 and loss[-1] < 0.8 * loss[0]
+    assert 0.0 <= res.metrics["bc"] <= 1.0
+
+
+def test_seed_reproducibility(aligned):
+    kept, _ = aligned
+    train = [p for p in kept if p.split == "train"]
+    valid = [p for p in kept if p.split == "valid"]
+    hp = HParams(batch=6, crop=32)
+    runs = [fit("dhs", train, valid, config=TINY["dhs"], hparams=hp, seed=7, max_steps=6,
+                eval_every=3, patience=5) for _ in range(2)]
+    sa, sb = runs[0].f.state_dict(), runs[1].f.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    other = fit("dhs", train, valid, config=TINY["dhs"], hparams=hp, seed=8, max_steps=6,
+                eval_every=3, patience=5).f.state_dict()
+    assert not all(torch.equal(sa[k], other[k]) for k in sa)
+
+
+@pytest.mark.parametrize("kind", ["dhs", "pse"])
+def test_onnx_parity(kind, tmp_path, rng, corpus):
+    torch.manual_seed(0)
+    net = build_net(default_config(kind))
+    net.front.set_stats(np.full(48, 0.1), np.full(48, 0.05))
+    path = export_onnx(net, tmp_path / "net.onnx")
+    qs, _, _ = corpus
+    parity = check_parity(net, path, real=[qs.sequence(0), qs.sequence(1)[:50]])
+    assert parity["max_abs_diff"] <= 1e-4
+    if kind == "dhs":
+        assert parity["bit_agreement"] >= 0.999
+
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["features", "mask"]
+    assert [o.name for o in sess.get_outputs()] == ["hashes" if kind == "dhs" else "embedding"]
+
+
+def test_parity_check_catches_a_different_net(tmp_path):
+    torch.manual_seed(0)
+    net = build_net(default_config("pse"))
+    path = export_onnx(net, tmp_path / "net.onnx")
+    other = build_net(default_config("pse"))
+    with pytest.raises(ModelError, match="not faithful"):
+        check_parity(other, path)
+
+
+def test_export_model_writes_loadable_model(tmp_path):
+    from msdmatch.modelfile import check_compatible, load_model, run_net
+    from msdmatch.params import DEFAULT_PARAMS
+
+    torch.manual_seed(0)
+    f, g = build_net(TINY["pse"]), build_net(TINY["pse"])
+    stats = {"audio": (np.zeros(48), np.ones(48)), "midi": (np.zeros(48), np.ones(48))}
+    export_model(f, g, out_dir=tmp_path / "m", name="pse-test", midi_modality="midi-pianoroll",
+                 params=DEFAULT_PARAMS, stats=stats, metrics={"bc": 0.4}, config=TINY["pse"])
+    info = load_model(tmp_path / "m")
+    assert info.kind == "pse" and info.embedding_dim == 128 and info.metrics["bc"] == 0.4
+    assert info.raw["parity"]["audio"]["max_abs_diff"] <= 1e-4
+    onnx = check_compatible(info, store_params=DEFAULT_PARAMS, store_modality="midi-pianoroll")
+    assert onnx == info.midi_onnx
+    x, m = pad_batch(_seqs(np.random.default_rng(0), [30]))
+    with torch.no_grad():
+        expect = g(torch.from_numpy(x), torch.from_numpy(m)).numpy()
+    assert np.abs(run_net(onnx, x, m) - expect).max() <= 1e-4
+
+
+def test_train_models_end_to_end(corpus, tmp_path):
+    from msdmatch.modelfile import load_model
+
+    qs, ds, truth = corpus
+    hp = {"dhs": HParams(batch=6, crop=32), "pse": HParams(alpha=3.34, margin=1.06, beta=0.0,
+                                                           batch=4, audio_frames=64, midi_frames=96)}
+    out = train_models(qs, ds, truth, out_dir=tmp_path, kind="both", max_steps=4, eval_every=2,
+                       configs=TINY, hparams=hp)
+    assert set(out) == {"dhs", "pse"}
+    for kind, d in out.items():
+        info = load_model(d)
+        assert info.kind == kind and info.midi_modality == "midi-synth"
+        assert 0.0 <= info.metrics["bc"] <= 1.0
+        assert (d / "training.png").stat().st_size > 1000
+        doc = json.loads((d / "model.json").read_text())
+        assert len(doc["zscore"]["audio"]["mean"]) == 48
+        assert doc["training"]["n_train_pairs"] > 0
+    assert load_model(out["dhs"]).n_bits == 32 and load_model(out["dhs"]).downsample == 8
+
+
+def test_random_search_writes_trials(corpus, tmp_path):
+    qs, ds, truth = corpus
+    out = train_models(qs, ds, truth, out_dir=tmp_path, kind="pse", max_steps=2, eval_every=2,
+                       search=2, hparams={"pse": HParams(batch=4, audio_frames=64, midi_frames=96)},
+                       report=False)
+    rows = (out["pse"] / "trials.csv").read_text().splitlines()
+    assert rows[0].startswith("trial,bc,lr,alpha,margin") and len(rows) == 3
+
+
+def test_train_models_refuses_swapped_stores(corpus, tmp_path):
+    from msdmatch.errors import StoreError
+
+    qs, ds, truth = corpus
+    with pytest.raises(StoreError, match="in that order"):
+        train_models(ds, qs, truth, out_dir=tmp_path)
+    flat = MemoryStore(["a"], [np.zeros((5, 48), np.float32)], modality="midi-synth")
+    assert flat.offsets.tolist() == [0, 5]
+
+
+def test_attention_toy_learns_addition():
+    from msdmatch.toys.attention_toy import train_toy
+
+    att = train_toy("addition", length=1000, attention=True, hidden=32, steps=250, batch=32)
+    mean = train_toy("addition", length=1000, attention=False, hidden=32, steps=250, batch=32)
+    assert att["test_mse"] < 0.05 * att["baseline_mse"]
+    assert mean["test_mse"] > 5 * att["test_mse"]
