@@ -149,5 +149,103 @@ def demo_data(out, songs, distractors, seed, workers):
     click.echo(f"demo corpus: {json.dumps(s)}")
 
 
+@main.command()
+@click.argument("store")
+@click.option("--models", multiple=True, metavar="DIR",
+              help="Model directory, or a directory of them (default: the shipped models). Repeatable.")
+@click.option("--partition-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Items per task.")
+@scheduler_opt
+@workers_opt
+@so_opt
+@quiet_opt
+def embed(store, models, partition_size, scheduler, workers, storage_options, quiet):
+    """Write PSE embeddings and packed DHS hashes for every item of STORE."""
+    from . import embed as stage
+
+    s = stage.run(store, models=list(models) or None, scheduler=scheduler, n_workers=workers,
+                  partition_size=partition_size, storage_options=storage_options, progress=not quiet)
+    per_core = s["items"] / max(s["seconds"] * s["threads"], 1e-9)
+    click.echo(f"embedded {s['items']} items with {', '.join(s['models'])}: {s['failures']} failures, "
+               f"{s['seconds']:.1f} s, {per_core:.1f} items/s/core; {s['parts_run']} partitions run, "
+               f"{s['parts_skipped']} already done")
+
+
+@main.command()
+@click.argument("queries")
+@click.argument("db")
+@click.option("--out", required=True, metavar="MATCHES", help=".csv, .parquet or a Zarr/S3 URL.")
+@click.option("--models", default=None, metavar="DIR", help="Models used by embed (default: shipped).")
+@click.option("--fusion", default=None, metavar="JSON", help="Fusion model (default: shipped).")
+@click.option("--prune-k", type=click.IntRange(min=1), default=None,
+              help="PSE survivors K (default: max(1% of DB, 1000)).")
+@click.option("--rerank", type=click.IntRange(min=1), default=100, show_default=True,
+              help="DHS survivors R.")
+@click.option("--verify", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Candidates verified with full DTW (V).")
+@click.option("--keep", type=click.Choice(["rerank", "all"]), default="rerank", show_default=True,
+              help="Rows per query: the R reranked, or all K pruned.")
+@scheduler_opt
+@workers_opt
+@so_opt
+@quiet_opt
+def match(queries, db, out, models, fusion, prune_k, rerank, verify, keep, scheduler, workers,
+          storage_options, quiet):
+    """Find each MIDI query's recording in DB: prune, rerank, verify."""
+    from . import match as stage
+
+    s = stage.run(queries, db, out, models=models, fusion=fusion, prune_k=prune_k, rerank=rerank,
+                  verify=verify, keep=keep, scheduler=scheduler, n_workers=workers,
+                  storage_options=storage_options, progress=not quiet)
+    pq = s["per_query"]
+    click.echo(f"matched {s['queries']} queries against {s['db']} previews (K={s['K']}, R={s['R']}, "
+               f"V={s['V']}) in {s['seconds']:.1f} s on {s['threads']} threads: per query "
+               f"prune {pq['prune'] * 1e3:.1f} ms, rerank {pq['rerank'] * 1e3:.1f} ms, verify "
+               f"{pq['verify'] * 1e3:.1f} ms, total {pq['total'] * 1e3:.1f} ms -> {out}")
+
+
+@main.command()
+@click.argument("query_midi")
+@click.argument("track_audio")
+@click.option("--out", required=True, metavar="ALIGNED.mid")
+@click.option("--soundfont", default=None, help="Soundfont for the MIDI synthesis.")
+def align(query_midi, track_audio, out, soundfont):
+    """Retime QUERY_MIDI to TRACK_AUDIO along the verified DTW path."""
+    from .align import align_files
+    from .errors import InputError, ParameterError
+
+    try:
+        conf = align_files(query_midi, track_audio, out, soundfont=soundfont)
+    except InputError as e:
+        raise ParameterError(f"cannot align {query_midi!r} to {track_audio!r}: {e}") from None
+    click.echo(f"aligned {query_midi} to {track_audio}: confidence {conf:.3f} -> {out}")
+
+
+@main.command()
+@click.argument("queries")
+@click.argument("db")
+@click.option("--truth", required=True, metavar="CSV",
+              help="truth.csv or split.csv (query_id,track_id[,split]).")
+@click.option("--out", required=True, metavar="MODELDIR")
+@click.option("--kind", type=click.Choice(["both", "dhs", "pse"]), default="both", show_default=True)
+@click.option("--search", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random-search trials per model (0: the default hyper-parameters).")
+@click.option("--minutes", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Wall-clock budget for all training.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train(queries, db, truth, out, kind, search, minutes, seed):
+    """Train the DHS and PSE nets (torch) and export them to ONNX."""
+    try:
+        from .models.train import train_models
+    except ImportError as e:
+        from .errors import ParameterError
+
+        raise ParameterError(f"training needs torch: pip install 'msdmatch[train]' ({e})") from None
+    dirs = train_models(queries, db, truth, out_dir=out, kind=kind, seed=seed, max_minutes=minutes,
+                        search=search, progress=lambda m: click.echo(m, err=True))
+    for k, d in dirs.items():
+        click.echo(f"{k}: {d}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -195,9 +195,8 @@ def featurize_shard(
 def consolidate(client, url: str, *, n_parts: int, rejected: list[dict], params: FeatureParams,
                 storage_options: dict | None = None, progress: bool = True) -> dict:
     """Concatenate committed parts into ``features``/``offsets``/``ids``/``sources``/``failures``."""
-    from .cluster import run_shards
-    from .store import (FEATURES_CHUNK, ITEM_CHUNK, _read_str, _str_array, copy_block,
-                        delete_path, open_group, plan_blocks, read_part, write_failures)
+    from .store import (FEATURES_CHUNK, ITEM_CHUNK, _read_str, _str_array, concat_parts,
+                        delete_path, open_group, read_part, write_failures)
 
     root = open_group(url, mode="r+", storage_options=storage_options)
     lengths, ids, sources, fails = [], [], [], list(rejected)
@@ -208,24 +207,18 @@ def consolidate(client, url: str, *, n_parts: int, rejected: list[dict], params:
         sources += _read_str(g, "sources")
         for i, s, r in zip(_read_str(g, "fail_id"), _read_str(g, "fail_source"), _read_str(g, "fail_reason")):
             fails.append({"id": i, "source": s, "stage": STAGE, "reason": r})
-    part_frames = [int(x.sum()) for x in lengths]
-    starts = np.concatenate([[0], np.cumsum(part_frames)]).astype(np.int64)
-    total = int(starts[-1])
     all_len = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     offsets = np.concatenate([[0], np.cumsum(all_len)]).astype(np.int64)
-    root.create_array("features", shape=(total, params.n_bins), dtype="float16",
-                      chunks=(FEATURES_CHUNK, params.n_bins), overwrite=True)
+    total = concat_parts(client, url, stage=STAGE, name="features", source="features",
+                         part_rows=[int(x.sum()) for x in lengths], row_shape=(params.n_bins,),
+                         dtype="float16", chunk=FEATURES_CHUNK, storage_options=storage_options,
+                         progress=progress)
     off = root.create_array("offsets", shape=offsets.shape, dtype="int64",
                             chunks=(min(offsets.size, ITEM_CHUNK),), overwrite=True)
     off[:] = offsets
     _str_array(root, "ids", ids)
     _str_array(root, "sources", sources)
     write_failures(root, fails)
-    spans = [(pid, int(starts[pid]), int(starts[pid + 1])) for pid in range(n_parts)]
-    blocks = plan_blocks(total, chunk=FEATURES_CHUNK)
-    run_shards(client, copy_block, blocks, name="featurize-consolidate", progress=progress,
-               kwargs={"url": url, "stage": STAGE, "name": "features", "part_spans": spans,
-                       "storage_options": storage_options})
     root.attrs.update({"complete": True, "n_items": len(ids), "n_failures": len(fails),
                        "n_frames": total})
     delete_path(url, f"_parts/{STAGE}", storage_options=storage_options)

@@ -64,15 +64,6 @@ def default_k(n_db: int) -> int:
 # ----------------------------------------------------------------------------- kernels
 
 
-@njit(cache=True, boundscheck=False, fastmath=True)
-def _chunk_min(row, nrm, j0, j1):  # pragma: no cover - compiled
-    m = np.float32(np.inf)
-    for j in range(j0, j1):
-        v = nrm[j] + row[j]
-        m = min(m, v)
-    return m
-
-
 @njit(cache=True, boundscheck=False)
 def _compact(vals, ids, fill, cap):  # pragma: no cover - compiled
     """Keep the ``cap`` smallest buffered keys; return (new fill, new threshold)."""
@@ -105,28 +96,36 @@ def _scan_block(g, nrm, base, bv, bi, fill, thr, cap):  # pragma: no cover - com
     """
     nq, b = g.shape
     size = bv.shape[1]
-    chunk = 32
+    nw = (b + 7) // 8
+    mask = np.zeros(8 * nw, np.uint8)
+    words = mask.view(np.uint64)
     for i in range(nq):
         row = g[i]
         vals = bv[i]
         ids = bi[i]
         f = fill[i]
         t = thr[i]
-        j = 0
-        while j < b:
-            j1 = min(j + chunk, b)
-            if _chunk_min(row, nrm, j, j1) < t:
-                for jj in range(j, j1):
-                    v = nrm[jj] + row[jj]
-                    if v < t:
-                        vals[f] = v
-                        ids[f] = base + jj
-                        f += 1
-                        if f == size:
-                            f, t = _compact(vals, ids, f, cap)
-            j = j1
+        _below(row, nrm, t, mask)
+        for w in range(nw):
+            if words[w] == 0:
+                continue
+            for jj in range(8 * w, min(8 * w + 8, b)):
+                v = nrm[jj] + row[jj]
+                if v < t:
+                    vals[f] = v
+                    ids[f] = base + jj
+                    f += 1
+                    if f == size:
+                        f, t = _compact(vals, ids, f, cap)
         fill[i] = f
         thr[i] = t
+
+
+@njit(cache=True, boundscheck=False, fastmath=True)
+def _below(row, nrm, t, mask):  # pragma: no cover - compiled
+    """``mask[j] = ‖d_j‖² − 2 q·d_j < t`` over one block row (vectorised)."""
+    for j in range(row.shape[0]):
+        mask[j] = (nrm[j] + row[j]) < t
 
 
 @njit(cache=True, boundscheck=False)
@@ -138,16 +137,20 @@ def _half(h):  # pragma: no cover - compiled
     return -v if h & 0x8000 else v
 
 
-@njit(cache=True, boundscheck=False)
+@njit(cache=True, boundscheck=False, fastmath=True)
 def _sq_dist(q, db32, bits, half, r):  # pragma: no cover - compiled
-    """Exact float64 squared distance from ``q`` to row ``r`` (4 fixed-order partial sums)."""
+    """Float64 squared distance from ``q`` to row ``r`` (one fixed summation order)."""
     d = q.shape[0]
-    acc = np.zeros(4)
-    for t in range(d):
-        x = _half(bits[r, t]) if half else np.float64(db32[r, t])
-        diff = np.float64(q[t]) - x
-        acc[t & 3] += diff * diff
-    return (acc[0] + acc[1]) + (acc[2] + acc[3])
+    s = 0.0
+    if half:
+        for t in range(d):
+            diff = np.float64(q[t]) - _half(bits[r, t])
+            s += diff * diff
+    else:
+        for t in range(d):
+            diff = np.float64(q[t]) - np.float64(db32[r, t])
+            s += diff * diff
+    return s
 
 
 @njit(cache=True, boundscheck=False)
@@ -196,7 +199,22 @@ def _check_matrix(x: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _scan(queries, db, nrm, *, cap, block):
+def _sample_threshold(qm2, db, nrm, cap):
+    """Per-query starting threshold from a strided sample of the keys.
+
+    Chosen so that about ``1.5 cap`` entries of the whole shard fall below it;
+    the scan checks afterwards that at least ``k`` did.
+    """
+    n = db.shape[0]
+    n_s = min(n // 8, math.ceil(300 * n / cap))
+    stride = n // n_s
+    rows = db[::stride][:n_s].astype(np.float32)
+    keys = qm2 @ rows.T + nrm[::stride][:n_s]
+    r = min(n_s - 1, int(1.5 * cap * n_s / n))
+    return np.partition(keys, r, axis=1)[:, r].astype(np.float32)
+
+
+def _scan(queries, db, nrm, *, cap, block, sample=True):
     """Threshold scan; returns buffered (keys, ids), fill counts and final thresholds."""
     nq = queries.shape[0]
     n = db.shape[0]
@@ -204,8 +222,11 @@ def _scan(queries, db, nrm, *, cap, block):
     bv = np.empty((nq, size), dtype=np.float32)
     bi = np.empty((nq, size), dtype=np.int64)
     fill = np.zeros(nq, dtype=np.int64)
-    thr = np.full(nq, np.inf, dtype=np.float32)
     qm2 = (-2.0 * queries.astype(np.float32)).astype(np.float32)
+    if sample and n >= 64 * cap:
+        thr = _sample_threshold(qm2, db, nrm, cap)
+    else:
+        thr = np.full(nq, np.inf, dtype=np.float32)
     g = np.empty((nq, block), dtype=np.float32)
     for s in range(0, n, block):
         e = min(s + block, n)
@@ -303,6 +324,7 @@ def topk_sq_euclidean(
         # Keep the (q, block) product within ~2 MB so the scan reads it from cache.
         block = max(1024, min(32768, (2 << 20) // (4 * nq)))
     block = min(int(block), n)
+    first = True
     while todo.size:
         sub = qs[todo]
         if cap >= n:
@@ -313,15 +335,25 @@ def topk_sq_euclidean(
             thr = np.full(todo.size, np.inf, np.float32)
             dl = np.zeros(todo.size)
         else:
-            bv, bi, fill, thr = _scan(sub, db, nrm, cap=cap, block=block)
+            bv, bi, fill, thr = _scan(sub, db, nrm, cap=cap, block=block, sample=first)
             dl = delta[todo]
+        enough = fill >= k
+        if not enough.all():
+            # The sampled starting threshold was too low for some queries: rescan
+            # those without it.
+            fill = np.where(enough, fill, k)
         d_k, i_k, ok = _refine(sub, db32, bits, half, bv, bi, fill,
                                thr.astype(np.float64), dl, q_n2[todo], k)
+        ok &= enough
         if cap >= n:
             ok[:] = True
         dist[todo[ok]], idx[todo[ok]] = d_k[ok], i_k[ok]
         todo = todo[~ok]
-        cap = min(n, 4 * cap)
+        if first and todo.size and (~enough).any() and (enough | ok).all():
+            first = False  # only the sampled threshold failed: same capacity, no sample
+        else:
+            first = False
+            cap = min(n, 4 * cap)
     return dist, idx
 
 

@@ -306,10 +306,11 @@ def copy_block(
     url: str,
     stage: str,
     name: str,
+    source: str,
     part_spans: list[tuple[int, int, int]],
     storage_options: dict | None = None,
 ) -> int:
-    """Fill rows ``block`` of array ``name`` from staged parts.
+    """Fill rows ``block`` of array ``name`` from array ``source`` of staged parts.
 
     Parameters
     ----------
@@ -327,7 +328,7 @@ def copy_block(
     for pid, s, e in part_spans:
         lo, hi = max(s, a), min(e, b)
         if lo < hi:
-            buf[lo - a : hi - a] = root[f"{part_path(stage, pid)}/{name.split('/')[-1]}"][lo - s : hi - s]
+            buf[lo - a : hi - a] = root[f"{part_path(stage, pid)}/{source}"][lo - s : hi - s]
     out[a:b] = buf
     return b - a
 
@@ -350,3 +351,49 @@ def delete_path(url: str, path: str, *, storage_options: dict | None = None) -> 
     target = f"{root.rstrip('/')}/{path}"
     if fs.exists(target):
         fs.rm(target, recursive=True)
+
+
+def concat_parts(
+    client,
+    url: str,
+    *,
+    stage: str,
+    name: str,
+    source: str,
+    part_rows: Sequence[int],
+    row_shape: tuple[int, ...],
+    dtype: str,
+    chunk: int,
+    storage_options: dict | None = None,
+    progress: bool = True,
+) -> int:
+    """Concatenate array ``source`` of every staged part of ``stage`` into ``name``.
+
+    Runs chunk-aligned copy tasks on the client, so no two tasks write the
+    same chunk.
+
+    Parameters
+    ----------
+    part_rows : sequence of int
+        Rows held by each part, in part order.
+    row_shape : tuple
+        Shape of one row (``(48,)`` for features, ``()`` for hash words).
+
+    Returns
+    -------
+    total : int
+        Rows of the consolidated array.
+    """
+    from .cluster import run_shards
+
+    starts = np.concatenate([[0], np.cumsum(np.asarray(part_rows, dtype=np.int64))])
+    total = int(starts[-1])
+    root = open_group(url, mode="r+", storage_options=storage_options)
+    root.create_array(name, shape=(total,) + tuple(row_shape), dtype=dtype,
+                      chunks=(chunk,) + tuple(row_shape), overwrite=True)
+    spans = [(pid, int(starts[pid]), int(starts[pid + 1])) for pid in range(len(part_rows))]
+    run_shards(client, copy_block, plan_blocks(total, chunk=chunk), name=f"{stage}-consolidate",
+               progress=progress, kwargs={"url": url, "stage": stage, "source": source,
+                                          "part_spans": spans, "storage_options": storage_options,
+                                          "name": name})
+    return total

@@ -13,8 +13,8 @@ from msdmatch.models.export import check_parity, export_model, export_onnx  # no
 from msdmatch.models.nets import NetConfig, build_net, default_config  # noqa: E402
 from msdmatch.models.pairs import (  # noqa: E402
     MemoryStore,
-    aligned_batch,
     align_pairs,
+    aligned_batch,
     collect_pairs,
     generated_corpus,
     pad_batch,

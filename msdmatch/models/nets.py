@@ -106,7 +106,7 @@ class NetConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "NetConfig":
+    def from_dict(cls, d: dict[str, Any]) -> NetConfig:
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
         d["filters"] = tuple(int(x) for x in d["filters"])
@@ -186,7 +186,7 @@ class DHSNet(nn.Module):
         self.front = _Front(cfg)
         widths = [cfg.frame_dim, *cfg.dense]
         self.hidden = nn.ModuleList(
-            _dense(a, b, relu=True) for a, b in zip(widths[:-1], widths[1:])
+            _dense(a, b, relu=True) for a, b in zip(widths[:-1], widths[1:], strict=False)
         )
         self.out = _dense(widths[-1], cfg.out_dim, relu=False)
 
@@ -216,7 +216,7 @@ class PSENet(nn.Module):
         nn.init.normal_(self.att_v.weight, std=1.0 / math.sqrt(cfg.attention_dim))
         widths = [cfg.frame_dim, *cfg.dense]
         self.hidden = nn.ModuleList(
-            _dense(a, b, relu=True) for a, b in zip(widths[:-1], widths[1:])
+            _dense(a, b, relu=True) for a, b in zip(widths[:-1], widths[1:], strict=False)
         )
         self.out = _dense(widths[-1], cfg.out_dim, relu=False)
 
@@ -250,7 +250,7 @@ def default_config(kind: str, **overrides: Any) -> NetConfig:
     if kind not in ("dhs", "pse"):
         raise ParameterError(f"kind={kind!r} must be 'dhs' or 'pse'")
     base: dict[str, Any] = (
-        dict(kind="dhs", filters=(16, 32, 64), convs_per_group=1, pool_freq=True,
+        dict(kind="dhs", filters=(16, 32, 64), convs_per_group=2, pool_freq=True,
              dense=(512,), out_dim=32)
         if kind == "dhs"
         else dict(kind="pse", filters=(16,), convs_per_group=1, pool_freq=True,

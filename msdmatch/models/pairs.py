@@ -23,8 +23,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,9 +96,10 @@ class MemoryStore:
 def as_store(store: Any, *, storage_options: dict | None = None) -> Any:
     """Open ``store`` if it is a path or URL; return store objects unchanged."""
     if isinstance(store, (str, os.PathLike)):
-        from ..store import open_store
+        from .. import store as store_mod
 
-        return open_store(os.fspath(store), storage_options=storage_options)
+        opener = getattr(store_mod, "open_store", None) or store_mod.Store
+        return opener(os.fspath(store), storage_options=storage_options)
     for attr in ("ids", "sequence", "modality", "params"):
         if not hasattr(store, attr):
             raise ParameterError(

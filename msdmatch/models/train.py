@@ -27,9 +27,10 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -194,7 +195,7 @@ def _run(net: torch.nn.Module, seqs: Sequence[np.ndarray], *, device: str, chunk
             x, m = pad_batch(part, n_bins=part[0].shape[1])
             y = net(torch.from_numpy(x).to(device), torch.from_numpy(m).to(device)).cpu().numpy()
             for k, seq in enumerate(part):
-                out.append(y[k, : -(-len(seq) // 8)] if y.ndim == 3 else y[k])
+                out.append(y[k, : -(-len(seq) // net.cfg.downsample)] if y.ndim == 3 else y[k])
     net.train()
     return out
 
@@ -228,13 +229,13 @@ def validate(
     hm = _run(g, [p.midi_w for p in pairs], device=device)
     ba = [h > 0 for h in ha]
     bm = [h > 0 for h in hm]
-    matched = np.concatenate([(x != y).sum(1) for x, y in zip(ba, bm)])
+    matched = np.concatenate([(x != y).sum(1) for x, y in zip(ba, bm, strict=False)])
     lens = np.array([len(x) for x in ba])
     i = rng.integers(0, len(pairs), n_unmatched)
     j = (i + rng.integers(1, max(len(pairs), 2), n_unmatched)) % len(pairs)
     ti = (rng.random(n_unmatched) * lens[i]).astype(int)
     tj = (rng.random(n_unmatched) * lens[j]).astype(int)
-    unmatched = np.array([(ba[a][s] != bm[b][t]).sum() for a, b, s, t in zip(i, j, ti, tj)])
+    unmatched = np.array([(ba[a][s] != bm[b][t]).sum() for a, b, s, t in zip(i, j, ti, tj, strict=False)])
     return dict(bc=bhattacharyya(matched, unmatched, bins=np.arange(-0.5, 33.0)),
                 matched=matched, unmatched=unmatched,
                 bit_balance=float(np.concatenate(ba).mean()), n_pairs=len(pairs))
@@ -497,7 +498,9 @@ def train_models(
     valid = [p for p in pairs if p.split == "valid"]
     say(f"{len(train)} training and {len(valid)} validation pairs")
     stats = dict(audio=zscore_stats(p.audio for p in train), midi=zscore_stats(p.midi for p in train))
-    desc: dict[str, Any] = dict(query_modality=qs.modality, n_train_pairs=len(train),
+    desc: dict[str, Any] = dict(query_store=str(getattr(qs, "url", "in-memory")),
+                                db_store=str(getattr(ds, "url", "in-memory")),
+                                query_modality=qs.modality, n_train_pairs=len(train),
                                 n_valid_pairs=len(valid), seed=seed)
     if "dhs" in kinds:
         t0 = time.monotonic()

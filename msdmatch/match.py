@@ -1,0 +1,344 @@
+"""Match stage: PSE prune -> DHS Hamming-DTW rerank -> cosine-DTW verify -> fusion.
+
+Conventions
+-----------
+- Query and database stores must have been embedded (``msdmatch embed``)
+  with the same PSE and DHS models (``pse/<model>``, ``dhs/<model>``).
+- The database is split into contiguous shards; each shard's embeddings and
+  hash words are loaded once onto a worker and kept there, so pruning and
+  reranking run where the data is.  Shard top-Ks merge by tree reduction.
+- Output: one row per (query, candidate) with ``query_id, rank, track_id,
+  confidence, verify_score, dhs_score, pse_distance, stage``; ``stage`` is
+  ``verify`` for the top V (ranked by the fused confidence), ``rerank`` for
+  ranks V+1..R (by DHS score) and ``prune`` beyond (by PSE distance, only
+  with ``keep='all'``).  Unverified rows have NaN ``confidence``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ModelError, ParameterError
+
+#: DESIGN.md matching constants.
+DHS_PENALTY = 15
+DHS_GULLY = 0.9
+VERIFY_GULLY = 0.96
+
+
+@dataclass(frozen=True)
+class DbShard:
+    """Database rows ``start:stop``."""
+
+    sid: int
+    start: int
+    stop: int
+
+
+def plan(n_db: int, *, n_shards: int) -> list[DbShard]:
+    """Split ``n_db`` rows into ``n_shards`` contiguous shards of near-equal size."""
+    n_shards = max(1, min(n_shards, n_db))
+    cuts = np.linspace(0, n_db, n_shards + 1).round().astype(int)
+    return [DbShard(i, int(a), int(b)) for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]))]
+
+
+# ------------------------------------------------------------ shard functions
+
+
+def load_shard(shard: DbShard, *, url: str, pse: str, dhs: str, storage_options: dict | None = None) -> dict:
+    """Load one database shard's embeddings and packed hash sequences into memory."""
+    from .store import open_group
+
+    g = open_group(url, storage_options=storage_options)
+    E = np.asarray(g[f"pse/{pse}"][shard.start : shard.stop], dtype=np.float32)
+    off = np.asarray(g[f"dhs/{dhs}/offsets"][shard.start : shard.stop + 1], dtype=np.int64)
+    words = np.asarray(g[f"dhs/{dhs}/words"][off[0] : off[-1]], dtype=np.uint32)
+    ok = np.all(np.isfinite(E), axis=1) & (np.diff(off) > 0)
+    E[~ok] = 1e6  # failed items: far from everything
+    return {"shard": shard, "E": E, "norms": np.einsum("ij,ij->i", E, E), "words": words,
+            "offsets": off - off[0], "ok": ok}
+
+
+def shard_topk(data: dict, queries: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Top-k of every query within one shard (global indices via the returned offset)."""
+    from .prune import topk_sq_euclidean
+
+    d, i = topk_sq_euclidean(queries, data["E"], k=k, db_sq_norms=data["norms"])
+    return d, i, data["shard"].start
+
+
+def merge(*parts, k: int):
+    """Merge shard or partial top-ks (one tree-reduction node)."""
+    from .prune import merge_topk
+
+    return merge_topk(list(parts), k=k)
+
+
+def shard_rerank(data: dict, qwords: list[np.ndarray], cands: list[np.ndarray]) -> list[np.ndarray]:
+    """Hamming-DTW of each query against its candidates that live in this shard.
+
+    Parameters
+    ----------
+    qwords : list of np.ndarray [shape=(M_q,), uint32]
+    cands : list of np.ndarray [shape=(c_q,), int64]
+        Global database rows, all inside this shard.
+
+    Returns
+    -------
+    scores : list of np.ndarray [shape=(c_q,), float64]
+    """
+    from .dtw import hamming_dtw_many
+
+    s0, off, words = data["shard"].start, data["offsets"], data["words"]
+    out = []
+    for qw, c in zip(qwords, cands):
+        if len(c) == 0 or len(qw) == 0:
+            out.append(np.full(len(c), np.inf))
+            continue
+        local = c - s0
+        ok = data["ok"][local]
+        lens = off[local + 1] - off[local]
+        sub_off = np.concatenate([[0], np.cumsum(np.where(ok, lens, 0))]).astype(np.int64)
+        sub = np.concatenate([words[off[j] : off[j + 1]] for j in local[ok]]) if ok.any() else np.zeros(0, np.uint32)
+        scores = np.full(len(c), np.inf)
+        if ok.any():
+            keep_off = np.concatenate([[0], sub_off[1:][ok]])
+            scores[ok] = hamming_dtw_many(qw, sub, keep_off, penalty=DHS_PENALTY, gully=DHS_GULLY)
+        out.append(scores)
+    return out
+
+
+def verify_batch(jobs: list[tuple[int, list[int]]], *, q_url: str, db_url: str,
+                 storage_options: dict | None = None) -> list[np.ndarray]:
+    """Cosine DTW of queries against their top candidates.
+
+    Parameters
+    ----------
+    jobs : list of (query_row, [db_row, ...])
+
+    Returns
+    -------
+    scores : list of np.ndarray [shape=(n_candidates,), float64]
+        Raffel's normalised DTW score (lower is better).
+    """
+    from .dtw import cosine_dtw
+    from .store import Store
+
+    Q = Store(q_url, storage_options=storage_options)
+    D = Store(db_url, storage_options=storage_options)
+    out = []
+    for qi, rows in jobs:
+        X = Q.sequence(qi)
+        s = np.full(len(rows), np.inf)
+        for n, r in enumerate(rows):
+            Y = D.sequence(r)
+            if len(X) and len(Y):
+                s[n] = cosine_dtw(X, Y, gully=VERIFY_GULLY, return_path=False)
+        out.append(s)
+    return out
+
+
+# ----------------------------------------------------------------- the job
+
+
+def _model_names(Q, D, models: str | None) -> tuple[str, str]:
+    if models:
+        from .embed import resolve_models
+
+        infos = resolve_models([models], Q.modality)
+        names = {i.kind: i.name for i in infos}
+    else:
+        names = {"pse": f"pse-{Q.modality}", "dhs": f"dhs-{Q.modality}"}
+    for kind in ("pse", "dhs"):
+        if kind not in names:
+            raise ModelError(f"--models {models!r} holds no {kind.upper()} model")
+        for S, role in ((Q, "QUERIES"), (D, "DB")):
+            path = f"{kind}/{names[kind]}"
+            if path not in S.group or not S.group[path].attrs.get("complete"):
+                raise ParameterError(
+                    f"{role} store {S.url!r} has no complete {path!r}; run `msdmatch embed {S.url}` first"
+                )
+    return names["pse"], names["dhs"]
+
+
+def run(queries: str, db: str, out: str | None = None, *, models: str | None = None,
+        fusion: str | None = None, prune_k: int | None = None, rerank: int = 100, verify: int = 10,
+        keep: str = "rerank", client=None, scheduler: str | None = None, n_workers: int | None = None,
+        n_shards: int | None = None, storage_options: dict | None = None, progress: bool = True) -> dict:
+    """Match every query of ``queries`` against ``db``.
+
+    Parameters
+    ----------
+    queries, db : str
+        Embedded MIDI and audio stores.
+    out : str, optional
+        ``.csv``, ``.parquet`` or Zarr URL for the MATCHES table.
+    models : str, optional
+        Model directory used by ``embed`` (default: the shipped models).
+    fusion : str, optional
+        Fusion model JSON (default: shipped for the query modality; without
+        one, ``confidence`` is the thesis's DTW confidence).
+    prune_k : int, optional
+        PSE survivors (default ``max(1% of db, 1000)``, capped at the db size).
+    rerank, verify : int
+        DHS survivors R and verified candidates V.
+    keep : {'rerank', 'all'}
+        Rows written per query: the R reranked, or all K pruned.
+
+    Returns
+    -------
+    summary : dict with ``table`` (dict of columns) and timings.
+    """
+    from .cluster import client_for
+    from .prune import default_k
+    from .store import Store
+
+    if keep not in ("rerank", "all"):
+        raise ParameterError(f"keep must be 'rerank' or 'all', got {keep!r}")
+    for name, v in (("rerank", rerank), ("verify", verify)):
+        if v < 1:
+            raise ParameterError(f"--{name} must be >= 1, got {v}")
+    Q = Store(queries, storage_options=storage_options)
+    D = Store(db, storage_options=storage_options)
+    if D.modality != "audio":
+        raise ParameterError(f"DB store {db!r} holds {D.modality!r} features; expected 'audio' (swapped arguments?)")
+    if Q.modality == "audio":
+        raise ParameterError(f"QUERIES store {queries!r} holds audio; expected a MIDI store (swapped arguments?)")
+    pse, dhs = _model_names(Q, D, models)
+    fusion_model = _load_fusion(fusion, Q.modality)
+    if client is None:
+        with client_for(scheduler, n_workers=n_workers, quiet=not progress) as c:
+            return run(queries, db, out, models=models, fusion=fusion, prune_k=prune_k, rerank=rerank,
+                       verify=verify, keep=keep, client=c, n_shards=n_shards,
+                       storage_options=storage_options, progress=progress)
+    from .cluster import total_threads
+
+    t0 = time.perf_counter()
+    client.run(_warm_up)  # numba compiles (or loads its cache) once per worker, outside the timings
+    t = {"start": time.perf_counter(), "warm_up": time.perf_counter() - t0}
+    K = min(D.n, prune_k or default_k(D.n))
+    R, V = min(rerank, K), min(verify, rerank, K)
+    qE = np.asarray(Q.group[f"pse/{pse}"][:], dtype=np.float32)
+    q_ok = np.all(np.isfinite(qE), axis=1)
+    qE[~q_ok] = 0.0
+    qoff = np.asarray(Q.group[f"dhs/{dhs}/offsets"][:], np.int64)
+    qw_all = np.asarray(Q.group[f"dhs/{dhs}/words"][:], np.uint32)
+    qwords = [qw_all[a:b] for a, b in zip(qoff[:-1], qoff[1:])]
+    shards = plan(D.n, n_shards=n_shards or 2 * total_threads(client))
+    data = [client.submit(load_shard, s, url=db, pse=pse, dhs=dhs, storage_options=storage_options,
+                          key=f"match-load-shard-{s.sid}-{time.time_ns()}") for s in shards]
+    # 1. PSE prune, tree-reduced
+    qE_f = client.scatter(qE, broadcast=True)
+    parts = [client.submit(shard_topk, d, qE_f, k=K, key=f"match-prune-{i}-{time.time_ns()}")
+             for i, d in enumerate(data)]
+    while len(parts) > 1:
+        parts = [client.submit(merge, *parts[i : i + 4], k=K, key=f"match-merge-{i}-{time.time_ns()}")
+                 for i in range(0, len(parts), 4)]
+    pdist, pidx = parts[0].result() if len(shards) > 1 else merge(parts[0].result(), k=K)
+    t["prune"] = time.perf_counter()
+    # 2. DHS rerank on the workers holding the candidates
+    owner = np.searchsorted([s.stop for s in shards], pidx, side="right")
+    futs = []
+    for sid, d in enumerate(data):
+        cands = [pidx[q][owner[q] == sid] for q in range(Q.n)]
+        futs.append(client.submit(shard_rerank, d, qwords, cands, key=f"match-rerank-{sid}-{time.time_ns()}"))
+    dhs_score = np.full(pidx.shape, np.inf)
+    for sid, f in enumerate(futs):
+        for q, s in enumerate(f.result()):
+            dhs_score[q, owner[q] == sid] = s
+    t["rerank"] = time.perf_counter()
+    # order by (dhs score, pse distance); top R survive, top V are verified
+    order = (np.stack([np.lexsort((pdist[q], dhs_score[q])) for q in range(Q.n)])
+             if Q.n else np.zeros((0, K), np.int64))
+    # 3. verify
+    jobs = [(q, [int(pidx[q, j]) for j in order[q, :V]]) for q in range(Q.n)]
+    nb = max(1, min(len(jobs), 4 * total_threads(client)))
+    batches = [jobs[i::nb] for i in range(nb)]
+    vf = [client.submit(verify_batch, b, q_url=queries, db_url=db, storage_options=storage_options,
+                        key=f"match-verify-{i}-{time.time_ns()}") for i, b in enumerate(batches)]
+    vscore = np.full((Q.n, V), np.inf)
+    for b, f in zip(batches, vf):
+        for (q, _), s in zip(b, f.result()):
+            vscore[q, : len(s)] = s
+    t["verify"] = time.perf_counter()
+    for f in data:
+        f.release()
+    table = _assemble(Q, D, pidx, pdist, dhs_score, order, vscore, R=R, V=V, keep=keep,
+                      fusion_model=fusion_model, q_ok=q_ok)
+    if out:
+        from .report import write_matches
+
+        write_matches(table, out)
+    t["end"] = time.perf_counter()
+    nq = max(Q.n, 1)
+    return {"table": table, "queries": Q.n, "db": D.n, "K": K, "R": R, "V": V,
+            "threads": total_threads(client), "seconds": t["end"] - t["start"],
+            "per_query": {"prune": (t["prune"] - t["start"]) / nq, "rerank": (t["rerank"] - t["prune"]) / nq,
+                          "verify": (t["verify"] - t["rerank"]) / nq, "total": (t["end"] - t["start"]) / nq},
+            "warm_up_seconds": t["warm_up"], "fusion": fusion_model is not None, "out": out}
+
+
+def _warm_up() -> None:
+    """Compile the numba kernels in this process (cached on disk after the first time)."""
+    from .dtw import cosine_dtw, hamming_dtw_many
+    from .prune import topk_sq_euclidean
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(0, 2**32, 40, dtype=np.uint32)
+    hamming_dtw_many(w[:20], w, np.array([0, 20, 40]))
+    X = rng.random((20, 48)).astype(np.float32)
+    cosine_dtw(X, X, return_path=False)
+    topk_sq_euclidean(X[:2], X, k=3)
+
+
+def _load_fusion(path: str | None, modality: str):
+    import json
+    from pathlib import Path
+
+    from .modelfile import shipped_model_dir
+
+    p = Path(path) if path else shipped_model_dir() / f"fusion-{modality}.json"
+    if not p.is_file():
+        if path:
+            raise ModelError(f"fusion model {path!r} not found")
+        return None
+    from .fusion import FusionModel
+
+    return FusionModel.from_dict(json.loads(p.read_text()))
+
+
+def _assemble(Q, D, pidx, pdist, dhs_score, order, vscore, *, R, V, keep, fusion_model, q_ok) -> dict:
+    from .dtw import dtw_confidence
+
+    cols: dict[str, list] = {c: [] for c in ("query_id", "rank", "track_id", "confidence",
+                                             "verify_score", "dhs_score", "pse_distance", "stage")}
+    dbids = D.ids
+    for q in range(Q.n):
+        if not q_ok[q]:
+            continue
+        o = order[q]
+        vs = vscore[q]
+        if fusion_model is not None:
+            from .fusion import features_for, predict_proba
+
+            conf = predict_proba(fusion_model, features_for(vs, dhs_score[q, o[:V]], pdist[q, o[:V]]))
+        else:
+            conf = dtw_confidence(vs)
+        vorder = np.lexsort((vs, -conf))
+        rows = [(o[j], conf[j], vs[j], "verify") for j in vorder]
+        rows += [(o[j], np.nan, np.nan, "rerank") for j in range(V, R)]
+        if keep == "all":
+            rest = np.sort(o[R:])  # pidx is sorted by pse distance already
+            rows += [(j, np.nan, np.nan, "prune") for j in rest]
+        for rank, (j, c, v, st) in enumerate(rows, start=1):
+            cols["query_id"].append(Q.ids[q])
+            cols["rank"].append(rank)
+            cols["track_id"].append(dbids[int(pidx[q, j])])
+            cols["confidence"].append(float(c))
+            cols["verify_score"].append(float(v))
+            cols["dhs_score"].append(float(dhs_score[q, j]))
+            cols["pse_distance"].append(float(np.sqrt(max(pdist[q, j], 0.0))))
+            cols["stage"].append(st)
+    return {k: np.asarray(v) for k, v in cols.items()}
