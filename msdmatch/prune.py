@@ -349,11 +349,12 @@ def topk_sq_euclidean(
             ok[:] = True
         dist[todo[ok]], idx[todo[ok]] = d_k[ok], i_k[ok]
         todo = todo[~ok]
-        if first and todo.size and (~enough).any() and (enough | ok).all():
-            first = False  # only the sampled threshold failed: same capacity, no sample
-        else:
-            first = False
+        # A query that failed only because the sampled starting threshold let
+        # fewer than k entries through is rescanned without a sample; one that
+        # failed certification gets a larger buffer.
+        if not first or enough[~ok].any():
             cap = min(n, 4 * cap)
+        first = False
     return dist, idx
 
 

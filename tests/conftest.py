@@ -141,3 +141,33 @@ def s3(s3_server, monkeypatch):
                  aws_secret_access_key=S3_SECRET, region_name="us-east-1").create_bucket(Bucket=bucket)
     fs = s3fs.S3FileSystem(**so)
     return {"bucket": bucket, "storage_options": so, "fs": fs}
+
+
+@pytest.fixture(scope="session")
+def tiny_stores(tiny_corpus, tmp_path_factory, cluster_client):
+    """Featurized tiny corpus: {'audio': url, 'midi-synth': url, 'midi-pianoroll': url} (not embedded)."""
+    from msdmatch import featurize
+
+    root = tmp_path_factory.mktemp("stores")
+    out = {}
+    for kind, mode, name in (("audio", "synth", "audio"), ("midi", "synth", "midi-synth"),
+                             ("midi", "pianoroll", "midi-pianoroll")):
+        src = tiny_corpus / ("audio" if kind == "audio" else "midi")
+        url = str(root / f"{name}.zarr")
+        featurize.run(str(src), url, client=cluster_client, kind=kind, mode=mode, partition_size=4,
+                      progress=False)
+        out[name] = url
+    return out
+
+
+@pytest.fixture
+def copy_store(tmp_path):
+    """Copy a local store so a test can modify it."""
+    import shutil
+
+    def _copy(url: str, name: str | None = None) -> str:
+        dst = tmp_path / (name or Path(url).name)
+        shutil.copytree(url, dst)
+        return str(dst)
+
+    return _copy

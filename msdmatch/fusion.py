@@ -1,0 +1,404 @@
+"""Calibrated fusion of the cascade's scores into one match probability.
+
+Conventions
+-----------
+* A candidate carries three scores, all "lower is better": ``verify_score``
+  (cosine-DTW score s), ``dhs_score`` (Hamming-DTW cost / path length) and
+  ``pse_distance`` (squared Euclidean embedding distance).
+* Features (:func:`features_for`), computed per query from its own candidate
+  list only, so that they are available at match time:
+
+  ====  ==========================================================
+  0     ``verify_score``
+  1     ``log(dhs_score + eps)``
+  2     ``log(pse_distance + eps)``
+  3     ``verify_score - min(verify_score of the query)`` (gap to best)
+  4     ``dhs_score - min(dhs_score of the query)``
+  5     ``log(pse) - min(log(pse) of the query)``
+  6     ``verify_score - second smallest verify_score`` (margin; for the best
+        candidate it is negative, for the others it is the gap to the best)
+  ====  ==========================================================
+
+  Raw verify scores live in [0, ~1.5] and are used as is; DHS and PSE
+  distances are positive with long right tails, so they enter as logs.  The
+  relative features say how much better a candidate is than its competitors,
+  which is what separates a true match from the best of many wrong ones.
+  Missing scores (a candidate not verified, NaN) are replaced by the query's
+  worst observed value of that score, or 0 if none is observed, plus an
+  indicator feature 7 (``1`` if ``verify_score`` was missing).
+* The model is logistic regression on standardised features, fitted by
+  Newton's method (IRLS) with an L2 penalty on the weights (not the bias).
+  Probabilities are ``sigmoid(w · (x - mean) / scale + b)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from msdmatch.errors import ModelError, ParameterError
+
+__all__ = [
+    "FEATURE_NAMES",
+    "FusionModel",
+    "features_for",
+    "fit_fusion",
+    "predict_proba",
+    "expected_calibration_error",
+    "reliability_curve",
+]
+
+FORMAT_VERSION = 1
+
+FEATURE_NAMES = (
+    "verify_score",
+    "log_dhs_score",
+    "log_pse_distance",
+    "verify_gap_to_best",
+    "dhs_gap_to_best",
+    "log_pse_gap_to_best",
+    "verify_margin_to_second",
+    "verify_missing",
+)
+
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class FusionModel:
+    """A fitted logistic fusion model.
+
+    Attributes
+    ----------
+    weights : tuple of float [len = n_features]
+    bias : float
+    mean, scale : tuple of float [len = n_features]
+        Standardisation applied before the weights.
+    feature_names : tuple of str
+    l2 : float
+        Penalty used in the fit.
+    metrics : dict
+        Validation metrics recorded at fit time (free form, JSON-able).
+    """
+
+    weights: tuple[float, ...]
+    bias: float
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+    l2: float = 1.0
+    metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-able dict, with the format version."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "kind": "logistic",
+            "feature_names": list(self.feature_names),
+            "weights": [float(w) for w in self.weights],
+            "bias": float(self.bias),
+            "mean": [float(m) for m in self.mean],
+            "scale": [float(s) for s in self.scale],
+            "l2": float(self.l2),
+            "metrics": dict(self.metrics),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> FusionModel:
+        """Inverse of :meth:`to_dict`; refuses other format versions or features."""
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ModelError(
+                f"fusion model has format_version {d.get('format_version')!r}, this msdmatch "
+                f"reads {FORMAT_VERSION}; refit it with this version"
+            )
+        names = tuple(d.get("feature_names", ()))
+        if names != FEATURE_NAMES:
+            raise ModelError(
+                f"fusion model uses features {list(names)}, expected {list(FEATURE_NAMES)}"
+            )
+        try:
+            m = cls(
+                weights=tuple(float(w) for w in d["weights"]),
+                bias=float(d["bias"]),
+                mean=tuple(float(x) for x in d["mean"]),
+                scale=tuple(float(x) for x in d["scale"]),
+                feature_names=names,
+                l2=float(d.get("l2", 1.0)),
+                metrics=dict(d.get("metrics", {})),
+            )
+        except KeyError as e:
+            raise ModelError(f"fusion model dict lacks the key {e.args[0]!r}") from None
+        if not (len(m.weights) == len(m.mean) == len(m.scale) == len(names)):
+            raise ModelError("fusion model weights, mean and scale must have one value per feature")
+        return m
+
+    def save(self, path: str) -> None:
+        """Write the model as JSON (e.g. the shipped ``fusion.json``)."""
+        with open(path, "w") as fh:
+            json.dump(self.to_dict(), fh, indent=2)
+
+    @classmethod
+    def load(cls, path: str) -> FusionModel:
+        """Read a model written by :meth:`save`."""
+        try:
+            with open(path) as fh:
+                d = json.load(fh)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ModelError(f"cannot read fusion model {path}: {e}") from None
+        return cls.from_dict(d)
+
+
+def _column(candidates: Mapping, name: str, n: int | None) -> np.ndarray:
+    if name not in candidates:
+        raise ParameterError(
+            f"candidates lack the column {name!r}; have {sorted(candidates)}; "
+            "expected verify_score, dhs_score, pse_distance"
+        )
+    col = np.asarray(candidates[name], dtype=np.float64).ravel()
+    if n is not None and col.shape[0] != n:
+        raise ParameterError(f"column {name!r} has {col.shape[0]} rows, expected {n}")
+    return col
+
+
+def _fill_missing(x: np.ndarray, inv: np.ndarray, n_groups: int) -> np.ndarray:
+    """Replace NaN with the group's worst (largest) observed value, or 0."""
+    worst = np.full(n_groups, -np.inf)
+    ok = np.isfinite(x)
+    np.maximum.at(worst, inv[ok], x[ok])
+    worst[~np.isfinite(worst)] = 0.0
+    return np.where(ok, x, worst[inv])
+
+
+def _group_min(x: np.ndarray, inv: np.ndarray, n_groups: int) -> np.ndarray:
+    m = np.full(n_groups, np.inf)
+    np.minimum.at(m, inv, x)
+    return m[inv]
+
+
+def features_for(candidates: Mapping, *, groups: np.ndarray | None = None) -> np.ndarray:
+    """Feature matrix for candidates, computed per query.
+
+    Parameters
+    ----------
+    candidates : mapping of str to np.ndarray [shape=(n,)]
+        Columns ``verify_score``, ``dhs_score``, ``pse_distance`` (NaN where a
+        stage did not score a candidate) and, unless ``groups`` is given,
+        ``query_id``.
+    groups : np.ndarray [shape=(n,)] or None
+        Query of each candidate; defaults to ``candidates["query_id"]``, or
+        one query for all rows if there is no such column.
+
+    Returns
+    -------
+    X : np.ndarray [shape=(n, 8), dtype=float64]
+        Columns as in :data:`FEATURE_NAMES`.
+    """
+    v = _column(candidates, "verify_score", None)
+    n = v.shape[0]
+    h = _column(candidates, "dhs_score", n)
+    p = _column(candidates, "pse_distance", n)
+    if groups is None:
+        groups = candidates.get("query_id", np.zeros(n, np.int64))
+    groups = np.asarray(groups).ravel()
+    if groups.shape[0] != n:
+        raise ParameterError(f"groups has {groups.shape[0]} rows but candidates have {n}")
+    if n == 0:
+        return np.zeros((0, len(FEATURE_NAMES)))
+    _, inv = np.unique(groups, return_inverse=True)
+    ng = int(inv.max()) + 1
+    v_missing = ~np.isfinite(v)
+    v = _fill_missing(v, inv, ng)
+    h = _fill_missing(h, inv, ng)
+    lp = np.log(np.maximum(_fill_missing(p, inv, ng), 0.0) + _EPS)
+    lh = np.log(np.maximum(h, 0.0) + _EPS)
+    v_best = _group_min(v, inv, ng)
+    # second smallest verify score per group (NaN for a single candidate)
+    order = np.lexsort((v, inv))
+    g_sorted = inv[order]
+    first = np.r_[True, g_sorted[1:] != g_sorted[:-1]]
+    sec_mask = np.r_[False, first[:-1]] & ~first
+    second = np.full(ng, np.nan)
+    second[g_sorted[sec_mask]] = v[order][sec_mask]
+    sec = second[inv]
+    sec = np.where(np.isnan(sec), v, sec)  # a query with one candidate: margin 0
+    is_best = v <= v_best
+    margin = np.where(is_best, v - sec, v - v_best)
+    return np.column_stack([
+        v,
+        lh,
+        lp,
+        v - v_best,
+        h - _group_min(h, inv, ng),
+        lp - _group_min(lp, inv, ng),
+        margin,
+        v_missing.astype(np.float64),
+    ])
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def fit_fusion(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    l2: float = 1.0,
+    max_iter: int = 100,
+    tol: float = 1e-10,
+) -> FusionModel:
+    """Fit the logistic fusion model by penalised Newton iterations (IRLS).
+
+    Parameters
+    ----------
+    X : np.ndarray [shape=(n, d)]
+        Features from :func:`features_for`.
+    y : np.ndarray [shape=(n,)]
+        1 for a query's true match, 0 otherwise.
+    groups : np.ndarray [shape=(n,)] or None
+        Query of each row; used to record the fitted model's top-1 accuracy
+        in ``metrics``.
+    l2 : float >= 0
+        Penalty ``l2/2 ‖w‖²`` on the standardised weights (the bias is free).
+    max_iter : int > 0
+    tol : float > 0
+        Stop when the Newton decrement falls below ``tol``.
+
+    Returns
+    -------
+    model : FusionModel
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y).ravel()
+    if X.ndim != 2 or X.shape[1] != len(FEATURE_NAMES):
+        raise ParameterError(
+            f"X must have shape (n, {len(FEATURE_NAMES)}) as built by features_for, got {X.shape}"
+        )
+    if y.shape[0] != X.shape[0]:
+        raise ParameterError(f"y has {y.shape[0]} labels but X has {X.shape[0]} rows")
+    if not np.isin(y, (0, 1)).all():
+        raise ParameterError("y must hold 0 (wrong candidate) and 1 (true match) only")
+    if y.min(initial=1) == y.max(initial=0):
+        raise ParameterError(
+            "y holds a single class; fitting needs both true matches and wrong candidates"
+        )
+    if not np.isfinite(X).all():
+        raise ParameterError("X contains NaN or infinite values; build it with features_for")
+    if not l2 >= 0:
+        raise ParameterError(f"l2 must be >= 0, got {l2!r}")
+    y = y.astype(np.float64)
+    mean = X.mean(axis=0)
+    scale = X.std(axis=0)
+    scale[scale < 1e-12] = 1.0
+    Z = np.column_stack([(X - mean) / scale, np.ones(X.shape[0])])
+    d = Z.shape[1]
+    pen = np.full(d, float(l2))
+    pen[-1] = 0.0
+    beta = np.zeros(d)
+    beta[-1] = np.log(y.mean() / (1 - y.mean()))
+    for _ in range(max_iter):
+        p = _sigmoid(Z @ beta)
+        grad = Z.T @ (p - y) + pen * beta
+        w = np.maximum(p * (1 - p), 1e-12)
+        H = (Z * w[:, None]).T @ Z + np.diag(pen) + 1e-9 * np.eye(d)
+        step = np.linalg.solve(H, grad)
+        beta -= step
+        if float(grad @ step) < tol:
+            break
+    model = FusionModel(
+        weights=tuple(beta[:-1].tolist()), bias=float(beta[-1]),
+        mean=tuple(mean.tolist()), scale=tuple(scale.tolist()), l2=float(l2),
+    )
+    prob = predict_proba(model, X)
+    metrics = {"n": int(X.shape[0]), "n_pos": int(y.sum()),
+               "log_loss": float(-np.mean(y * np.log(prob + 1e-15) + (1 - y) * np.log(1 - prob + 1e-15))),
+               "ece": expected_calibration_error(prob, y)}
+    if groups is not None:
+        metrics["top1"] = _top1(-prob, y, np.asarray(groups))
+    return FusionModel(**{**model.__dict__, "metrics": metrics})
+
+
+def _top1(score: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
+    """Fraction of groups whose lowest-score row is a positive (ties: first row)."""
+    _, inv = np.unique(groups, return_inverse=True)
+    order = np.lexsort((score, inv))
+    first = np.r_[True, inv[order][1:] != inv[order][:-1]]
+    return float(np.mean(y[order][first] > 0))
+
+
+def predict_proba(model: FusionModel, feats: np.ndarray) -> np.ndarray:
+    """Calibrated probability that each candidate is its query's true match.
+
+    Parameters
+    ----------
+    model : FusionModel
+    feats : np.ndarray [shape=(n, d)]
+        From :func:`features_for`.
+
+    Returns
+    -------
+    p : np.ndarray [shape=(n,), dtype=float64]
+    """
+    X = np.asarray(feats, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != len(model.weights):
+        raise ParameterError(
+            f"feats must have shape (n, {len(model.weights)}), got {X.shape}; build it with features_for"
+        )
+    z = ((X - np.asarray(model.mean)) / np.asarray(model.scale)) @ np.asarray(model.weights)
+    return _sigmoid(z + model.bias)
+
+
+def _check_prob(p: np.ndarray, y: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(p, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if p.shape != y.shape:
+        raise ParameterError(f"p has {p.size} values but y has {y.size}")
+    if p.size and (np.nanmin(p) < 0 or np.nanmax(p) > 1 or np.isnan(p).any()):
+        raise ParameterError("p must hold probabilities in [0, 1]; did you pass raw scores?")
+    if int(n_bins) != n_bins or n_bins < 1:
+        raise ParameterError(f"n_bins must be a positive integer, got {n_bins!r}")
+    return p, y
+
+
+def reliability_curve(
+    p: np.ndarray, y: np.ndarray, *, n_bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Observed frequency of positives per bin of predicted probability.
+
+    Bins are ``n_bins`` equal-width intervals of [0, 1]; the last is closed.
+
+    Returns
+    -------
+    bin_mid : np.ndarray [shape=(n_bins,)]
+    frac_pos : np.ndarray [shape=(n_bins,)]
+        NaN for empty bins.
+    count : np.ndarray [shape=(n_bins,), dtype=int64]
+    """
+    p, y = _check_prob(p, y, n_bins)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    b = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+    count = np.bincount(b, minlength=n_bins).astype(np.int64)
+    pos = np.bincount(b, weights=y, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(count > 0, pos / np.maximum(count, 1), np.nan)
+    return 0.5 * (edges[:-1] + edges[1:]), frac, count
+
+
+def expected_calibration_error(p: np.ndarray, y: np.ndarray, *, n_bins: int = 10) -> float:
+    """Expected calibration error: ``Σ_b (n_b / n) |mean(y_b) − mean(p_b)|``.
+
+    Returns NaN for empty input.
+    """
+    p, y = _check_prob(p, y, n_bins)
+    if p.size == 0:
+        return float("nan")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    b = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+    count = np.bincount(b, minlength=n_bins)
+    sp = np.bincount(b, weights=p, minlength=n_bins)
+    sy = np.bincount(b, weights=y, minlength=n_bins)
+    return float(np.sum(np.abs(sy - sp)) / p.size)
