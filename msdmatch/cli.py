@@ -205,6 +205,73 @@ def match(queries, db, out, models, fusion, prune_k, rerank, verify, keep, sched
 
 
 @main.command()
+@click.argument("matches")
+@click.option("--truth", required=True, metavar="CSV", help="query_id,track_id")
+@click.option("--out", default=None, metavar="DIR", help="Write metrics.json, rank_table.txt and plots.")
+@click.option("--queries", default=None, metavar="STORE",
+              help="Query store: adds the PSE-vs-mean/std-baseline comparison.")
+@click.option("--db", default=None, metavar="STORE", help="Database store (with --queries).")
+@click.option("--brute-force", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also match this many queries by brute-force DTW against the whole DB.")
+@scheduler_opt
+@workers_opt
+@so_opt
+def report(matches, truth, out, queries, db, brute_force, scheduler, workers, storage_options):
+    """Rank table, MRR, per-stage recall, calibration and plots for MATCHES."""
+    from .baselines import run_report
+    from .report import rank_table
+
+    if bool(queries) != bool(db):
+        raise click.UsageError("--queries and --db go together")
+    metrics = run_report(matches, truth, out_dir=out, queries=queries, db=db, brute_force=brute_force,
+                         scheduler=scheduler, n_workers=workers, storage_options=storage_options)
+    click.echo(rank_table(metrics) + _comparison_lines(metrics), nl=False)
+
+
+def _comparison_lines(m: dict) -> str:
+    lines = []
+    if "baseline_top_1pct" in m:
+        lines.append(f"pruning at 1% ({m['one_pct']} of {m['db_size']}): PSE keeps "
+                     f"{m.get('pse_top_1pct', float('nan')):.3f}, mean/std baseline "
+                     f"{m['baseline_top_1pct']:.3f}; at K={m['prune_k']}: PSE "
+                     f"{m.get('pse_top_k', float('nan')):.3f}, baseline {m['baseline_top_k']:.3f}")
+    if "brute_force_top_1" in m:
+        lines.append(f"brute-force DTW on {m['brute_force_queries']} queries: top-1 "
+                     f"{m['brute_force_top_1']:.3f} at {m['brute_force_seconds_per_query_core']:.2f} "
+                     f"s/query/core; cascade on the same queries: top-1 {m['cascade_top_1_same_queries']:.3f}")
+    return "".join(line + "\n" for line in lines)
+
+
+@main.command()
+@click.argument("out", default="demo_out")
+@click.option("--songs", type=click.IntRange(min=5), default=200, show_default=True)
+@click.option("--distractors", type=click.IntRange(min=0), default=800, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--mode", type=click.Choice(["synth", "pianoroll"]), default="synth", show_default=True)
+@click.option("--brute-force", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Test queries also matched by brute-force DTW, for comparison.")
+@scheduler_opt
+@workers_opt
+def demo(out, songs, distractors, seed, mode, brute_force, scheduler, workers):
+    """Build the demo corpus in OUT and run the whole cascade on it."""
+    from .demo.pipeline import run_demo
+
+    t0 = __import__("time").perf_counter()
+    m = run_demo(out, songs=songs, distractors=distractors, seed=seed, mode=mode,
+                 brute_force=brute_force, scheduler=scheduler, n_workers=workers,
+                 say=lambda s: click.echo(s, err=True))
+    from .report import rank_table
+
+    pq = m["match_per_query_seconds"]
+    click.echo(f"\ntest split of the demo corpus ({m['n_queries']} queries, {m.get('db_size', '?')} previews):")
+    click.echo(rank_table(m) + _comparison_lines(m), nl=False)
+    click.echo(f"time per query on {m['match_threads']} threads: prune {pq['prune'] * 1e3:.1f} ms, "
+               f"rerank {pq['rerank'] * 1e3:.1f} ms, verify {pq['verify'] * 1e3:.1f} ms, "
+               f"total {pq['total'] * 1e3:.1f} ms")
+    click.echo(f"demo finished in {__import__('time').perf_counter() - t0:.0f} s; report in {out}/report")
+
+
+@main.command()
 @click.argument("query_midi")
 @click.argument("track_audio")
 @click.option("--out", required=True, metavar="ALIGNED.mid")

@@ -320,10 +320,12 @@ def _assemble(Q, D, pidx, pdist, dhs_score, order, vscore, *, R, V, keep, fusion
             continue
         o = order[q]
         vs = vscore[q]
+        pse_d = np.sqrt(np.maximum(pdist[q], 0.0))
         if fusion_model is not None:
             from .fusion import features_for, predict_proba
 
-            conf = predict_proba(fusion_model, features_for(vs, dhs_score[q, o[:V]], pdist[q, o[:V]]))
+            conf = predict_proba(fusion_model, features_for(
+                {"verify_score": vs, "dhs_score": dhs_score[q, o[:V]], "pse_distance": pse_d[o[:V]]}))
         else:
             conf = dtw_confidence(vs)
         vorder = np.lexsort((vs, -conf))
@@ -339,6 +341,6 @@ def _assemble(Q, D, pidx, pdist, dhs_score, order, vscore, *, R, V, keep, fusion
             cols["confidence"].append(float(c))
             cols["verify_score"].append(float(v))
             cols["dhs_score"].append(float(dhs_score[q, j]))
-            cols["pse_distance"].append(float(np.sqrt(max(pdist[q, j], 0.0))))
+            cols["pse_distance"].append(float(pse_d[j]))
             cols["stage"].append(st)
     return {k: np.asarray(v) for k, v in cols.items()}

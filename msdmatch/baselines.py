@@ -1,0 +1,196 @@
+"""What the cascade is measured against, on the same queries.
+
+- :func:`meanstd_embedding`: the per-bin mean and standard deviation of a
+  sequence's frames (the ICASSP paper's baseline for PSE pruning).
+- :func:`brute_force_shard`: the verify DTW of a query against every database
+  entry of a shard: the gold standard that pruning and reranking approximate.
+- :func:`run_report`: ``msdmatch report`` -- the MATCHES metrics, plus, when
+  the stores are given, the PSE-vs-baseline pruning recall and the
+  brute-force DTW accuracy and time per query next to the cascade's.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .errors import ParameterError
+
+
+def meanstd_embedding(X: np.ndarray) -> np.ndarray:
+    """Mean and standard deviation of each bin.
+
+    Parameters
+    ----------
+    X : np.ndarray [shape=(n_frames, n_bins)]
+
+    Returns
+    -------
+    e : np.ndarray [shape=(2 * n_bins,), dtype=float32]
+    """
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ParameterError(f"X must have shape (n_frames>0, n_bins), got {X.shape}")
+    return np.concatenate([X.mean(axis=0), X.std(axis=0)])
+
+
+def true_ranks(dist: np.ndarray, true_idx: np.ndarray) -> np.ndarray:
+    """1-based rank of each query's true entry by ascending distance (ties count against).
+
+    Parameters
+    ----------
+    dist : np.ndarray [shape=(n_queries, n_db)]
+    true_idx : np.ndarray [shape=(n_queries,)]
+    """
+    d_true = dist[np.arange(len(true_idx)), true_idx]
+    return 1 + (dist < d_true[:, None]).sum(axis=1)
+
+
+def sq_dists(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances, shape (len(A), len(B))."""
+    A = np.asarray(A, np.float64)
+    B = np.asarray(B, np.float64)
+    return np.maximum((A * A).sum(1)[:, None] - 2 * A @ B.T + (B * B).sum(1)[None], 0.0)
+
+
+def brute_force_shard(rows: tuple[int, int], *, q_url: str, db_url: str, queries: list[int],
+                      storage_options: dict | None = None) -> tuple[np.ndarray, float]:
+    """Verify-DTW scores of ``queries`` against database rows ``rows[0]:rows[1]``.
+
+    Returns
+    -------
+    scores : np.ndarray [shape=(len(queries), rows[1] - rows[0])]
+    seconds : float
+        Compute time spent in DTW.
+    """
+    from .dtw import cosine_dtw
+    from .match import VERIFY_GULLY
+    from .store import Store
+
+    Q = Store(q_url, storage_options=storage_options)
+    D = Store(db_url, storage_options=storage_options)
+    Ys = D.sequences(*rows)
+    Xs = [Q.sequence(q) for q in queries]
+    t = time.perf_counter()
+    out = np.array([[cosine_dtw(X, Y, gully=VERIFY_GULLY, return_path=False) for Y in Ys] for X in Xs])
+    return out.reshape(len(Xs), len(Ys)), time.perf_counter() - t
+
+
+def run_report(matches_path: str, truth_path: str, *, out_dir: str | None = None,
+               queries: str | None = None, db: str | None = None, brute_force: int = 0,
+               client=None, scheduler: str | None = None, n_workers: int | None = None,
+               storage_options: dict | None = None, seed: int = 0) -> dict:
+    """Evaluate a MATCHES table and, given the stores, compare with the baselines.
+
+    Parameters
+    ----------
+    brute_force : int
+        Test queries (drawn with ``seed``) to also match by brute-force DTW
+        against the whole database; 0 to skip.
+
+    Returns
+    -------
+    metrics : dict (also written to ``out_dir/metrics.json``)
+    """
+    from . import report
+
+    matches = report.read_matches(matches_path)
+    truth = report.read_truth(truth_path)
+    keep = np.isin(matches["query_id"], truth["query_id"])
+    matches = {k: v[keep] for k, v in matches.items()}
+    metrics = report.evaluate(matches, truth, stage_ranks=_stage_ranks(matches, truth))
+    if queries and db:
+        if client is None:
+            from .cluster import client_for
+
+            with client_for(scheduler, n_workers=n_workers) as c:
+                return run_report(matches_path, truth_path, out_dir=out_dir, queries=queries, db=db,
+                                  brute_force=brute_force, client=c, storage_options=storage_options,
+                                  seed=seed)
+        metrics.update(_compare(matches, truth, metrics, queries=queries, db=db,
+                                brute_force=brute_force, client=client,
+                                storage_options=storage_options, seed=seed))
+    if out_dir:
+        report.write_report(metrics, out_dir)
+        report.plot_rank_cdf(metrics, f"{out_dir}/rank_cdf.png")
+        report.plot_distance_histograms(matches, truth, f"{out_dir}/distances.png")
+        report.plot_reliability(metrics, f"{out_dir}/reliability.png")
+    return metrics
+
+
+def _stage_ranks(matches: dict, truth: dict) -> dict | None:
+    """True track's rank after each stage, from the MATCHES ``stage`` column."""
+    if "stage" not in matches:
+        return None
+    t = dict(zip(truth["query_id"], truth["track_id"]))
+    qids = np.unique(truth["query_id"])
+    out = {"query_id": qids, "pse_rank": np.full(len(qids), np.nan),
+           "dhs_rank": np.full(len(qids), np.nan), "final_rank": np.full(len(qids), np.nan)}
+    has_prune = bool(np.any(matches["stage"] == "prune"))
+    for n, q in enumerate(qids):
+        sel = (matches["query_id"] == q) & (matches["track_id"] == t[q])
+        if not sel.any():
+            continue
+        rank, stage = int(matches["rank"][sel][0]), str(matches["stage"][sel][0])
+        out["pse_rank"][n] = rank
+        if stage in ("verify", "rerank"):
+            out["dhs_rank"][n] = rank
+        out["final_rank"][n] = rank
+    if not has_prune:
+        del out["pse_rank"]  # rows beyond R were not written: PSE survival is unknown
+    return out
+
+
+def _compare(matches, truth, metrics, *, queries, db, brute_force, client, storage_options, seed) -> dict:
+    from .prune import default_k
+    from .store import Store
+
+    Q = Store(queries, storage_options=storage_options)
+    D = Store(db, storage_options=storage_options)
+    t = dict(zip(truth["query_id"], truth["track_id"]))
+    db_row = {tid: i for i, tid in enumerate(D.ids)}
+    qrows = [i for i, q in enumerate(Q.ids) if q in t and t[q] in db_row]
+    true_idx = np.array([db_row[t[Q.ids[i]]] for i in qrows], dtype=np.int64)
+    K = default_k(D.n)
+    one_pct = max(1, int(np.ceil(0.01 * D.n)))
+    out: dict = {"prune_k": K, "db_size": D.n}
+    # PSE against the mean/std baseline, on the same queries
+    pse = f"pse/pse-{Q.modality}"
+    if pse in Q.group and pse in D.group and qrows:
+        r = true_ranks(sq_dists(Q.group[pse][:][qrows], D.group[pse][:]), true_idx)
+        out["pse_top_1pct"] = float(np.mean(r <= one_pct))
+        out["pse_top_k"] = float(np.mean(r <= K))
+        out["pse_mean_rank"] = float(np.mean(r))
+    qb = np.stack([meanstd_embedding(Q.sequence(i)) for i in qrows]) if qrows else np.zeros((0, 96))
+    db_b = np.stack([meanstd_embedding(x) for x in D.sequences()])
+    rb = true_ranks(sq_dists(qb, db_b), true_idx)
+    out["baseline_top_1pct"] = float(np.mean(rb <= one_pct)) if qrows else float("nan")
+    out["baseline_top_k"] = float(np.mean(rb <= K)) if qrows else float("nan")
+    out["baseline_mean_rank"] = float(np.mean(rb)) if qrows else float("nan")
+    out["one_pct"] = one_pct
+    if brute_force and qrows:
+        out.update(_brute_force(matches, metrics, Q, D, qrows, true_idx, n=brute_force, client=client,
+                                queries=queries, db=db, storage_options=storage_options, seed=seed))
+    return out
+
+
+def _brute_force(matches, metrics, Q, D, qrows, true_idx, *, n, client, queries, db, storage_options,
+                 seed) -> dict:
+    from .cluster import run_shards, total_threads
+
+    pick = np.sort(np.random.default_rng(seed).permutation(len(qrows))[: min(n, len(qrows))])
+    sel = [qrows[i] for i in pick]
+    step = max(1, -(-D.n // (4 * total_threads(client))))
+    blocks = [(a, min(a + step, D.n)) for a in range(0, D.n, step)]
+    res = run_shards(client, brute_force_shard, blocks, name="report-brute-force",
+                     kwargs={"q_url": queries, "db_url": db, "queries": sel,
+                             "storage_options": storage_options})
+    S = np.concatenate([r[0] for r in res], axis=1)
+    cpu = sum(r[1] for r in res)
+    ranks = true_ranks(S, true_idx[pick])
+    qids = [Q.ids[i] for i in sel]
+    cascade_rank = metrics.get("ranks", {})
+    cr = np.array([cascade_rank.get(q) or np.inf for q in qids], dtype=float)
+    return {"brute_force_queries": len(sel), "brute_force_top_1": float(np.mean(ranks == 1)),
+            "brute_force_seconds_per_query_core": cpu / len(sel),
+            "cascade_top_1_same_queries": float(np.mean(cr == 1)) if cascade_rank else float("nan")}

@@ -1,0 +1,115 @@
+"""Fused logistic score: beats each single score, is calibrated, round-trips through JSON."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from msdmatch.errors import ModelError, ParameterError
+from msdmatch.fusion import (
+    FEATURE_NAMES,
+    FusionModel,
+    expected_calibration_error,
+    features_for,
+    fit_fusion,
+    predict_proba,
+    reliability_curve,
+)
+
+
+def make_candidates(rng: np.random.Generator, n_queries: int, n_cand: int = 10) -> tuple[dict, np.ndarray]:
+    """Each query has one true match among n_cand; every score is noisy on its own and
+    shifted per query (query difficulty), so no single score separates them."""
+    q = np.repeat(np.arange(n_queries), n_cand)
+    y = np.zeros(q.size, np.int64)
+    y[np.arange(n_queries) * n_cand + rng.integers(0, n_cand, n_queries)] = 1
+    shift = np.repeat(rng.normal(0, 0.15, n_queries), n_cand)
+    verify = 0.75 - 0.2 * y + shift + rng.normal(0, 0.12, q.size)
+    dhs = np.exp(2.6 - 0.25 * y + shift + rng.normal(0, 0.25, q.size))
+    pse = np.exp(1.5 - 0.5 * y + rng.normal(0, 0.5, q.size))
+    verify[rng.random(q.size) < 0.02] = np.nan  # a few unverified candidates
+    return {"query_id": q, "verify_score": verify, "dhs_score": dhs, "pse_distance": pse}, y
+
+
+def top1(score: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
+    score = np.where(np.isnan(score), np.inf, score)
+    best = [np.argmin(np.where(groups == g, score, np.inf)) for g in np.unique(groups)]
+    return float(np.mean(y[best]))
+
+
+def auc(score: np.ndarray, y: np.ndarray) -> float:
+    """Probability a positive scores lower than a negative (lower = better)."""
+    score = np.where(np.isnan(score), np.inf, score)
+    pos, neg = score[y == 1], score[y == 0]
+    return float(np.mean(pos[:, None] < neg[None, :]) + 0.5 * np.mean(pos[:, None] == neg[None, :]))
+
+
+def test_fusion_beats_single_scores_and_is_calibrated(rng):
+    train, y_tr = make_candidates(rng, 1500)
+    test, y_te = make_candidates(rng, 600)
+    model = fit_fusion(features_for(train), y_tr, groups=train["query_id"], l2=1.0)
+    p = predict_proba(model, features_for(test))
+    fused_top1 = top1(-p, y_te, test["query_id"])
+    fused_auc = auc(-p, y_te)
+    for name in ("verify_score", "dhs_score", "pse_distance"):
+        assert fused_top1 > top1(test[name], y_te, test["query_id"]) + 0.02, name
+        assert fused_auc > auc(test[name], y_te), name
+    assert expected_calibration_error(p, y_te) < 0.05
+    assert 0 < model.metrics["top1"] <= 1
+
+
+def test_json_round_trip(rng, tmp_path):
+    cands, y = make_candidates(rng, 200)
+    model = fit_fusion(features_for(cands), y, l2=0.5)
+    again = FusionModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert again == model
+    model.save(str(tmp_path / "fusion.json"))
+    assert FusionModel.load(str(tmp_path / "fusion.json")) == model
+    X = features_for(cands)
+    np.testing.assert_array_equal(predict_proba(again, X), predict_proba(model, X))
+
+
+def test_from_dict_refuses_other_versions(rng):
+    cands, y = make_candidates(rng, 50)
+    d = fit_fusion(features_for(cands), y).to_dict()
+    with pytest.raises(ModelError, match="format_version 99"):
+        FusionModel.from_dict({**d, "format_version": 99})
+    with pytest.raises(ModelError, match="uses features"):
+        FusionModel.from_dict({**d, "feature_names": ["a"]})
+
+
+def test_features_are_per_query():
+    cands = {"query_id": np.array(["a", "a", "a", "b"]),
+             "verify_score": np.array([0.5, 0.3, np.nan, 0.9]),
+             "dhs_score": np.array([10.0, 12.0, 11.0, 5.0]),
+             "pse_distance": np.array([1.0, 2.0, 4.0, 8.0])}
+    X = features_for(cands)
+    assert X.shape == (4, len(FEATURE_NAMES))
+    np.testing.assert_allclose(X[:, 0], [0.5, 0.3, 0.5, 0.9])  # NaN -> query's worst
+    np.testing.assert_allclose(X[:, 3], [0.2, 0.0, 0.2, 0.0])
+    np.testing.assert_allclose(X[:, 4], [0.0, 2.0, 1.0, 0.0])
+    np.testing.assert_allclose(X[:, 5], np.log([1.0, 2.0, 4.0, 1.0]), atol=1e-5)
+    np.testing.assert_allclose(X[:, 6], [0.2, -0.2, 0.2, 0.0])
+    np.testing.assert_array_equal(X[:, 7], [0, 0, 1, 0])
+
+
+def test_reliability_curve_and_ece_by_hand():
+    p = np.array([0.05, 0.05, 0.95, 0.95, 0.55])
+    y = np.array([0, 0, 1, 0, 1])
+    mid, frac, count = reliability_curve(p, y, n_bins=10)
+    np.testing.assert_allclose(mid, np.arange(10) / 10 + 0.05)
+    np.testing.assert_array_equal(count, [2, 0, 0, 0, 0, 1, 0, 0, 0, 2])
+    assert frac[0] == 0 and frac[5] == 1 and frac[9] == 0.5 and np.isnan(frac[1])
+    # |0 - 0.1| + |1 - 0.55| + |1 - 1.9| over 5
+    assert expected_calibration_error(p, y) == pytest.approx((0.1 + 0.45 + 0.9) / 5)
+    assert expected_calibration_error(np.array([1.0]), np.array([1])) == 0.0
+
+
+def test_errors():
+    with pytest.raises(ParameterError, match="single class"):
+        fit_fusion(np.zeros((3, len(FEATURE_NAMES))), np.zeros(3))
+    with pytest.raises(ParameterError, match="did you pass raw scores"):
+        expected_calibration_error(np.array([3.0]), np.array([1]))
+    with pytest.raises(ParameterError, match="lack the column 'dhs_score'"):
+        features_for({"verify_score": np.zeros(2), "pse_distance": np.zeros(2)})
