@@ -81,9 +81,9 @@ def main() -> None:
             for b in args.batches:
                 q = embeddings(rng, b)
                 reps = args.repeats if n * b <= 64_000_000 else 2
-                t32 = best_time(lambda: topk_sq_euclidean(q, db, k=k), reps) / b * 1e3
-                t16 = best_time(lambda: topk_sq_euclidean(q, db16, k=k), reps) / b * 1e3
-                tn = best_time(lambda: naive(q, db, k), reps) / b * 1e3
+                t32 = best_time(lambda q=q, db=db, k=k: topk_sq_euclidean(q, db, k=k), reps) / b * 1e3
+                t16 = best_time(lambda q=q, db16=db16, k=k: topk_sq_euclidean(q, db16, k=k), reps) / b * 1e3
+                tn = best_time(lambda q=q, db=db, k=k: naive(q, db, k), reps) / b * 1e3
                 print(f"{n:>9} {b:>5} {k:>6} {t32:>10.3f} {t16:>10.3f} {tn:>9.3f} {tn / t32:>11.2f}",
                       flush=True)
             print(f"# memory per 1M entries: float32 {128 * 4} MB, float16 {128 * 2} MB "

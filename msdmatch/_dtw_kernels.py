@@ -374,3 +374,177 @@ def _traceback(steps, end_i, end_j, length):  # type: ignore[no-untyped-def]
             j -= 1
         p -= 1
     return path
+
+
+#: Cosine costs are integer multiples of ``2**-24`` (see :func:`_cost_in_place`).
+_COST_SCALE = 16777216.0
+#: The median selection splits the 25-bit cost key into 13 high and 12 low bits.
+_LOW_BITS = 12
+
+
+@njit(cache=True, boundscheck=False)
+def _cost_in_place(g, want_hist):  # type: ignore[no-untyped-def]
+    """Turn a flat float32 array of dot products into ``clip(1 - g, 0, 2)``.
+
+    Every result is an integer multiple of ``2**-24``: for ``g`` in
+    ``[0.5, 2]`` the float32 subtraction ``1 - g`` is exact (Sterbenz) and
+    ``g`` is a multiple of ``2**-24``; for ``g < 0.5`` the result exceeds 0.5
+    and is rounded to the float32 grid there, whose spacing is at least
+    ``2**-24``; anything else is clipped to 0 or 2.  So ``key = cost * 2**24``
+    is an exact integer in ``[0, 2**25]``, monotone in the cost.
+
+    If ``want_hist``, returns the histogram of ``key >> _LOW_BITS`` (length
+    ``2**13 + 1``) for :func:`_median_from_hist`, and as second value
+    ``False`` if some cost broke the property (then the caller falls back to
+    a sort-based median); otherwise returns an empty histogram and ``True``.
+    """
+    one = np.float32(1.0)
+    two = np.float32(2.0)
+    zero = np.float32(0.0)
+    n_hi = (1 << (25 - _LOW_BITS)) + 1
+    hist = np.zeros(n_hi if want_hist else 0, dtype=np.int64)
+    exact = True
+    for t in range(g.shape[0]):
+        v = one - g[t]
+        if not v > zero:  # also maps a NaN to 0, keeping keys in range
+            v = zero
+        elif v > two:
+            v = two
+        g[t] = v
+        if want_hist:
+            s = np.float64(v) * _COST_SCALE
+            key = np.int64(s)
+            exact &= key == s
+            hist[key >> _LOW_BITS] += 1
+    return hist, exact
+
+
+@njit(cache=True, boundscheck=False)
+def _rank_bin(hist, rank):  # type: ignore[no-untyped-def]
+    """Bin holding the element of 0-based ``rank``, and the count before it."""
+    below = 0
+    for b in range(hist.shape[0]):
+        if below + hist[b] > rank:
+            return b, below
+        below += hist[b]
+    return hist.shape[0] - 1, below  # unreachable for rank < total
+
+
+@njit(cache=True, boundscheck=False)
+def _median_from_hist(c, hist):  # type: ignore[no-untyped-def]
+    """Exact ``np.median`` of the costs ``c`` (flat float32), given their
+    high-key histogram from :func:`_cost_in_place`.
+
+    One more pass histograms the low key bits of the (at most two) high bins
+    holding the middle ranks; keys are exact, so a key identifies its value.
+    For an even count the result is ``(a + b) / 2`` in float64, as numpy's
+    mean of the two middle values.
+    """
+    total = c.shape[0]
+    r1 = (total - 1) // 2
+    r2 = total // 2
+    b1, below1 = _rank_bin(hist, r1)
+    b2, below2 = _rank_bin(hist, r2)
+    n_lo = 1 << _LOW_BITS
+    lo1 = np.zeros(n_lo, dtype=np.int64)
+    lo2 = np.zeros(n_lo, dtype=np.int64)
+    mask = n_lo - 1
+    for t in range(total):
+        key = np.int64(np.float64(c[t]) * _COST_SCALE)
+        hi = key >> _LOW_BITS
+        if hi == b1:
+            lo1[key & mask] += 1
+        elif hi == b2:
+            lo2[key & mask] += 1
+    if b2 == b1:
+        lo2 = lo1
+    k1, _ = _rank_bin(lo1, r1 - below1)
+    k2, _ = _rank_bin(lo2, r2 - below2)
+    a = ((b1 << _LOW_BITS) + k1) / _COST_SCALE
+    b = ((b2 << _LOW_BITS) + k2) / _COST_SCALE
+    if r1 == r2:
+        return a
+    return (a + b) / 2.0
+
+
+@njit(cache=True, boundscheck=False)
+def _cosine_dtw_score_kernel(C, penalty, g):  # type: ignore[no-untyped-def]
+    """Cosine DTW without a step matrix: the start cell rides along the DP.
+
+    Same recurrence, tie rules and end-cell scan as :func:`_cosine_dtw_kernel`.
+    Each cell carries ``tag = length * 2**32 + (s + n)`` where the path's
+    start cell is ``(0, s)`` for ``s >= 0`` and ``(-s, 0)`` otherwise, so one
+    integer select per choice moves both.
+
+    Returns ``(end_i, end_j, cost, length, start_i, start_j)``.
+    """
+    n, m = C.shape
+    one = np.int64(1) << 32
+    low = one - 1
+    prev_c = np.empty(m, dtype=np.float64)
+    cur_c = np.empty(m, dtype=np.float64)
+    prev_t = np.empty(m, dtype=np.int64)
+    cur_t = np.empty(m, dtype=np.int64)
+    best_ratio = np.inf
+    best_i = -1
+    best_j = -1
+    best_cost = np.inf
+    best_tag = np.int64(0)
+    for j in range(m):
+        prev_c[j] = C[0, j]
+        prev_t[j] = one + j + n
+    if g == 0:
+        r = prev_c[m - 1] / (prev_t[m - 1] >> 32)
+        if r < best_ratio:
+            best_ratio, best_i, best_j, best_cost, best_tag = r, 0, m - 1, prev_c[m - 1], prev_t[m - 1]
+    for i in range(1, n):
+        lc = np.float64(C[i, 0])
+        lt = one + n - i
+        cur_c[0] = lc
+        cur_t[0] = lt
+        for j in range(1, m):
+            best = prev_c[j - 1]
+            tag = prev_t[j - 1]
+            up = prev_c[j] + penalty
+            if up < best:
+                best = up
+                tag = prev_t[j]
+            left = lc + penalty
+            if left < best:
+                best = left
+                tag = lt
+            lc = best + C[i, j]
+            lt = tag + one
+            cur_c[j] = lc
+            cur_t[j] = lt
+        if i >= g:
+            r = lc / (lt >> 32)
+            if r < best_ratio:
+                best_ratio, best_i, best_j, best_cost, best_tag = r, i, m - 1, lc, lt
+        prev_c, cur_c = cur_c, prev_c
+        prev_t, cur_t = cur_t, prev_t
+    for j in range(g, m):
+        r = prev_c[j] / (prev_t[j] >> 32)
+        if r < best_ratio:
+            best_ratio, best_i, best_j, best_cost, best_tag = r, n - 1, j, prev_c[j], prev_t[j]
+    s = (best_tag & low) - n
+    start_i = -s if s < 0 else 0
+    start_j = s if s >= 0 else 0
+    return best_i, best_j, best_cost, best_tag >> 32, start_i, start_j
+
+
+@njit(cache=True, boundscheck=False, fastmath={"reassoc"})
+def _box_sum(C, i0, i1, j0, j1):  # type: ignore[no-untyped-def]
+    """Sum of ``C[i0:i1+1, j0:j1+1]`` in float64.
+
+    Reassociation is allowed: the costs are multiples of ``2**-24`` below 2
+    (see :func:`_cost_in_place`), so every partial sum of fewer than ``2**28``
+    of them is exact and the order does not change the result.
+    """
+    total = 0.0
+    for i in range(i0, i1 + 1):
+        row = 0.0
+        for j in range(j0, j1 + 1):
+            row += np.float64(C[i, j])
+        total += row
+    return total

@@ -328,21 +328,16 @@ def cosine_dtw(
             "with the same parameters?"
         )
     gul = _check_gully(gully)
-    C = (1.0 - x.astype(np.float32) @ y.astype(np.float32).T).astype(np.float64)
-    np.maximum(C, 0.0, out=C)  # same as np.clip, which is several times slower
-    np.minimum(C, 2.0, out=C)
-    if penalty is None:
-        pen = float(np.median(C))
-    else:
-        pen = float(penalty)
-        if not (pen >= 0 and math.isfinite(pen)):
-            raise ParameterError(f"penalty must be a finite number >= 0 or None, got {penalty!r}")
+    pen, C = _cost_and_penalty(x, y, penalty)
     n, m = C.shape
     g = min(int(math.floor(gul * min(n, m))), min(n, m) - 1)
-    steps, ei, ej, cost, length = _k._cosine_dtw_kernel(C, pen, g)
-    path = _k._traceback(steps, ei, ej, length)
-    box = C[path[0, 0] : ei + 1, path[0, 1] : ej + 1]
-    mean = float(box.mean())
+    if return_path:
+        steps, ei, ej, cost, length = _k._cosine_dtw_kernel(C, pen, g)
+        path = _k._traceback(steps, ei, ej, length)
+        i0, j0 = int(path[0, 0]), int(path[0, 1])
+    else:
+        ei, ej, cost, length, i0, j0 = _k._cosine_dtw_score_kernel(C, pen, g)
+    mean = _k._box_sum(C, i0, ei, j0, ej) / ((ei - i0 + 1) * (ej - j0 + 1))
     if mean > 0:
         score = cost / length / mean
     else:

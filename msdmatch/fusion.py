@@ -364,12 +364,18 @@ def _check_prob(p: np.ndarray, y: np.ndarray, n_bins: int) -> tuple[np.ndarray, 
     return p, y
 
 
+def _bin_of(p: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin ``floor(p * n_bins)``, with p = 1 in the last bin."""
+    return np.clip(np.floor(p * n_bins).astype(np.int64), 0, n_bins - 1)
+
+
 def reliability_curve(
     p: np.ndarray, y: np.ndarray, *, n_bins: int = 10
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Observed frequency of positives per bin of predicted probability.
 
-    Bins are ``n_bins`` equal-width intervals of [0, 1]; the last is closed.
+    Bins are ``n_bins`` equal-width intervals ``[b/n_bins, (b+1)/n_bins)`` of
+    [0, 1], found as ``floor(p n_bins)``; the last is closed.
 
     Returns
     -------
@@ -379,13 +385,12 @@ def reliability_curve(
     count : np.ndarray [shape=(n_bins,), dtype=int64]
     """
     p, y = _check_prob(p, y, n_bins)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    b = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+    b = _bin_of(p, n_bins)
     count = np.bincount(b, minlength=n_bins).astype(np.int64)
     pos = np.bincount(b, weights=y, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = np.where(count > 0, pos / np.maximum(count, 1), np.nan)
-    return 0.5 * (edges[:-1] + edges[1:]), frac, count
+    return (np.arange(n_bins) + 0.5) / n_bins, frac, count
 
 
 def expected_calibration_error(p: np.ndarray, y: np.ndarray, *, n_bins: int = 10) -> float:
@@ -396,9 +401,7 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, *, n_bins: int = 10
     p, y = _check_prob(p, y, n_bins)
     if p.size == 0:
         return float("nan")
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    b = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
-    count = np.bincount(b, minlength=n_bins)
+    b = _bin_of(p, n_bins)
     sp = np.bincount(b, weights=p, minlength=n_bins)
     sy = np.bincount(b, weights=y, minlength=n_bins)
     return float(np.sum(np.abs(sy - sp)) / p.size)

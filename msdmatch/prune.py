@@ -18,13 +18,15 @@ Method
 ------
 The database is scanned in blocks.  For each block, one BLAS product gives the
 surrogate key ``‖d‖² − 2 q·d`` (‖q‖² is constant per query) and a compiled
-kernel scans each query's row against a running threshold, the worst key held
-in a bounded max-heap; most entries are rejected with a single comparison.
-The heap holds ``k`` plus a slack of candidates, which are then re-scored
-exactly.  A rigorous float32 rounding bound certifies that no rejected entry
-could belong to the exact top-K; a query that cannot be certified (near-ties
-at the boundary, e.g. duplicate rows) is rescanned with a larger heap, down to
-an exhaustive exact scan.
+kernel compares each query's row against a running threshold with one
+vectorised pass; only entries below it are appended to a per-query buffer.
+The threshold starts at a quantile estimated from a strided sample of the
+shard, and drops whenever the buffer fills and is cut to its best ``cap``
+keys.  Buffered candidates near the boundary are then re-scored exactly, and
+a rigorous float32 rounding bound certifies that no rejected entry could
+belong to the exact top-K; a query that cannot be certified (near-ties at the
+boundary, e.g. duplicate rows, or a sampled threshold that let fewer than K
+through) is rescanned with a larger buffer, down to an exhaustive exact scan.
 """
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ def read_truth(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def _true_rank(m: dict, truth_map: dict[str, str], queries: np.ndarray) -> dict[str, np.ndarray]:
     """Per query: final rank of the true track and its rank by each single score."""
-    is_true = np.array([truth_map.get(q) == t for q, t in zip(m["query_id"], m["track_id"])],
+    is_true = np.array([truth_map.get(q) == t for q, t in zip(m["query_id"], m["track_id"], strict=True)],
                        dtype=bool)
     qpos = {q: i for i, q in enumerate(queries)}
     out = {"final": np.full(queries.size, np.inf)}
@@ -218,7 +218,7 @@ def evaluate(
             f"truth lists {int((cnt > 1).sum())} queries more than once (e.g. {uq[cnt > 1][0]!r}); "
             "each query must have exactly one true track"
         )
-    truth_map = dict(zip(tq.tolist(), tt.tolist()))
+    truth_map = dict(zip(tq.tolist(), tt.tolist(), strict=True))
     match_queries = set(m["query_id"].tolist())
     absent = [q for q in tq if q not in match_queries]
     if absent:
@@ -236,7 +236,7 @@ def evaluate(
     for c in RANK_CUTOFFS:
         metrics[f"top_{c}"] = float(np.mean(r <= c)) if nq else float("nan")
     metrics["mrr"] = float(np.mean(np.where(np.isfinite(r), 1.0 / r, 0.0))) if nq else float("nan")
-    metrics["ranks"] = {q: (float(x) if np.isfinite(x) else None) for q, x in zip(tq.tolist(), r)}
+    metrics["ranks"] = {q: (float(x) if np.isfinite(x) else None) for q, x in zip(tq.tolist(), r, strict=True)}
     metrics["top1_by_score"] = {s: float(np.mean(ranks[s] <= 1)) if nq else float("nan")
                                 for s in _SCORES}
     metrics["top1_by_score"]["fusion"] = metrics["top_1"]
@@ -253,7 +253,7 @@ def evaluate(
             metrics[f"recall_{stage}"] = float(np.mean(surv)) if nq else float("nan")
     # calibration of the confidence on rows of truth queries
     known = np.isin(m["query_id"], tq)
-    y = np.array([truth_map.get(q) == t for q, t in zip(m["query_id"][known], m["track_id"][known])],
+    y = np.array([truth_map.get(q) == t for q, t in zip(m["query_id"][known], m["track_id"][known], strict=True)],
                  dtype=np.float64)
     conf = m["confidence"][known]
     ok = np.isfinite(conf)
@@ -329,8 +329,8 @@ def plot_distance_histograms(matches: Mapping, truth: Mapping, path: str | os.Pa
     """Histograms of ``score`` for matched and unmatched pairs (log x), as Fig. 1."""
     plt = _pyplot()
     m = _check_matches(matches)
-    tm = dict(zip(_as_str(truth["query_id"]).tolist(), _as_str(truth["track_id"]).tolist()))
-    y = np.array([tm.get(q) == t for q, t in zip(m["query_id"], m["track_id"])], dtype=bool)
+    tm = dict(zip(_as_str(truth["query_id"]).tolist(), _as_str(truth["track_id"]).tolist(), strict=True))
+    y = np.array([tm.get(q) == t for q, t in zip(m["query_id"], m["track_id"], strict=True)], dtype=bool)
     x = m[score]
     ok = np.isfinite(x) & (x > 0)
     fig, ax = plt.subplots(figsize=(5, 3.5))

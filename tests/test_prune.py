@@ -61,7 +61,7 @@ def test_tree_merge_equals_unsharded(n, n_shards, k, seed):
     db = r.integers(-3, 4, (n, 4)).astype(np.float32)  # many exact ties
     q = r.integers(-3, 4, (3, 4)).astype(np.float32)
     cuts = np.unique(np.r_[0, np.sort(r.integers(0, n + 1, n_shards - 1)), n])
-    parts = [(*topk_sq_euclidean(q, db[a:b], k=k), a) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    parts = [(*topk_sq_euclidean(q, db[a:b], k=k), a) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
     # pairwise tree reduction
     while len(parts) > 1:
         parts = [merge_topk(parts[j:j + 2], k=k) for j in range(0, len(parts), 2)]

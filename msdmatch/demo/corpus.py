@@ -194,39 +194,34 @@ def make_item(spec: SongSpec, *, out_dir: str) -> dict:
     return row
 
 
-def _make_partition(specs, out_dir: str) -> list[dict]:
+def _make_partition(specs, *, out_dir: str) -> list[dict]:
     return [make_item(s, out_dir=out_dir) for s in specs]
 
 
-def _active_client():
+def _run(specs: list[SongSpec], *, out_dir: str, n_workers: int, progress: bool) -> list[dict]:
+    """Build the songs on the active distributed Client, else on a LocalCluster."""
+    from ..cluster import client_for
+
     try:
         from distributed import default_client
 
-        return default_client()
-    except (ImportError, ValueError):
-        return None
+        client = default_client()
+    except ValueError:
+        client = None
+    if client is None:
+        with client_for(None, n_workers=n_workers, dashboard=False, quiet=True) as c:
+            return _run_on(c, specs, out_dir=out_dir, progress=progress)
+    return _run_on(client, specs, out_dir=out_dir, progress=progress)
 
 
-def _run(specs: list[SongSpec], *, out_dir: str, n_workers: int, progress: bool) -> list[dict]:
-    import dask.bag as db
+def _run_on(client, specs: list[SongSpec], *, out_dir: str, progress: bool) -> list[dict]:
+    from ..cluster import run_shards, total_threads
 
-    client = _active_client()
-    workers = len(client.scheduler_info().get("workers", {})) if client else n_workers
-    npart = max(1, min(len(specs), max(1, workers) * 8))
-    bag = db.from_sequence(specs, npartitions=npart).map_partitions(_make_partition, out_dir)
-    if client is not None:
-        fut = client.compute(bag)
-        if progress:
-            from distributed import progress as dprogress
-
-            dprogress(fut)
-        return list(fut.result())
-    if progress:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar():
-            return list(bag.compute(scheduler="processes", num_workers=n_workers))
-    return list(bag.compute(scheduler="processes", num_workers=n_workers))
+    size = max(1, min(25, -(-len(specs) // (8 * total_threads(client)))))
+    parts = [specs[i : i + size] for i in range(0, len(specs), size)]
+    rows = run_shards(client, _make_partition, parts, name="demo-data", progress=progress,
+                      kwargs={"out_dir": out_dir})
+    return [r for part in rows for r in part]
 
 
 def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: int = 0,

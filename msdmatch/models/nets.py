@@ -246,12 +246,19 @@ def n_parameters(net: nn.Module) -> int:
 
 
 def default_config(kind: str, **overrides: Any) -> NetConfig:
-    """The shipped architecture of ``kind`` ('dhs' or 'pse'), with overrides."""
+    """The shipped architecture of ``kind`` ('dhs' or 'pse'), with overrides.
+
+    Smaller than the thesis nets (DHS: 3 groups of two 3x3 convs with 16, 32
+    and 64 filters, dense 2048; PSE: dense 2048 x 2) so that both models of
+    one MIDI modality train in about 10 minutes on 2 CPU cores and embed a
+    30 s preview in a few ms through onnxruntime; pass ``filters``,
+    ``convs_per_group`` and ``dense`` to get the thesis sizes.
+    """
     if kind not in ("dhs", "pse"):
         raise ParameterError(f"kind={kind!r} must be 'dhs' or 'pse'")
     base: dict[str, Any] = (
-        dict(kind="dhs", filters=(16, 32, 64), convs_per_group=2, pool_freq=True,
-             dense=(512,), out_dim=32)
+        dict(kind="dhs", filters=(8, 16, 32), convs_per_group=1, pool_freq=True,
+             dense=(256,), out_dim=32)
         if kind == "dhs"
         else dict(kind="pse", filters=(16,), convs_per_group=1, pool_freq=True,
                   dense=(512, 512), out_dim=128, attention_dim=128)

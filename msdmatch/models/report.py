@@ -57,7 +57,7 @@ def training_report(
     m = np.asarray(matched, dtype=float)
     u = np.asarray(unmatched, dtype=float)
     lo = max(min(m.min(), u.min()), 0.5 if hamming else 1e-3)
-    hi = max(m.max(), u.max(), lo * 10)
+    hi = max(m.max(), u.max(), lo * 1.5)
     edges = np.geomspace(lo, hi * 1.01, 40)
     ax3.hist(np.maximum(m, lo), bins=edges, density=True, alpha=0.6, label=f"matched (n={m.size})")
     ax3.hist(np.maximum(u, lo), bins=edges, density=True, alpha=0.6, label=f"unmatched (n={u.size})")

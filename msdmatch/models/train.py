@@ -84,7 +84,7 @@ class HParams:
 def default_hparams(kind: str, **overrides: Any) -> HParams:
     """Thesis loss constants for ``kind`` with practical batch/crop sizes."""
     if kind == "dhs":
-        hp = HParams(alpha=5.33, margin=4.0, beta=0.05, batch=50, crop=100, lr=1e-3)
+        hp = HParams(alpha=5.33, margin=4.0, beta=0.05, batch=32, crop=100, lr=1e-3)
     elif kind == "pse":
         hp = HParams(alpha=3.34, margin=1.06, beta=0.0, batch=16, lr=3e-4,
                      audio_frames=400, midi_frames=800)
@@ -385,7 +385,7 @@ def _sample_trial(
         alpha = float(rng.uniform(2.0, 8.0))
         margin = float(rng.uniform(2.5, 5.5))
         depth = int(rng.choice([1, 2]))
-        cfg = dataclasses.replace(base_cfg, dense=(width,) * depth)
+        cfg = dataclasses.replace(base_cfg, dense=(width // 2,) * depth)
     else:
         alpha = float(rng.uniform(1.0, 5.0))
         margin = float(rng.uniform(0.6, 1.6))
