@@ -401,21 +401,22 @@ def _cost_in_place(g, want_hist):  # type: ignore[no-untyped-def]
     one = np.float32(1.0)
     two = np.float32(2.0)
     zero = np.float32(0.0)
-    n_hi = (1 << (25 - _LOW_BITS)) + 1
-    hist = np.zeros(n_hi if want_hist else 0, dtype=np.int64)
-    exact = True
-    for t in range(g.shape[0]):
+    total = g.shape[0]
+    # Clip first in its own (vectorised) loop; a NaN becomes 2, so keys stay
+    # in range.  The histogram loop cannot vectorise and runs separately.
+    for t in range(total):
         v = one - g[t]
-        if not v > zero:  # also maps a NaN to 0, keeping keys in range
-            v = zero
-        elif v > two:
-            v = two
-        g[t] = v
-        if want_hist:
-            s = np.float64(v) * _COST_SCALE
+        v = v if v < two else two
+        g[t] = v if v > zero else zero
+    hist = np.zeros((1 << (25 - _LOW_BITS)) + 1 if want_hist else 0, dtype=np.int64)
+    n_inexact = 0
+    if want_hist:
+        for t in range(total):
+            s = np.float64(g[t]) * _COST_SCALE
             key = np.int64(s)
-            exact &= key == s
+            n_inexact += key != s
             hist[key >> _LOW_BITS] += 1
+    exact = n_inexact == 0
     return hist, exact
 
 

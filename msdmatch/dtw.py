@@ -277,6 +277,29 @@ def _check_frames(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
+def _cost_and_penalty(
+    x: np.ndarray, y: np.ndarray, penalty: float | None
+) -> tuple[float, np.ndarray]:
+    """Penalty and float32 cost matrix ``clip(1 - x @ y.T, 0, 2)``.
+
+    The median is exact (``np.median`` semantics) and computed by a
+    histogram selection over the exact integer keys ``cost * 2**24``.
+    """
+    if penalty is not None:
+        pen = float(penalty)
+        if not (pen >= 0 and math.isfinite(pen)):
+            raise ParameterError(f"penalty must be a finite number >= 0 or None, got {penalty!r}")
+    C = x.astype(np.float32, copy=False) @ y.astype(np.float32, copy=False).T
+    flat = C.reshape(-1)
+    hist, exact = _k._cost_in_place(flat, penalty is None)
+    if penalty is None:
+        if exact:
+            pen = float(_k._median_from_hist(flat, hist))
+        else:  # unreachable by the argument in _cost_in_place; kept as a guard
+            pen = float(np.median(flat.astype(np.float64)))
+    return pen, C
+
+
 def cosine_dtw(
     X: np.ndarray,
     Y: np.ndarray,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ParameterError
@@ -133,7 +133,6 @@ class JobSpec:
     cpu_seconds_per_item: float | None = None
     storage_options: dict | None = None
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def _where(path: str, key: str) -> str:
@@ -356,15 +355,20 @@ def _secret_values(obj: Any) -> list[str]:
     return out
 
 
-def redact(obj: Any) -> Any:
-    """A copy of ``obj`` with credential values (keys in :data:`SECRET_KEYS`) replaced by ``***``."""
+def redact(obj: Any, *, extra: Any = None) -> Any:
+    """A copy of ``obj`` with credentials masked as ``***``.
+
+    Values under keys in :data:`SECRET_KEYS` are replaced, and every string
+    has the secrets of the AWS environment and of ``extra`` (e.g. a spec's
+    ``storage_options``) masked wherever they occur.
+    """
     if isinstance(obj, dict):
-        return {k: (MASK if isinstance(k, str) and k.lower() in SECRET_KEYS and v else redact(v))
+        return {k: (MASK if isinstance(k, str) and k.lower() in SECRET_KEYS and v else redact(v, extra=extra))
                 for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(redact(v) for v in obj)
+        return type(obj)(redact(v, extra=extra) for v in obj)
     if isinstance(obj, str):
-        return redact_text(obj)
+        return redact_text(obj, extra=extra)
     return obj
 
 

@@ -1,0 +1,134 @@
+"""Match stage, report and align on real components."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import make_midi
+
+from msdmatch import embed, match
+from msdmatch.errors import ParameterError
+from msdmatch.report import read_matches
+
+COLUMNS = ["query_id", "rank", "track_id", "confidence", "verify_score", "dhs_score", "pse_distance"]
+
+
+@pytest.fixture(scope="module")
+def embedded(tiny_stores, cluster_client, tmp_path_factory):
+    import shutil
+
+    root = tmp_path_factory.mktemp("embedded")
+    out = {}
+    for name in ("audio", "midi-synth"):
+        dst = root / f"{name}.zarr"
+        shutil.copytree(tiny_stores[name], dst)
+        embed.run(str(dst), client=cluster_client, partition_size=4, progress=False)
+        out[name] = str(dst)
+    return out
+
+
+def _table(s):
+    return {k: v for k, v in s["table"].items()}
+
+
+def test_sharded_equals_single_process(embedded, cluster_client):
+    kw = dict(client=cluster_client, rerank=4, verify=2, keep="all", progress=False)
+    one = _table(match.run(embedded["midi-synth"], embedded["audio"], n_shards=1, **kw))
+    three = _table(match.run(embedded["midi-synth"], embedded["audio"], n_shards=3, **kw))
+    assert set(COLUMNS) <= set(one)
+    for c in one:
+        if one[c].dtype.kind == "f":
+            np.testing.assert_array_equal(one[c], three[c])
+        else:
+            assert one[c].tolist() == three[c].tolist()
+    # every query gets every db item once (keep='all', K = db size), ranks 1..6
+    for q in np.unique(one["query_id"]):
+        sel = one["query_id"] == q
+        assert sorted(one["rank"][sel].tolist()) == list(range(1, 7))
+        assert len(set(one["track_id"][sel].tolist())) == 6
+        v = one["stage"][sel]
+        assert (v == "verify").sum() == 2 and (v == "rerank").sum() == 2 and (v == "prune").sum() == 2
+
+
+def test_cli_match_and_report(embedded, tmp_path):
+    out = tmp_path / "m.csv"
+    r = subprocess.run([sys.executable, "-m", "msdmatch.cli", "match", embedded["midi-synth"],
+                        embedded["audio"], "--out", str(out), "--workers", "1", "--rerank", "3",
+                        "--verify", "3", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "matched 6 queries against 6 previews" in r.stdout
+    t = read_matches(str(out))
+    assert list(t)[:7] == COLUMNS and len(t["rank"]) == 18
+    conf = t["confidence"][t["rank"] == 1]
+    assert np.all((conf >= 0) & (conf <= 1))
+    truth = tmp_path / "truth.csv"
+    truth.write_text("query_id,track_id\n" + "".join(f"song{k},TRTINY{k:012d}\n" for k in range(6)))
+    r = subprocess.run([sys.executable, "-m", "msdmatch.cli", "report", str(out), "--truth", str(truth),
+                        "--out", str(tmp_path / "rep")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "| MRR |" in r.stdout
+    for f in ("metrics.json", "rank_table.txt", "rank_cdf.png", "distances.png", "reliability.png"):
+        assert (tmp_path / "rep" / f).is_file(), f
+
+
+def test_match_refuses_swapped_and_unembedded(embedded, tiny_stores, cluster_client):
+    with pytest.raises(ParameterError, match="swapped"):
+        match.run(embedded["audio"], embedded["audio"], client=cluster_client, progress=False)
+    with pytest.raises(ParameterError, match="run `msdmatch embed"):
+        match.run(tiny_stores["midi-synth"], embedded["audio"], client=cluster_client, progress=False)
+
+
+def test_db_on_s3(embedded, s3, cluster_client, tmp_path):
+    import shutil
+
+    fs, b = s3["fs"], s3["bucket"]
+    fs.put(embedded["audio"], f"{b}/db.zarr", recursive=True)
+    local = _table(match.run(embedded["midi-synth"], embedded["audio"], client=cluster_client,
+                             rerank=3, verify=2, progress=False))
+    remote = _table(match.run(embedded["midi-synth"], f"s3://{b}/db.zarr", client=cluster_client,
+                              rerank=3, verify=2, storage_options=s3["storage_options"], progress=False))
+    assert local["track_id"].tolist() == remote["track_id"].tolist()
+    np.testing.assert_array_equal(local["confidence"], remote["confidence"])
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_query_store_with_failures_and_tiny_sequences(tiny_corpus, tmp_path, cluster_client, embedded):
+    import pretty_midi
+
+    from msdmatch import featurize
+
+    src = tmp_path / "midi"
+    src.mkdir()
+    (src / "broken.mid").write_bytes(b"MThd\x00\x00")
+    pm = pretty_midi.PrettyMIDI()
+    inst = pretty_midi.Instrument(0)
+    inst.notes.append(pretty_midi.Note(100, 60, 0.0, 0.1))  # a few frames, one hash word
+    pm.instruments.append(inst)
+    pm.write(str(src / "blip.mid"))
+    make_midi(7, seconds=8).write(str(src / "short.mid"))
+    q = str(tmp_path / "q.zarr")
+    featurize.run(str(src), q, client=cluster_client, kind="midi", progress=False)
+    embed.run(q, client=cluster_client, progress=False)
+    s = match.run(q, embedded["audio"], client=cluster_client, rerank=3, verify=3, progress=False)
+    t = s["table"]
+    assert sorted(set(t["query_id"].tolist())) == ["blip", "short"]
+    assert np.all(np.isfinite(t["dhs_score"])) and np.all(np.isfinite(t["verify_score"]))
+
+
+def test_align_retimes_a_stretched_rendition():
+    from msdmatch.align import align
+    from msdmatch.synth import render
+
+    pm = make_midi(11, seconds=20.0)
+    stretched = make_midi(11, seconds=20.0)
+    # the "recording": 12% slower, with a gentle drift, another soundfont
+    t = np.linspace(0, stretched.get_end_time() + 1, 50)
+    warped = t * 1.12 + 0.3 * np.sin(t / 3.0)
+    stretched.adjust_times(t, warped)
+    y = render(stretched, sr=22050, soundfont="FluidR3_GM.sf2")
+    aligned, conf, path = align(pm, y, 22050)
+    a = np.array([n.start for i in aligned.instruments if not i.is_drum for n in i.notes])
+    b = np.array([n.start for i in stretched.instruments if not i.is_drum for n in i.notes])
+    err = np.abs(np.sort(a) - np.sort(b))
+    assert conf > 0.5
+    assert err.mean() < 0.05, err.mean()
