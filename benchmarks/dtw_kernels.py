@@ -2,9 +2,11 @@
 
 Prints cells per second on one thread for Hamming-DTW (query ~650 steps
 against many ~80-step candidates), dtaidistance's C DTW and librosa's DTW on
-the same lengths, the ratios, the early-abandoning rate for ``top_r``, and the
-time of one cosine DTW.  Each timing is the best of ``--repeats`` runs, since
-the machine is shared.
+the same lengths, the ratios, the early-abandoning rate for ``top_r``, and
+cosine DTW as the verify step calls it (1800 x 646 and 650 x 650 frames) with
+the time of each part.  Everything runs on one thread (numba, and BLAS when
+threadpoolctl is installed).  Each timing is the best of ``--repeats`` runs,
+since the machine is shared.
 
 Usage: ``python benchmarks/dtw_kernels.py [--query 650] [--cand 80] [--n 1000]``
 """
@@ -50,6 +52,15 @@ def main() -> None:
     args = ap.parse_args()
 
     numba.set_num_threads(1)
+    blas = "BLAS threads not limited (pip install threadpoolctl)"
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+        blas = "BLAS limited to 1 thread"
+    except ImportError:
+        pass
+    print(f"numba threads 1, {blas}")
     rng = np.random.default_rng(args.seed)
     m, n_c, n = args.query, args.cand, args.n
     query = rng.integers(0, 2**32, m, dtype=np.uint32)
@@ -105,13 +116,53 @@ def main() -> None:
     lr_rate = pair_cells / t
     print(f"librosa.sequence.dtw (given C): {lr_rate:.3g} cells/s   ours/librosa = {ours / lr_rate:.1f}x")
 
-    X = rng.normal(size=(650, 48)).astype(np.float32)
-    X /= np.linalg.norm(X, axis=1, keepdims=True)
-    Y = X[np.sort(rng.integers(0, 650, 650))]
-    cosine_dtw(X, Y)
-    t = best_time(lambda: cosine_dtw(X, Y), args.repeats)
-    print(f"cosine_dtw 650 x 650 with path: {t * 1e3:.2f} ms")
+    for n_x, n_y in ((1800, 646), (650, 650)):
+        time_cosine(rng, n_x, n_y, args.repeats)
 
+
+def unit_frames(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Smooth non-negative L2-normalised frames, float16 as in the store."""
+    x = np.cumsum(np.abs(rng.normal(size=(n, 48))), axis=0)
+    x = x[1:] - x[:-1] * 0.9 if n > 1 else x
+    x = np.abs(np.concatenate([x[:1], x]))[:n]
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+
+
+def time_cosine(rng: np.random.Generator, n_x: int, n_y: int, repeats: int) -> None:
+    """Verify-step cosine DTW (``return_path=False``) and its parts.
+
+    Y is a time-warped excerpt of X, like a preview inside a whole song.
+    """
+    from msdmatch import _dtw_kernels as _k
+
+    X = unit_frames(rng, n_x)
+    start = int(rng.integers(0, max(1, n_x - n_y)))
+    Y = X[np.sort(rng.integers(start, start + min(n_x, n_y), n_y))]
+    cosine_dtw(X, Y)  # compile / load cache
+    t_total = best_time(lambda: cosine_dtw(X, Y, return_path=False), repeats)
+    t_path = best_time(lambda: cosine_dtw(X, Y), repeats)
+
+    x32, y32 = X.astype(np.float32), Y.astype(np.float32)
+    dots = x32 @ y32.T
+    t_mm = best_time(lambda: x32 @ y32.T, repeats)
+    C = dots.copy()
+    hist, _ = _k._cost_in_place(C.reshape(-1), True)
+    t_copy = best_time(lambda: dots.copy(), repeats)
+    t_cost = best_time(lambda: _k._cost_in_place(dots.copy().reshape(-1), True), repeats) - t_copy
+    pen = float(_k._median_from_hist(C.reshape(-1), hist))
+    t_med = best_time(lambda: _k._median_from_hist(C.reshape(-1), hist), repeats)
+    g = int(0.96 * min(n_x, n_y))
+    ei, ej, _, _, i0, j0 = _k._cosine_dtw_score_kernel(C, pen, g)
+    t_dp = best_time(lambda: _k._cosine_dtw_score_kernel(C, pen, g), repeats)
+    t_box = best_time(lambda: _k._box_sum(C, i0, ei, j0, ej), repeats)
+    t_np_med = best_time(lambda: np.median(C.astype(np.float64)), repeats)
+    print(
+        f"cosine_dtw {n_x} x {n_y} return_path=False: {t_total * 1e3:7.2f} ms   "
+        f"with path: {t_path * 1e3:7.2f} ms\n"
+        f"    matmul {t_mm * 1e3:.2f}  clip+histogram {t_cost * 1e3:.2f}  "
+        f"median selection {t_med * 1e3:.2f} (np.median of float64: {t_np_med * 1e3:.2f})  "
+        f"DP {t_dp * 1e3:.2f}  box sum {t_box * 1e3:.2f}  (ms, best of {repeats})"
+    )
 
 if __name__ == "__main__":
     main()

@@ -114,6 +114,7 @@ def run_shards(
     name: str,
     kwargs: dict | None = None,
     progress: bool = True,
+    retries: int = 2,
 ) -> list:
     """Run ``fn(shard, **kwargs)`` for every shard as one task each.
 
@@ -129,7 +130,9 @@ def run_shards(
     bag = db.from_sequence(list(shards), partition_size=1)
     token = f"{name}-{uuid.uuid4().hex[:8]}"
     bag = bag.map_partitions(_apply_one(fn, kwargs or {}), token=token)
-    futures = client.compute(bag.to_delayed(optimize_graph=False))
+    # Shard functions are idempotent (a part is rewritten whole), so a task that
+    # failed on a transient error (S3 outage, lost worker) can simply run again.
+    futures = client.compute(bag.to_delayed(optimize_graph=False), retries=retries)
     index = {f.key: i for i, f in enumerate(futures)}
     results: list = [None] * len(futures)
     errors = []

@@ -214,10 +214,9 @@ def run(url: str, *, models: list[str] | None = None, client=None, scheduler: st
     summary : dict
         ``items``, ``failures``, ``models``, ``seconds``, ``parts_run``, ``parts_skipped``.
     """
-    from .cluster import client_for, run_shards, total_threads
+    from .cluster import client_for
     from .modelfile import check_compatible
-    from .store import (ITEM_CHUNK, Store, committed_parts, concat_parts, delete_path, open_group,
-                        read_part, _read_str, write_failures)
+    from .store import Store
 
     store = Store(url, storage_options=storage_options)
     infos = resolve_models(models, store.modality)
@@ -228,6 +227,18 @@ def run(url: str, *, models: list[str] | None = None, client=None, scheduler: st
         with client_for(scheduler, n_workers=n_workers, quiet=not progress) as c:
             return run(url, models=models, client=c, partition_size=partition_size,
                        storage_options=storage_options, progress=progress, max_parts=max_parts)
+    from .lock import store_lease
+
+    with store_lease(url, stage="embed", storage_options=storage_options):
+        return _run(url, store, specs, client=client, partition_size=partition_size,
+                    storage_options=storage_options, progress=progress, max_parts=max_parts)
+
+
+def _run(url, store, specs, *, client, partition_size, storage_options, progress, max_parts) -> dict:
+    from .cluster import run_shards, total_threads
+    from .store import (ITEM_CHUNK, committed_parts, concat_parts, delete_path, open_group,
+                        read_part, _read_str, write_failures)
+
     t0 = time.perf_counter()
     key = "|".join(f"{s['name']}" for s in specs) + f"|{partition_size}"
     g = open_group(url, mode="r+", storage_options=storage_options)

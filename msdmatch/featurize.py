@@ -275,8 +275,7 @@ def run(
     -------
     Summary
     """
-    from .cluster import client_for, run_shards, total_threads
-    from .store import committed_parts, init_store, open_group
+    from .cluster import client_for
 
     if client is None:
         # Check the inputs before paying for a cluster.
@@ -288,6 +287,19 @@ def run(
             return run(src, out, client=c, kind=kind, mode=mode, params=params, soundfont=soundfont,
                        partition_size=partition_size, storage_options=storage_options,
                        overwrite=overwrite, progress=progress, max_parts=max_parts)
+    from .lock import store_lease
+
+    with store_lease(out, stage="featurize", storage_options=storage_options):
+        return _run(src, out, client=client, kind=kind, mode=mode, params=params, soundfont=soundfont,
+                    partition_size=partition_size, storage_options=storage_options,
+                    overwrite=overwrite, progress=progress, max_parts=max_parts)
+
+
+def _run(src, out, *, client, kind, mode, params, soundfont, partition_size, storage_options,
+         overwrite, progress, max_parts) -> Summary:
+    from .cluster import run_shards, total_threads
+    from .store import committed_parts, init_store, open_group
+
     t0 = time.perf_counter()
     modality = modality_of(kind, mode)
     if modality == "midi-synth":

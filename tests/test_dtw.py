@@ -265,3 +265,118 @@ def test_cosine_errors() -> None:
         cosine_dtw(X * np.nan, X)
     with pytest.raises(ParameterError, match="penalty must be"):
         cosine_dtw(X, X, penalty=-1)
+
+
+def cost_median(dots: np.ndarray) -> tuple[np.ndarray, float, bool]:
+    """Run the cost and median kernels on float32 dot products."""
+    from msdmatch import _dtw_kernels as _k
+
+    flat = np.array(dots, dtype=np.float32).reshape(-1)
+    hist, exact = _k._cost_in_place(flat, True)
+    return flat, float(_k._median_from_hist(flat, hist)), bool(exact)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7, 1000, 1001, 40_000, 40_001])
+def test_cost_median_matches_numpy(rng: np.random.Generator, size: int) -> None:
+    # Arbitrary float32 "dot products", beyond [-1, 2] so both clips fire.
+    dots = rng.uniform(-1.5, 3.0, size).astype(np.float32)
+    C, med, exact = cost_median(dots)
+    expect = np.clip(1.0 - dots, 0.0, 2.0)
+    np.testing.assert_array_equal(C, expect)
+    assert exact
+    assert med == np.median(expect.astype(np.float64))
+
+
+@pytest.mark.parametrize("size", [2, 5, 64, 999, 5000])
+def test_cost_median_with_ties(rng: np.random.Generator, size: int) -> None:
+    # Few distinct values: the middle ranks fall inside long runs of ties,
+    # or straddle two values (even sizes).
+    levels = np.array([-0.5, 0.0, 0.25, 0.5, 1.0, 2.5], dtype=np.float32)
+    dots = rng.choice(levels, size)
+    C, med, _ = cost_median(dots)
+    assert med == np.median(C.astype(np.float64))
+    for value in (0.0, 1.0, 1.5, 3.0):  # all equal, incl. clipped to 0 and 2
+        C, med, _ = cost_median(np.full(size, value))
+        assert med == np.median(C.astype(np.float64))
+    # Two values split half and half: median is their mean.
+    C, med, _ = cost_median(np.repeat(np.float32([0.9, 0.1]), 50))
+    lo, hi = np.float64(C.min()), np.float64(C.max())
+    assert med == np.median(C.astype(np.float64)) == (lo + hi) / 2
+
+
+def test_cost_median_neighbouring_keys() -> None:
+    # Middle values one float32 step apart, in the same and in adjacent
+    # histogram bins (bins are 2**12 keys wide, a key is 2**-24).
+    for key in (4096 * 100 - 1, 4096 * 100, 4096 * 100 + 7):
+        a = np.float32(1.0 - key / 2**24)
+        b = np.float32(1.0 - (key + 1) / 2**24)
+        C, med, _ = cost_median(np.array([a, a, b, b], dtype=np.float32))
+        assert med == np.median(C.astype(np.float64))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    m=st.integers(1, 40),
+    seed=st.integers(0, 2**31),
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+)
+def test_cosine_costs_are_exact_keys(n, m, seed, dtype) -> None:  # type: ignore[no-untyped-def]
+    # The property the median selection and the box sums rest on.
+    rng = np.random.default_rng(seed)
+    X = (rng.normal(size=(n, 5)) * rng.uniform(0.1, 3.0)).astype(dtype)
+    Y = rng.normal(size=(m, 5)).astype(dtype)
+    dots = X.astype(np.float32) @ Y.astype(np.float32).T
+    C, med, exact = cost_median(dots)
+    assert exact
+    keys = C.astype(np.float64) * 2**24
+    np.testing.assert_array_equal(keys, np.round(keys))
+    assert med == np.median(C.astype(np.float64))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 30),
+    m=st.integers(1, 30),
+    gully=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**31),
+    penalty=st.one_of(st.none(), st.floats(0.0, 2.0)),
+)
+def test_cosine_score_without_path_equals_with_path(n, m, gully, seed, penalty) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    X = unit_rows(rng, n, 6)
+    Y = X[np.sort(rng.integers(0, n, m))] if rng.random() < 0.5 else unit_rows(rng, m, 6)
+    s, _ = cosine_dtw(X, Y, gully=gully, penalty=penalty)
+    assert cosine_dtw(X, Y, gully=gully, penalty=penalty, return_path=False) == s
+
+
+def test_cosine_score_kernel_start_cell(rng: np.random.Generator) -> None:
+    # The start cell carried through the DP is the traceback's first cell.
+    from msdmatch import _dtw_kernels as _k
+
+    X = unit_rows(rng, 120)
+    Y = X[np.sort(rng.integers(20, 90, 70))]
+    for A, B in ((X, Y), (Y, X), (X, unit_rows(rng, 50))):
+        C = np.clip(1.0 - A @ B.T, 0.0, 2.0).astype(np.float32)
+        for g in (0, 10, min(C.shape) - 1):
+            steps, ei, ej, cost, length = _k._cosine_dtw_kernel(C, 0.3, g)
+            path = _k._traceback(steps, ei, ej, length)
+            got = _k._cosine_dtw_score_kernel(C, 0.3, g)
+            assert got == (ei, ej, cost, length, path[0, 0], path[0, 1])
+
+
+def test_cosine_realistic_sizes_match_float64_pipeline(rng: np.random.Generator) -> None:
+    # The float32 cost path gives the same score as float64 costs with
+    # np.median and a numpy box mean.
+    from msdmatch import _dtw_kernels as _k
+
+    X = unit_rows(rng, 400).astype(np.float16)
+    Y = X[np.sort(rng.integers(50, 350, 260))]
+    s, path = cosine_dtw(X, Y)
+    C = np.clip((1.0 - X.astype(np.float32) @ Y.astype(np.float32).T).astype(np.float64), 0, 2)
+    steps, ei, ej, cost, length = _k._cosine_dtw_kernel(C, float(np.median(C)), 249)
+    ref_path = _k._traceback(steps, ei, ej, length)
+    np.testing.assert_array_equal(path, ref_path)
+    box = C[path[0, 0] : ei + 1, path[0, 1] : ej + 1]
+    assert s == cost / length / box.mean()
+    assert cosine_dtw(X, Y, return_path=False) == s

@@ -165,3 +165,33 @@ def test_plan_covers_every_item_once(n, size, dup):
 def test_plan_refuses_bad_partition_size():
     with pytest.raises(ParameterError, match="partition_size must be >= 1"):
         stage.plan([], partition_size=0)
+
+
+def test_second_writer_is_refused_while_the_first_holds_the_lease(tiny_corpus, tmp_path):
+    import subprocess
+    import sys
+
+    from msdmatch.lock import store_lease
+
+    out = str(tmp_path / "db.zarr")
+    with store_lease(out, stage="featurize"):
+        r = subprocess.run([sys.executable, "-m", "msdmatch.cli", "featurize", "audio",
+                            str(tiny_corpus / "audio"), "--out", out, "--workers", "1", "--quiet"],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "is being written by `msdmatch featurize`" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "db.zarr.lock").exists()  # released
+
+
+def test_stale_lease_of_a_dead_process_is_taken_over(tmp_path):
+    import json
+    import socket
+
+    from msdmatch.lock import store_lease
+
+    out = str(tmp_path / "db.zarr")
+    (tmp_path / "db.zarr.lock").write_text(json.dumps(
+        {"token": "x", "host": socket.gethostname(), "pid": 2**22 + 17, "stage": "featurize",
+         "since": 0, "renewed": 9e12}))
+    with store_lease(out, stage="featurize") as me:
+        assert json.loads((tmp_path / "db.zarr.lock").read_text())["token"] == me["token"]

