@@ -272,6 +272,32 @@ def demo(out, songs, distractors, seed, mode, brute_force, scheduler, workers):
 
 
 @main.command()
+@click.argument("matches")
+@click.option("--truth", required=True, metavar="CSV", help="query_id,track_id[,split]")
+@click.option("--split", default="valid", show_default=True,
+              help="Use only these truth rows when the CSV has a split column.")
+@click.option("--out", required=True, metavar="JSON", help="Fusion model to write.")
+def calibrate(matches, truth, split, out):
+    """Fit the fused, calibrated confidence on MATCHES of validation queries."""
+    import csv
+
+    import numpy as np
+
+    from .calibrate import fit_from_matches
+    from .report import read_matches
+
+    with open(truth, encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("query_id")]
+    if rows and "split" in rows[0]:
+        rows = [r for r in rows if r["split"] == split]
+    t = {"query_id": np.array([r["query_id"] for r in rows]),
+         "track_id": np.array([r["track_id"] for r in rows])}
+    model = fit_from_matches(read_matches(matches), t)
+    model.save(out)
+    click.echo(f"fusion model -> {out}: {json.dumps(model.metrics)}")
+
+
+@main.command()
 @click.argument("query_midi")
 @click.argument("track_audio")
 @click.option("--out", required=True, metavar="ALIGNED.mid")

@@ -197,7 +197,7 @@ def resolve_models(models: list[str] | None, modality: str) -> list:
         else:
             dirs.append(r)  # load_model explains what is wrong (or finds a shipped name)
     infos = [load_model(d) for d in dirs]
-    if not models:
+    if len(infos) > 1:  # a directory of models: those that fit the store
         infos = [i for i in infos if modality in ("audio", i.midi_modality)]
     if not infos:
         raise ModelError(f"no model found for a {modality!r} store in {[str(r) for r in roots]}")
@@ -220,7 +220,11 @@ def run(url: str, *, models: list[str] | None = None, client=None, scheduler: st
 
     store = Store(url, storage_options=storage_options)
     infos = resolve_models(models, store.modality)
+    import hashlib
+    import json
+
     specs = [{"name": i.name, "kind": i.kind, "downsample": i.downsample,
+              "digest": hashlib.sha256(json.dumps(i.raw, sort_keys=True).encode()).hexdigest()[:16],
               "onnx": str(check_compatible(i, store_params=store.params, store_modality=store.modality))}
              for i in infos]
     if client is None:
@@ -240,7 +244,7 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
                         read_part, _read_str, write_failures)
 
     t0 = time.perf_counter()
-    key = "|".join(f"{s['name']}" for s in specs) + f"|{partition_size}"
+    key = "|".join(f"{s['name']}:{s['digest']}" for s in specs) + f"|{partition_size}"
     g = open_group(url, mode="r+", storage_options=storage_options)
     shards = plan(store.n, partition_size=partition_size)
     state = dict(g.attrs.get("embed_state", {}))

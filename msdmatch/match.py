@@ -178,8 +178,9 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
     models : str, optional
         Model directory used by ``embed`` (default: the shipped models).
     fusion : str, optional
-        Fusion model JSON (default: shipped for the query modality; without
-        one, ``confidence`` is the thesis's DTW confidence).
+        Fusion model JSON (default: shipped for the query modality); ``'none'``
+        or no shipped model makes ``confidence`` the thesis's DTW confidence
+        ``clip(2(1 - s), 0, 1)`` and ranks by it.
     prune_k : int, optional
         PSE survivors (default ``max(1% of db, 1000)``, capped at the db size).
     rerank, verify : int
@@ -294,11 +295,12 @@ def _warm_up() -> None:
 
 
 def _load_fusion(path: str | None, modality: str):
-    import json
     from pathlib import Path
 
     from .modelfile import shipped_model_dir
 
+    if path == "none":
+        return None
     p = Path(path) if path else shipped_model_dir() / f"fusion-{modality}.json"
     if not p.is_file():
         if path:
@@ -306,7 +308,7 @@ def _load_fusion(path: str | None, modality: str):
         return None
     from .fusion import FusionModel
 
-    return FusionModel.from_dict(json.loads(p.read_text()))
+    return FusionModel.load(str(p))
 
 
 def _assemble(Q, D, pidx, pdist, dhs_score, order, vscore, *, R, V, keep, fusion_model, q_ok) -> dict:
