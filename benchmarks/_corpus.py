@@ -9,10 +9,10 @@ import numpy as np
 
 def song(seed: int, *, seconds: float = 30.0):
     """A generated multi-instrument song (the demo corpus's generator)."""
-    from msdmatch.demo.corpus import plan_corpus, make_song
+    from msdmatch.demo.corpus import make_song, plan_corpus
 
     spec = plan_corpus(songs=1, distractors=0, seed=seed, music21_fraction=0.0)[0]
-    pm = make_song(spec)
+    pm, _ = make_song(spec)
     return pm
 
 

@@ -55,7 +55,12 @@ def reference_hamming_dtw(
 
 
 def all_paths(m: int, n: int, gully: float):  # type: ignore[no-untyped-def]
-    """Every allowed path as a list of (i, j, step) with step in {s, d, v, h}."""
+    """Every allowed path as a list of (i, j, step) with step in {s, d, v, h}.
+
+    Cells of the first row and column are start cells only: a path never
+    steps into one (the DP restarts there), so it leaves the first row or
+    column on its first step.
+    """
     ends = set(end_cells(m, n, gully))
     starts = [(0, j) for j in range(n)] + [(i, 0) for i in range(1, m)]
 
@@ -64,7 +69,7 @@ def all_paths(m: int, n: int, gully: float):  # type: ignore[no-untyped-def]
         if (i, j) in ends:
             yield list(path)
         for di, dj, st in ((1, 1, "d"), (1, 0, "v"), (0, 1, "h")):
-            if i + di < m and j + dj < n:
+            if 0 < i + di < m and 0 < j + dj < n:
                 path.append((i + di, j + dj, st))
                 yield from extend(path)
                 path.pop()

@@ -340,5 +340,21 @@ def train(queries, db, truth, out, kind, search, minutes, seed):
         click.echo(f"{k}: {d}")
 
 
+@main.command("run")
+@click.argument("spec", metavar="SPEC")
+@scheduler_opt
+@click.option("--dry-run", is_flag=True, help="Validate SPEC and print the plan; start nothing, read no data.")
+@quiet_opt
+def run(spec, scheduler, dry_run, quiet):
+    """Run the job spec SPEC (jobs/*.yaml): featurize, embed, match or report.
+
+    --dry-run prints partitions, tasks, CPU-hours and outputs without touching data.
+    """
+    from .runner import run_spec
+
+    result = run_spec(spec, scheduler=scheduler, dry_run=dry_run, progress=not quiet)
+    click.echo(result["text"])
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
