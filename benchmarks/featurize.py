@@ -24,10 +24,9 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/msdmatch-bench")
     args = ap.parse_args()
     import librosa
-    import numpy as np
     import soundfile as sf
-
     from _corpus import previews, song
+
     from msdmatch import featurize
     from msdmatch.cluster import client_for
     from msdmatch.features import midi_cqt

@@ -11,8 +11,6 @@ import sys
 
 import click
 
-from .params import DEFAULT_PARAMS
-
 
 def _fail(msg: str, code: int) -> None:
     click.echo(f"msdmatch: error: {msg}", err=True)

@@ -10,7 +10,8 @@ import contextlib
 import os
 import sys
 import uuid
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 #: Environment given to LocalCluster workers so that numba, BLAS and
 #: onnxruntime use one thread per worker thread.

@@ -240,8 +240,16 @@ def run(url: str, *, models: list[str] | None = None, client=None, scheduler: st
 
 def _run(url, store, specs, *, client, partition_size, storage_options, progress, max_parts) -> dict:
     from .cluster import run_shards, total_threads
-    from .store import (ITEM_CHUNK, committed_parts, concat_parts, delete_path, open_group,
-                        read_part, _read_str, write_failures)
+    from .store import (
+        ITEM_CHUNK,
+        _read_str,
+        committed_parts,
+        concat_parts,
+        delete_path,
+        open_group,
+        read_part,
+        write_failures,
+    )
 
     t0 = time.perf_counter()
     key = "|".join(f"{s['name']}:{s['digest']}" for s in specs) + f"|{partition_size}"

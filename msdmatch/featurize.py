@@ -195,8 +195,17 @@ def featurize_shard(
 def consolidate(client, url: str, *, n_parts: int, rejected: list[dict], params: FeatureParams,
                 storage_options: dict | None = None, progress: bool = True) -> dict:
     """Concatenate committed parts into ``features``/``offsets``/``ids``/``sources``/``failures``."""
-    from .store import (FEATURES_CHUNK, ITEM_CHUNK, _read_str, _str_array, concat_parts,
-                        delete_path, open_group, read_part, write_failures)
+    from .store import (
+        FEATURES_CHUNK,
+        ITEM_CHUNK,
+        _read_str,
+        _str_array,
+        concat_parts,
+        delete_path,
+        open_group,
+        read_part,
+        write_failures,
+    )
 
     root = open_group(url, mode="r+", storage_options=storage_options)
     lengths, ids, sources, fails = [], [], [], list(rejected)

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 from .errors import StoreError
 

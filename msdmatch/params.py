@@ -71,7 +71,7 @@ class FeatureParams:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FeatureParams":
+    def from_dict(cls, d: dict[str, Any]) -> FeatureParams:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
@@ -84,7 +84,7 @@ class FeatureParams:
             )
         return cls(**d)
 
-    def diff(self, other: "FeatureParams") -> list[str]:
+    def diff(self, other: FeatureParams) -> list[str]:
         """Human-readable differences, e.g. ``['n_bins: 36 != 48']``."""
         a, b = self.to_dict(), other.to_dict()
         return [f"{k}: {a[k]!r} != {b[k]!r}" for k in a if a[k] != b[k]]

@@ -21,7 +21,8 @@ parameters and the msdmatch version; readers refuse anything else.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

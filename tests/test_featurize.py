@@ -1,7 +1,6 @@
 """The featurize stage on a real LocalCluster: equality with the pure functions,
 resume, bad input, planning."""
 import struct
-import wave
 
 import numpy as np
 import pytest

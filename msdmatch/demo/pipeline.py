@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def _test_truth(corpus: Path, out: Path) -> Path:

@@ -19,13 +19,10 @@ and upsampled when the MP3 is 44.1 kHz.
 from __future__ import annotations
 
 import copy
-import ctypes
-import functools
 
 import numpy as np
 
 from ..errors import InputError
-from ..synth import resolve_soundfont
 
 #: Soundfonts used for recordings (never TimGM6mb, which renders queries).
 RECORDING_SOUNDFONTS = ("FluidR3_GM.sf2", "MuseScore_General_Lite.sf3")
