@@ -20,6 +20,9 @@ MAX_AUDIO_BYTES = 200 * 2**20
 MAX_MIDI_BYTES = 8 * 2**20
 #: Largest number of tracks a MIDI file may declare.
 MAX_MIDI_TRACKS = 1024
+#: Audio with more than this fraction of samples at full scale is clipped
+#: noise, not music (a loud master clips well under 1% of its samples).
+MAX_CLIPPED_FRACTION = 0.2
 
 
 def read_bytes(source: str, *, max_bytes: int, storage_options: dict | None = None) -> bytes:
@@ -75,9 +78,14 @@ def decode_audio(data: bytes, *, max_seconds: float) -> tuple[np.ndarray, int]:
     except Exception as e:  # libsndfile reports corrupt data in many ways
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         msg = re.sub(r"Error opening <[^>]*>: ", "", msg)
+        if "does not exist or is not a regular file" in msg:  # libsndfile's words for a stub of data
+            msg = "data is truncated or not a recognised format"
         raise InputError(f"cannot decode audio: {msg}") from None
     if y.shape[0] == 0:
         raise InputError("audio has no samples")
+    clipped = float(np.mean(np.abs(y) >= 0.999))
+    if clipped > MAX_CLIPPED_FRACTION:
+        raise InputError(f"audio is clipped noise: {clipped:.0%} of samples at full scale")
     return y.mean(axis=1), sr
 
 

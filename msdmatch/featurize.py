@@ -69,7 +69,7 @@ def modality_of(kind: str, mode: str) -> str:
 
 
 def plan(items: list[Item], *, partition_size: int) -> tuple[list[Shard], list[dict]]:
-    """Split items into shards; duplicates of an id become failures.
+    """Split items into shards; duplicate ids and non-UTF-8 names become failures.
 
     Parameters
     ----------
@@ -89,6 +89,12 @@ def plan(items: list[Item], *, partition_size: int) -> tuple[list[Shard], list[d
     seen: dict[str, str] = {}
     keep, rejected = [], []
     for it in items:
+        if not _utf8(it.source) or not _utf8(it.id):
+            rejected.append(
+                {"id": _printable(it.id), "source": _printable(it.source), "stage": STAGE,
+                 "reason": "file name is not valid UTF-8; rename the file (ids and sources are UTF-8 text)"}
+            )
+            continue
         if it.id in seen:
             rejected.append(
                 {"id": it.id, "source": it.source, "stage": STAGE,
@@ -102,6 +108,19 @@ def plan(items: list[Item], *, partition_size: int) -> tuple[list[Shard], list[d
         for pid, a in enumerate(range(0, len(keep), partition_size))
     ]
     return shards, rejected
+
+
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # an OS file name with undecodable bytes (surrogate escapes)
+        return False
+    return True
+
+
+def _printable(s: str) -> str:
+    """``s`` with undecodable file-name bytes shown as ``\\xNN``."""
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def plan_digest(shards: list[Shard], *, modality: str, params: FeatureParams, extra: str = "") -> str:
