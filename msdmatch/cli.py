@@ -163,10 +163,7 @@ def embed(store, models, partition_size, scheduler, workers, storage_options, qu
 
     s = stage.run(store, models=list(models) or None, scheduler=scheduler, n_workers=workers,
                   partition_size=partition_size, storage_options=storage_options, progress=not quiet)
-    per_core = s["items"] / max(s["seconds"] * s["threads"], 1e-9)
-    click.echo(f"embedded {s['items']} items with {', '.join(s['models'])}: {s['failures']} failures, "
-               f"{s['seconds']:.1f} s, {per_core:.1f} items/s/core; {s['parts_run']} partitions run, "
-               f"{s['parts_skipped']} already done")
+    click.echo(stage.summary_line(s, store))
 
 
 @main.command()
@@ -195,11 +192,7 @@ def match(queries, db, out, models, fusion, prune_k, rerank, verify, keep, sched
     s = stage.run(queries, db, out, models=models, fusion=fusion, prune_k=prune_k, rerank=rerank,
                   verify=verify, keep=keep, scheduler=scheduler, n_workers=workers,
                   storage_options=storage_options, progress=not quiet)
-    pq = s["per_query"]
-    click.echo(f"matched {s['queries']} queries against {s['db']} previews (K={s['K']}, R={s['R']}, "
-               f"V={s['V']}) in {s['seconds']:.1f} s on {s['threads']} threads: per query "
-               f"prune {pq['prune'] * 1e3:.1f} ms, rerank {pq['rerank'] * 1e3:.1f} ms, verify "
-               f"{pq['verify'] * 1e3:.1f} ms, total {pq['total'] * 1e3:.1f} ms -> {out}")
+    click.echo(stage.summary_line(s))
 
 
 @main.command()

@@ -177,6 +177,14 @@ def embed_shard(shard: Shard, *, url: str, models: list[dict], storage_options: 
     return {"items": len(seqs), "failures": len(bad)}
 
 
+def summary_line(s: dict, url: str) -> str:
+    """One-line summary of :func:`run`'s result."""
+    per_core = s["items"] / max(s["seconds"] * s["threads"], 1e-9)
+    return (f"embedded {s['items']} items with {', '.join(s['models'])}: {s['failures']} failures, "
+            f"{s['seconds']:.1f} s, {per_core:.1f} items/s/core; {s['parts_run']} partitions run, "
+            f"{s['parts_skipped']} already done -> {url}")
+
+
 def resolve_models(models: list[str] | None, modality: str) -> list:
     """Model directories to embed a store of ``modality`` with.
 

@@ -281,6 +281,15 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
             "warm_up_seconds": t["warm_up"], "fusion": fusion_model is not None, "out": out}
 
 
+def summary_line(s: dict) -> str:
+    """One-line summary of :func:`run`'s result."""
+    pq = s["per_query"]
+    return (f"matched {s['queries']} queries against {s['db']} previews (K={s['K']}, R={s['R']}, "
+            f"V={s['V']}) in {s['seconds']:.1f} s on {s['threads']} threads: per query "
+            f"prune {pq['prune'] * 1e3:.1f} ms, rerank {pq['rerank'] * 1e3:.1f} ms, verify "
+            f"{pq['verify'] * 1e3:.1f} ms, total {pq['total'] * 1e3:.1f} ms -> {s['out']}")
+
+
 def _warm_up() -> None:
     """Compile the numba kernels in this process (cached on disk after the first time)."""
     from .dtw import cosine_dtw, hamming_dtw_many

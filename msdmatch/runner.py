@@ -77,11 +77,7 @@ def _embed(spec: jobspec.JobSpec, client, progress: bool, tmp: str) -> tuple[dic
     a = spec.args
     s = embed.run(a["store"], models=a["models"], client=client, partition_size=a["partition_size"],
                   storage_options=spec.storage_options, progress=progress)
-    per_core = s["items"] / max(s["seconds"] * s["threads"], 1e-9)
-    line = (f"embedded {s['items']} items with {', '.join(s['models'])}: {s['failures']} failures, "
-            f"{s['seconds']:.1f} s, {per_core:.1f} items/s/core; {s['parts_run']} partitions run, "
-            f"{s['parts_skipped']} already done -> {a['store']}")
-    return s, line
+    return s, embed.summary_line(s, a["store"])
 
 
 def _match(spec: jobspec.JobSpec, client, progress: bool, tmp: str) -> tuple[dict, str]:
@@ -94,11 +90,7 @@ def _match(spec: jobspec.JobSpec, client, progress: bool, tmp: str) -> tuple[dic
                       client=client, storage_options=spec.storage_options, progress=progress)
     s = {k: v for k, v in s.items() if k != "table"}
     s["out"] = a["out"]
-    pq = s["per_query"]
-    line = (f"matched {s['queries']} queries against {s['db']} previews (K={s['K']}, R={s['R']}, "
-            f"V={s['V']}) in {s['seconds']:.1f} s on {s['threads']} threads: "
-            f"{pq['total'] * 1e3:.1f} ms per query -> {a['out']}")
-    return s, line
+    return s, match.summary_line(s)
 
 
 def _report(spec: jobspec.JobSpec, client, progress: bool, tmp: str) -> tuple[dict, str]:
