@@ -317,7 +317,9 @@ def align(query_midi, track_audio, out, soundfont):
 @click.option("--minutes", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Wall-clock budget for all training.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train(queries, db, truth, out, kind, search, minutes, seed):
+@click.option("--align-with", default=None, metavar="STORE",
+              help="Synth-CQT store of the same MIDI, to align DHS pairs when QUERIES is a piano roll.")
+def train(queries, db, truth, out, kind, search, minutes, seed, align_with):
     """Train the DHS and PSE nets (torch) and export them to ONNX."""
     try:
         from .models.train import train_models
@@ -326,7 +328,8 @@ def train(queries, db, truth, out, kind, search, minutes, seed):
 
         raise ParameterError(f"training needs torch: pip install 'msdmatch[train]' ({e})") from None
     dirs = train_models(queries, db, truth, out_dir=out, kind=kind, seed=seed, max_minutes=minutes,
-                        search=search, progress=lambda m: click.echo(m, err=True))
+                        search=search, align_store=align_with,
+                        progress=lambda m: click.echo(m, err=True))
     for k, d in dirs.items():
         click.echo(f"{k}: {d}")
 

@@ -219,7 +219,8 @@ def collect_pairs(
 
 
 def align_pairs(
-    pairs: list[Pair], *, min_confidence: float = 0.5, min_frames: int = 16
+    pairs: list[Pair], *, min_confidence: float = 0.5, min_frames: int = 16,
+    guides: dict[str, np.ndarray] | None = None,
 ) -> tuple[list[Pair], list[Pair]]:
     """Align each pair with cosine DTW and keep the confident ones.
 
@@ -230,6 +231,11 @@ def align_pairs(
         Keep pairs with ``dtw_confidence(score) >= min_confidence`` (thesis: 0.5).
     min_frames : int
         Also reject alignments covering fewer audio frames than this.
+    guides : dict, optional
+        Query id -> features of the same MIDI in another representation at the
+        same frame rate, aligned in place of ``midi`` (piano rolls hold no
+        harmonics, so their DTW against audio is unreliable: align the
+        synthesized CQT and carry the path over).
 
     Returns
     -------
@@ -246,16 +252,18 @@ def align_pairs(
             p.confidence = 0.0
             rejected.append(p)
             continue
-        score, path = cosine_dtw(p.midi, p.audio, return_path=True)
+        guide = guides.get(p.query_id) if guides else None
+        score, path = cosine_dtw(p.midi if guide is None else guide, p.audio, return_path=True)
         p.confidence = float(dtw_confidence(score))
         path = np.asarray(path)
         js, first = np.unique(path[:, 1], return_index=True)
         if p.confidence < min_confidence or len(js) < min_frames:
             rejected.append(p)
             continue
+        rows = np.minimum(path[first, 0], len(p.midi) - 1)
         p.audio_w = p.audio[js]
-        p.midi_w = p.midi[path[first, 0]]
-        p.midi_span = (int(path[first, 0].min()), int(path[first, 0].max()) + 1)
+        p.midi_w = p.midi[rows]
+        p.midi_span = (int(rows.min()), int(rows.max()) + 1)
         kept.append(p)
     return kept, rejected
 

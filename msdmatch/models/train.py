@@ -86,8 +86,9 @@ def default_hparams(kind: str, **overrides: Any) -> HParams:
     if kind == "dhs":
         hp = HParams(alpha=5.33, margin=4.0, beta=0.05, batch=32, crop=100, lr=1e-3)
     elif kind == "pse":
-        hp = HParams(alpha=3.34, margin=1.06, beta=0.0, batch=16, lr=3e-4,
-                     audio_frames=400, midi_frames=800)
+        # whole previews against (nearly) whole songs, as PSE meets them when matching
+        hp = HParams(alpha=3.34, margin=1.06, beta=0.0, batch=16, lr=1e-3,
+                     audio_frames=646, midi_frames=2000)
     else:
         raise ParameterError(f"kind={kind!r} must be 'dhs' or 'pse'")
     return dataclasses.replace(hp, **overrides)
@@ -446,6 +447,7 @@ def train_models(
     device: str | None = None,
     report: bool = True,
     progress: Callable[[str], None] | None = None,
+    align_store: Any = None,
 ) -> dict[str, Path]:
     """Train, validate and export DHS and/or PSE models for one MIDI modality.
 
@@ -480,6 +482,9 @@ def train_models(
         Write the training report PNG.
     progress : callable, optional
         Called with one-line status messages.
+    align_store : store or URL, optional
+        Another featurization of the same MIDI files (e.g. ``midi-synth``)
+        used to align the DHS training pairs; for piano-roll models.
 
     Returns
     -------
@@ -504,7 +509,12 @@ def train_models(
                                 n_valid_pairs=len(valid), seed=seed)
     if "dhs" in kinds:
         t0 = time.monotonic()
-        kept, rejected = align_pairs(pairs, min_confidence=min_confidence)
+        guides = None
+        if align_store is not None:
+            gs = as_store(align_store)
+            gidx = {k: i for i, k in enumerate(gs.ids)}
+            guides = {p.query_id: gs.sequence(gidx[p.query_id]) for p in pairs if p.query_id in gidx}
+        kept, rejected = align_pairs(pairs, min_confidence=min_confidence, guides=guides)
         say(f"aligned {len(pairs)} pairs in {time.monotonic() - t0:.1f}s: kept {len(kept)}, "
             f"rejected {len(rejected)} with confidence < {min_confidence}")
         desc.update(n_aligned=len(kept), n_rejected=len(rejected), min_confidence=min_confidence)
