@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from .errors import MsdmatchError, StageError
+
 #: Environment given to LocalCluster workers so that numba, BLAS and
 #: onnxruntime use one thread per worker thread.
 WORKER_ENV = {
@@ -68,8 +70,6 @@ def client_for(
         try:
             client = Client(address, timeout="20s")
         except OSError as e:
-            from .errors import MsdmatchError
-
             raise MsdmatchError(f"cannot reach Dask scheduler {address!r}: {e}") from None
         _say(f"dask: scheduler {address}  dashboard {client.dashboard_link}", quiet)
         try:
@@ -146,8 +146,20 @@ def run_shards(
         bar.update(1)
     bar.close()
     if errors:
-        errors[0].result()  # re-raise the first task error
+        exc = errors[0].exception()
+        if isinstance(exc, MsdmatchError):
+            raise exc
+        raise StageError(
+            f"{len(errors)} of {len(futures)} {name} tasks failed after {retries} retries "
+            f"({one_line(exc)}); re-run the same command to resume"
+        ) from exc
     return results
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, for one-line error reports."""
+    msg = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0][:300]}" if msg else type(exc).__name__
 
 
 def _bar(total: int, desc: str, enabled: bool):

@@ -240,8 +240,9 @@ def run(url: str, *, models: list[str] | None = None, client=None, scheduler: st
             return run(url, models=models, client=c, partition_size=partition_size,
                        storage_options=storage_options, progress=progress, max_parts=max_parts)
     from .lock import store_lease
+    from .store import access_errors
 
-    with store_lease(url, stage="embed", storage_options=storage_options):
+    with access_errors(url), store_lease(url, stage="embed", storage_options=storage_options):
         return _run(url, store, specs, client=client, partition_size=partition_size,
                     storage_options=storage_options, progress=progress, max_parts=max_parts)
 

@@ -44,3 +44,11 @@ class InputError(MsdmatchError):
     Raised per item inside a stage; the stage records it in ``failures``
     and goes on.
     """
+
+
+class StoreAccessError(MsdmatchError):
+    """A store could not be read or written (network, S3 outage) after retries."""
+
+
+class StageError(MsdmatchError):
+    """Tasks of a stage failed for a reason outside msdmatch (storage, network)."""

@@ -316,8 +316,9 @@ def run(
                        partition_size=partition_size, storage_options=storage_options,
                        overwrite=overwrite, progress=progress, max_parts=max_parts)
     from .lock import store_lease
+    from .store import access_errors
 
-    with store_lease(out, stage="featurize", storage_options=storage_options):
+    with access_errors(out), store_lease(out, stage="featurize", storage_options=storage_options):
         return _run(src, out, client=client, kind=kind, mode=mode, params=params, soundfont=soundfont,
                     partition_size=partition_size, storage_options=storage_options,
                     overwrite=overwrite, progress=progress, max_parts=max_parts)

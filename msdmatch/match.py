@@ -207,6 +207,7 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
         raise ParameterError(f"DB store {db!r} holds {D.modality!r} features; expected 'audio' (swapped arguments?)")
     if Q.modality == "audio":
         raise ParameterError(f"QUERIES store {queries!r} holds audio; expected a MIDI store (swapped arguments?)")
+    Q.require(params=D.params)  # names the differing parameter and how to fix it
     pse, dhs = _model_names(Q, D, models)
     fusion_model = _load_fusion(fusion, Q.modality)
     if client is None:
@@ -231,7 +232,8 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
     data = [client.submit(load_shard, s, url=db, pse=pse, dhs=dhs, storage_options=storage_options,
                           key=f"match-load-shard-{s.sid}-{time.time_ns()}") for s in shards]
     # 1. PSE prune, tree-reduced
-    qE_f = client.scatter(qE, broadcast=True)
+    # a task, not scattered data: if a worker dies, Dask can recompute it
+    qE_f = client.submit(np.array, qE, pure=False, key=f"match-queries-{time.time_ns()}")
     parts = [client.submit(shard_topk, d, qE_f, k=K, key=f"match-prune-{i}-{time.time_ns()}")
              for i, d in enumerate(data)]
     while len(parts) > 1:

@@ -20,14 +20,15 @@ parameters and the msdmatch version; readers refuse anything else.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from . import __version__
-from .errors import FormatMismatchError, StoreError
+from .errors import FormatMismatchError, MsdmatchError, StoreAccessError, StoreError
 from .params import FORMAT_VERSION, MODALITIES, FeatureParams
 
 #: Frames per chunk of ``features`` (16384 x 48 x 2 bytes = 1.5 MiB).
@@ -35,6 +36,33 @@ FEATURES_CHUNK = 16384
 #: Rows per chunk of the per-item string and offset arrays.
 ITEM_CHUNK = 65536
 FAILURE_FIELDS = ("id", "source", "stage", "reason")
+
+
+def _is_io_error(e: BaseException) -> bool:
+    mod = type(e).__module__.split(".")[0]
+    return isinstance(e, OSError) or mod in ("botocore", "aiobotocore", "aiohttp", "s3fs")
+
+
+@contextlib.contextmanager
+def access_errors(url: str) -> Iterator[None]:
+    """Turn storage and network errors raised while a stage runs into one-line :class:`StoreAccessError`.
+
+    Retries have already been spent by then (s3fs/botocore for each request,
+    Dask for each task); the store is left as it was, resumable.
+    """
+    try:
+        yield
+    except MsdmatchError:
+        raise
+    except Exception as e:
+        if not _is_io_error(e):
+            raise
+        from .cluster import one_line
+
+        raise StoreAccessError(
+            f"lost access to store {url!r} ({one_line(e)}); nothing committed is lost: "
+            "re-run the same command to resume"
+        ) from e
 
 
 def is_remote(url: str) -> bool:
