@@ -19,14 +19,19 @@ Method
 The database is scanned in blocks.  For each block, one BLAS product gives the
 surrogate key ``‖d‖² − 2 q·d`` (‖q‖² is constant per query) and a compiled
 kernel compares each query's row against a running threshold with one
-vectorised pass; only entries below it are appended to a per-query buffer.
-The threshold starts at a quantile estimated from a strided sample of the
-shard, and drops whenever the buffer fills and is cut to its best ``cap``
-keys.  Buffered candidates near the boundary are then re-scored exactly, and
-a rigorous float32 rounding bound certifies that no rejected entry could
-belong to the exact top-K; a query that cannot be certified (near-ties at the
-boundary, e.g. duplicate rows, or a sampled threshold that let fewer than K
-through) is rescanned with a larger buffer, down to an exhaustive exact scan.
+vectorised pass.  An entry below it is scored exactly at once, while its row
+of the block is still in cache, and buffered as one packed ``uint64`` key
+``(float32 distance bits << 32) | index``; for non-negative floats the
+integer order of these keys is exactly the (distance, index) order.  When a
+query's buffer fills, it is cut to its ``cap`` smallest keys; every discarded
+entry then orders after the final K-th, and the surrogate threshold drops so
+that it rejects only entries that would be discarded as well (the surrogate's
+rigorous float32 error bound is added).  The starting threshold is a quantile
+estimated from a strided sample of the shard; a query whose sampled threshold
+let fewer than K entries through, or could have rejected an entry that ties
+with the K-th, is rescanned without it, which is always exact.  A float16
+database is widened block by block to float32 (exactly) for the product, and
+the exact distances are taken from that widened block.
 """
 
 from __future__ import annotations
@@ -67,60 +72,53 @@ def default_k(n_db: int) -> int:
 
 
 @njit(cache=True, boundscheck=False)
-def _compact(vals, ids, fill, cap):  # pragma: no cover - compiled
-    """Keep the ``cap`` smallest buffered keys; return (new fill, new threshold)."""
-    t = np.partition(vals[:fill].copy(), cap - 1)[cap - 1]
+def _compact(keys, fill, cap):  # pragma: no cover - compiled
+    """Keep the ``cap`` smallest (unique) keys, in their order; return the largest kept."""
+    kth = np.partition(keys[:fill].copy(), cap - 1)[cap - 1]
     m = 0
     for c in range(fill):
-        if vals[c] < t:
-            vals[m] = vals[c]
-            ids[m] = ids[c]
+        if keys[c] <= kth:
+            keys[m] = keys[c]
             m += 1
-    for c in range(fill):
-        if m == cap:
-            break
-        if vals[c] == t:
-            vals[m] = vals[c]
-            ids[m] = ids[c]
-            m += 1
-    return m, t
+    return kth
 
 
 @njit(cache=True, boundscheck=False)
-def _scan_block(g, nrm, base, bv, bi, fill, thr, cap):  # pragma: no cover - compiled
-    """Buffer the entries of one block whose key is below each query's threshold.
+def _smallest_sorted(keys, fill, k):  # pragma: no cover - compiled
+    """The ``k`` smallest keys of each row, ascending; short rows are padded with all ones.
 
-    ``g[i, j] = -2 q_i·d_j`` and ``nrm[j] = ‖d_j‖²``, so the key is
-    ``‖d‖² − 2 q·d``; ``base`` is the index of the block's first row.  When a
-    query's buffer fills, it is cut to its ``cap`` smallest keys and the
-    threshold drops to the largest kept key; every discarded or rejected entry
-    has a key >= the final threshold.
+    Each row's keys are unique and in index order, so a stable LSD radix sort
+    of the whole row on the distance bits alone (three 11-bit digits, constant
+    digits skipped) sorts it by (distance, index); the first ``k`` are kept.
     """
-    nq, b = g.shape
-    size = bv.shape[1]
-    nw = (b + 7) // 8
-    mask = np.zeros(8 * nw, np.uint8)
-    words = mask.view(np.uint64)
+    nq = keys.shape[0]
+    out = np.full((nq, k), np.iinfo(np.uint64).max, np.uint64)
+    a = np.empty(keys.shape[1], np.uint64)
+    tmp = np.empty(keys.shape[1], np.uint64)
+    cnt = np.empty(2048, np.int64)
     for i in range(nq):
-        row = g[i]
-        vals = bv[i]
-        ids = bi[i]
-        f = fill[i]
-        t = thr[i]
-        _below(row, nrm, t, mask)
-        for w in range(nw):
-            if words[w] == 0:
+        m = fill[i]
+        a[:m] = keys[i, :m]
+        src, dst = a, tmp
+        for shift in (32, 43, 54):
+            cnt[:] = 0
+            for c in range(m):
+                cnt[(src[c] >> np.uint64(shift)) & np.uint64(2047)] += 1
+            if m == 0 or cnt[(src[0] >> np.uint64(shift)) & np.uint64(2047)] == m:
                 continue
-            for jj in range(8 * w, min(8 * w + 8, b)):
-                v = nrm[jj] + row[jj]
-                if v < t:
-                    vals[f] = v
-                    ids[f] = base + jj
-                    f += 1
-                    if f == size:
-                        f, t = _compact(vals, ids, f, cap)
-        fill[i] = f
-        thr[i] = t
+            tot = 0
+            for d in range(2048):
+                c0 = cnt[d]
+                cnt[d] = tot
+                tot += c0
+            for c in range(m):
+                d = (src[c] >> np.uint64(shift)) & np.uint64(2047)
+                dst[cnt[d]] = src[c]
+                cnt[d] += 1
+            src, dst = dst, src
+        n_out = min(m, k)
+        out[i, :n_out] = src[:n_out]
+    return out
 
 
 @njit(cache=True, boundscheck=False, fastmath=True)
@@ -130,60 +128,68 @@ def _below(row, nrm, t, mask):  # pragma: no cover - compiled
         mask[j] = (nrm[j] + row[j]) < t
 
 
-@njit(cache=True, boundscheck=False)
-def _half(h):  # pragma: no cover - compiled
-    """Value of an IEEE binary16 number given its bits (finite values only)."""
-    e = (h >> 10) & 0x1F
-    m = np.float64(h & 0x3FF)
-    v = m * 2.0**-24 if e == 0 else (1.0 + m / 1024.0) * 2.0 ** (np.int64(e) - 15)
-    return -v if h & 0x8000 else v
-
-
 @njit(cache=True, boundscheck=False, fastmath=True)
-def _sq_dist(q, db32, bits, half, r):  # pragma: no cover - compiled
-    """Float64 squared distance from ``q`` to row ``r`` (one fixed summation order)."""
-    d = q.shape[0]
+def _sq_dist(q, row):  # pragma: no cover - compiled
+    """Float64 squared distance between a float64 query and a float32 row."""
     s = 0.0
-    if half:
-        for t in range(d):
-            diff = np.float64(q[t]) - _half(bits[r, t])
-            s += diff * diff
-    else:
-        for t in range(d):
-            diff = np.float64(q[t]) - np.float64(db32[r, t])
-            s += diff * diff
+    for t in range(q.shape[0]):
+        diff = q[t] - np.float64(row[t])
+        s += diff * diff
     return s
 
 
 @njit(cache=True, boundscheck=False)
-def _refine(queries, db32, bits, half, bv, bi, fill, thr, delta, q_n2, k):  # pragma: no cover
-    """Exact top-``k`` of each query's buffered candidates, with a certificate.
+def _key_threshold(v, q_n2, delta):  # pragma: no cover - compiled
+    """Float32 surrogate threshold whose rejections all have distance >= ``v``."""
+    t = np.float64(v) - q_n2 + delta
+    t += abs(t) * 2.0**-22 + 1e-30
+    return np.float32(t)
 
-    A candidate is re-scored exactly when its key is within a margin ``m`` of
-    the ``k``-th smallest key ``s_k``: ``m`` covers twice the key error bound
-    ``delta`` plus two float32 ulps of the distance.  The result is certified
-    when every rejected entry (key >= ``thr``) is also beyond that margin.
+
+@njit(cache=True, boundscheck=False)
+def _scan_block(g, nrm, blk, base, q64, keys, fill, thr, kmax, q_n2, delta, cap):  # pragma: no cover
+    """Score and buffer the entries of one block whose key is below each query's threshold.
+
+    ``g[i, j] = -2 q_i·d_j``, ``nrm[j] = ‖d_j‖²`` and ``blk`` holds the block's
+    float32 rows, whose first index is ``base``.  ``kmax[i]`` is the largest
+    key kept by the last compaction: a new entry with a larger key would be
+    discarded by the next one, so it is skipped.
     """
-    nq = bv.shape[0]
-    dist = np.empty((nq, k), np.float32)
-    idx = np.empty((nq, k), np.int64)
-    ok = np.zeros(nq, np.bool_)
+    nq, b = g.shape
+    size = keys.shape[1]
+    nw = (b + 7) // 8
+    mask = np.zeros(8 * nw, np.uint8)
+    words = mask.view(np.uint64)
+    e32 = np.empty(1, np.float32)
+    e_bits = e32.view(np.uint32)
     for i in range(nq):
+        row = g[i]
+        buf = keys[i]
+        q = q64[i]
         f = fill[i]
-        vals = bv[i, :f].astype(np.float64)
-        s_k = np.partition(vals.copy(), k - 1)[k - 1]
-        top = abs(q_n2[i]) + abs(s_k) + delta[i]
-        m = 2.0 * delta[i] + 2.0 * np.float64(np.spacing(np.float32(top)))
-        ok[i] = thr[i] == np.inf or thr[i] > s_k + m
-        sel = np.sort(bi[i, :f][vals <= s_k + m])
-        e32 = np.empty(sel.shape[0], np.float32)
-        for c in range(sel.shape[0]):
-            e32[c] = np.float32(_sq_dist(queries[i], db32, bits, half, sel[c]))
-        order = np.argsort(e32, kind="mergesort")[:k]
-        for c in range(k):
-            dist[i, c] = e32[order[c]]
-            idx[i, c] = sel[order[c]]
-    return dist, idx, ok
+        t = thr[i]
+        km = kmax[i]
+        _below(row, nrm, t, mask)
+        for w in range(nw):
+            if words[w] == 0:
+                continue
+            for jj in range(8 * w, min(8 * w + 8, b)):
+                if mask[jj] == 0:
+                    continue
+                e32[0] = _sq_dist(q, blk[jj])
+                key = (np.uint64(e_bits[0]) << np.uint64(32)) | np.uint64(base + jj)
+                if key > km:
+                    continue
+                buf[f] = key
+                f += 1
+                if f == size:
+                    km = _compact(buf, f, cap)
+                    f = cap
+                    e_bits[0] = np.uint32(km >> np.uint64(32))
+                    t = min(t, _key_threshold(e32[0], q_n2[i], delta[i]))
+        fill[i] = f
+        thr[i] = t
+        kmax[i] = km
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -201,34 +207,32 @@ def _check_matrix(x: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _sample_threshold(qm2, db, nrm, cap):
+def _sample_threshold(qm2, db, nrm, n_keep):
     """Per-query starting threshold from a strided sample of the keys.
 
-    Chosen so that about ``1.5 cap`` entries of the whole shard fall below it;
-    the scan checks afterwards that at least ``k`` did.
+    Chosen so that about ``n_keep`` entries of the whole shard fall below it;
+    the caller checks afterwards that at least ``k`` did.
     """
     n = db.shape[0]
-    n_s = min(n // 8, math.ceil(300 * n / cap))
+    n_s = min(n // 8, math.ceil(300 * n / n_keep))
     stride = n // n_s
     rows = db[::stride][:n_s].astype(np.float32)
     keys = qm2 @ rows.T + nrm[::stride][:n_s]
-    r = min(n_s - 1, int(1.5 * cap * n_s / n))
+    r = min(n_s - 1, int(n_keep * n_s / n))
     return np.partition(keys, r, axis=1)[:, r].astype(np.float32)
 
 
-def _scan(queries, db, nrm, *, cap, block, sample=True):
-    """Threshold scan; returns buffered (keys, ids), fill counts and final thresholds."""
+def _scan(queries, db, nrm, *, q_n2, delta, thr, cap, block):
+    """Blocked scan; returns each query's buffered packed keys and their count."""
     nq = queries.shape[0]
     n = db.shape[0]
-    size = 2 * cap
-    bv = np.empty((nq, size), dtype=np.float32)
-    bi = np.empty((nq, size), dtype=np.int64)
+    size = min(2 * cap, n)
+    keys = np.empty((nq, size), dtype=np.uint64)
     fill = np.zeros(nq, dtype=np.int64)
-    qm2 = (-2.0 * queries.astype(np.float32)).astype(np.float32)
-    if sample and n >= 64 * cap:
-        thr = _sample_threshold(qm2, db, nrm, cap)
-    else:
-        thr = np.full(nq, np.inf, dtype=np.float32)
+    kmax = np.full(nq, np.iinfo(np.uint64).max, dtype=np.uint64)
+    thr = thr.copy()
+    q64 = queries.astype(np.float64)
+    qm2 = (-2.0 * queries).astype(np.float32)
     g = np.empty((nq, block), dtype=np.float32)
     for s in range(0, n, block):
         e = min(s + block, n)
@@ -237,8 +241,19 @@ def _scan(queries, db, nrm, *, cap, block, sample=True):
             blk = blk.astype(np.float32)
         gb = g[:, : e - s]
         np.matmul(qm2, blk.T, out=gb)
-        _scan_block(gb, nrm[s:e], s, bv, bi, fill, thr, cap)
-    return bv, bi, fill, thr
+        _scan_block(gb, nrm[s:e], blk, s, q64, keys, fill, thr, kmax, q_n2, delta, cap)
+    return keys, fill
+
+
+def _decode(keys: np.ndarray, fill: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` smallest packed keys of each row, sorted, as (distance, index).
+
+    A row with fewer than ``k`` keys is padded with NaN distances.
+    """
+    out = _smallest_sorted(keys, fill, k)
+    dist = (out >> np.uint64(32)).astype(np.uint32).view(np.float32)
+    idx = (out & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    return dist, idx
 
 
 def topk_sq_euclidean(
@@ -257,18 +272,19 @@ def topk_sq_euclidean(
     queries : np.ndarray [shape=(q, d), dtype=float32 or float16]
         Query embeddings.
     db : np.ndarray [shape=(n, d), dtype=float32 or float16]
-        One shard of database embeddings.
+        One shard of database embeddings; ``n < 2**32``.
     k : int > 0
         Number of neighbours per query; clipped to ``n``.
     block : int > 0 or None
-        Database rows per BLAS product.  The default sizes blocks so that the
-        ``(q, block)`` product (about 2 MB) stays in cache for the scan.
+        Database rows per BLAS product.  The default keeps the ``(q, block)``
+        product (about 512 kB) in the core's cache for the scan.
     db_sq_norms : np.ndarray [shape=(n,), dtype=float32] or None
         Precomputed ``‖d‖²`` of the float32 values of ``db`` (saves one pass
         when the same shard is searched many times).
     slack : float >= 0
-        Extra heap capacity, as a fraction of ``k`` (at least 16 entries), that
-        absorbs float32 rounding at the boundary so results can be certified.
+        Extra buffer capacity kept at each compaction, as a fraction of ``k``
+        (at least 16 entries); the sampled starting threshold aims to let
+        about ``1.25 (k + slack k)`` entries through.
 
     Returns
     -------
@@ -297,6 +313,8 @@ def topk_sq_euclidean(
         raise ParameterError(f"slack must be >= 0, got {slack!r}")
     nq, dim = queries.shape
     n = db.shape[0]
+    if n >= 2**32:
+        raise ParameterError(f"db has {n} entries; split it into shards of fewer than 2**32")
     k = min(int(k), n)
     if nq == 0 or n == 0:
         return np.zeros((nq, k), np.float32), np.zeros((nq, k), np.int64)
@@ -310,53 +328,33 @@ def topk_sq_euclidean(
     # Rigorous bound on |surrogate − exact| (dot, norm and one float32 add).
     gam = (dim + 2) * _U32 / (1 - (dim + 2) * _U32)
     max_n2 = float(np.max(nrm)) * (1 + gam)
-    q64 = queries.astype(np.float64)
+    qs = queries.astype(np.float32)
+    q64 = qs.astype(np.float64)
     q_n2 = np.einsum("ij,ij->i", q64, q64)
     delta = 2.0 * gam * (max_n2 + 2.0 * np.sqrt(q_n2 * max_n2)) + 4.0 * _U32 * max_n2
 
-    half = db.dtype == np.float16
-    db32 = db if not half else np.empty((0, dim), np.float32)
-    bits = db.view(np.uint16) if half else np.empty((0, dim), np.uint16)
-    qs = queries.astype(np.float32)
-    dist = np.empty((nq, k), np.float32)
-    idx = np.empty((nq, k), np.int64)
-    todo = np.arange(nq)
-    cap = k + max(16, math.ceil(slack * k))
+    cap = min(n, k + max(16, math.ceil(slack * k)))
     if block is None:
-        # Keep the (q, block) product within ~2 MB so the scan reads it from cache.
-        block = max(1024, min(32768, (2 << 20) // (4 * nq)))
+        # Keep the (q, block) product within ~512 kB so the scan reads it from cache.
+        block = max(256, min(32768, (512 << 10) // (4 * nq)))
     block = min(int(block), n)
-    first = True
-    while todo.size:
-        sub = qs[todo]
-        if cap >= n:
-            # Exhaustive: every entry is a candidate and nothing is rejected.
-            bi = np.broadcast_to(np.arange(n, dtype=np.int64), (todo.size, n)).copy()
-            bv = np.zeros((todo.size, n), np.float32)
-            fill = np.full(todo.size, n, np.int64)
-            thr = np.full(todo.size, np.inf, np.float32)
-            dl = np.zeros(todo.size)
-        else:
-            bv, bi, fill, thr = _scan(sub, db, nrm, cap=cap, block=block, sample=first)
-            dl = delta[todo]
-        enough = fill >= k
-        if not enough.all():
-            # The sampled starting threshold was too low for some queries: rescan
-            # those without it.
-            fill = np.where(enough, fill, k)
-        d_k, i_k, ok = _refine(sub, db32, bits, half, bv, bi, fill,
-                               thr.astype(np.float64), dl, q_n2[todo], k)
-        ok &= enough
-        if cap >= n:
-            ok[:] = True
-        dist[todo[ok]], idx[todo[ok]] = d_k[ok], i_k[ok]
-        todo = todo[~ok]
-        # A query that failed only because the sampled starting threshold let
-        # fewer than k entries through is rescanned without a sample; one that
-        # failed certification gets a larger buffer.
-        if not first or enough[~ok].any():
-            cap = min(n, 4 * cap)
-        first = False
+    thr = np.full(nq, np.inf, dtype=np.float32)
+    if n >= 64 * cap:
+        thr = _sample_threshold(-2.0 * qs, db, nrm, math.ceil(1.25 * cap))
+    keys, fill = _scan(qs, db, nrm, q_n2=q_n2, delta=delta, thr=thr, cap=cap, block=block)
+    dist, idx = _decode(keys, fill, k)
+    # An entry rejected by the sampled threshold has a distance of at least
+    # ``low``; the result is exact unless such an entry could tie or beat the
+    # K-th, or fewer than K entries got through (a NaN K-th distance).
+    low = np.full(nq, np.inf, np.float32)
+    fin = np.isfinite(thr)
+    lo = thr[fin].astype(np.float64) - delta[fin] + q_n2[fin]
+    low[fin] = lo - np.abs(lo) * 2.0**-22 - 1e-30
+    redo = np.flatnonzero(~(dist[:, -1] < low))
+    if redo.size:
+        keys, fill = _scan(qs[redo], db, nrm, q_n2=q_n2[redo], delta=delta[redo],
+                           thr=np.full(redo.size, np.inf, np.float32), cap=cap, block=block)
+        dist[redo], idx[redo] = _decode(keys, fill, k)
     return dist, idx
 
 

@@ -1,0 +1,151 @@
+"""Embed throughput: previews per second per core for PSE + DHS, ONNX against torch, 1 and 2 workers.
+
+1. Direct: :func:`msdmatch.embed.embed_sequences` with the shipped audio nets
+   (PSE and DHS together) on real 30 s previews of a featurized audio store,
+   one onnxruntime thread; best of ``--repeats`` (CPU and wall seconds).
+2. Torch: the same batches through the torch nets rebuilt from each
+   model.json's architecture, with the weights read from the ONNX
+   initializers whose names and shapes match (the count is printed; if any
+   are missing the comparison is of speed only), one torch thread.
+3. Stage: :func:`msdmatch.embed.run` on a fresh copy of the store with a
+   LocalCluster of 1 and then 2 single-threaded workers, for the speed-up.
+
+Usage: ``python benchmarks/embed.py [--store DB.zarr] [--n 256] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_v] = "1"
+
+import numpy as np  # noqa: E402
+
+
+def best(fn, repeats: int) -> tuple[float, float, object]:
+    cpu = wall = np.inf
+    out = None
+    for _ in range(repeats):
+        c0, w0 = time.process_time(), time.perf_counter()
+        out = fn()
+        cpu = min(cpu, time.process_time() - c0)
+        wall = min(wall, time.perf_counter() - w0)
+    return cpu, wall, out
+
+
+def torch_net(info, onnx_path):
+    """Torch net of a model.json's architecture with the ONNX initializers loaded where they match."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from msdmatch.models.nets import NetConfig, build_net
+
+    arch = {k: tuple(v) if isinstance(v, list) else v for k, v in info.raw["architecture"].items()}
+    net = build_net(NetConfig(**arch)).eval()
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(onnx_path)).graph.initializer}
+    sd = net.state_dict()
+    hit = {k: torch.as_tensor(inits[k].copy()) for k, v in sd.items()
+           if k in inits and tuple(inits[k].shape) == tuple(v.shape)}
+    z = info.raw.get("zscore", {}).get("audio", {})
+    for k, v in sd.items():  # z-score buffers are folded into the ONNX graph; model.json keeps them
+        stat = k.rsplit(".", 1)[-1]
+        if k not in hit and stat in ("mean", "std") and len(z.get(stat, ())) == v.numel():
+            hit[k] = torch.as_tensor(np.asarray(z[stat], np.float32)).reshape(v.shape)
+    net.load_state_dict({**sd, **hit})
+    return net, len(hit), len(sd)
+
+
+def run_torch(nets, seqs, downsample):
+    import torch
+
+    from msdmatch.embed import batches
+
+    lengths = np.array([s.shape[0] for s in seqs])
+    with torch.inference_mode():
+        for idx in batches(lengths):
+            T = int(lengths[idx].max())
+            x = np.zeros((len(idx), T, seqs[0].shape[1]), np.float32)
+            m = np.zeros((len(idx), T), np.float32)
+            for b, i in enumerate(idx):
+                x[b, : lengths[i]] = seqs[i]
+                m[b, : lengths[i]] = 1
+            for net in nets:
+                net(torch.from_numpy(x), torch.from_numpy(m))
+
+
+def stage(src: str, n_workers: int, models) -> dict:
+    from msdmatch.cluster import client_for
+    from msdmatch.embed import run
+
+    tmp = tempfile.mkdtemp(prefix="embed-bench-")
+    dst = os.path.join(tmp, "db.zarr")
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("pse", "dhs", "*.lock"))
+    try:
+        with client_for(None, n_workers=n_workers, threads_per_worker=1, quiet=True, dashboard=False) as c:
+            return run(dst, models=models, client=c, partition_size=64, progress=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", default="/work/data/train/db.zarr", help="featurized audio store")
+    ap.add_argument("--models", nargs="*", default=None, help="model dirs (default: shipped)")
+    ap.add_argument("--n", type=int, default=256, help="previews in the direct batch")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.n, args.repeats = 96, 2
+
+    import torch
+
+    from msdmatch.embed import embed_sequences, resolve_models
+    from msdmatch.modelfile import check_compatible
+    from msdmatch.store import Store
+
+    torch.set_num_threads(1)
+    store = Store(args.store)
+    infos = resolve_models(args.models, store.modality)
+    seqs = store.sequences(0, min(args.n, len(store.ids)))
+    n = len(seqs)
+    paths = [check_compatible(i, store_params=store.params, store_modality=store.modality) for i in infos]
+    print(f"# {n} previews of {np.mean([len(s) for s in seqs]):.0f} frames from {args.store}; models "
+          + ", ".join(f"{i.name} ({i.kind}, {p.name})" for i, p in zip(infos, paths, strict=True)))
+
+    def onnx_all():
+        for i, p in zip(infos, paths, strict=True):
+            embed_sequences(seqs, str(p), downsample=i.downsample, threads=1)
+
+    onnx_all()
+    c_o, w_o, _ = best(onnx_all, args.repeats)
+    nets = []
+    for i, p in zip(infos, paths, strict=True):
+        net, got, tot = torch_net(i, p)
+        nets.append(net)
+        print(f"# torch {i.name}: {got}/{tot} tensors loaded from the ONNX initializers"
+              + ("" if got == tot else " (the rest random: speed comparison only)"))
+    run_torch(nets, seqs[:8], None)
+    c_t, w_t, _ = best(lambda: run_torch(nets, seqs, None), args.repeats)
+    print(f"\n{'one core, PSE + DHS':<28} {'previews/s (cpu)':>17} {'previews/s (wall)':>18}")
+    print(f"{'onnxruntime':<28} {n / c_o:>17.1f} {n / w_o:>18.1f}")
+    print(f"{'torch':<28} {n / c_t:>17.1f} {n / w_t:>18.1f}")
+    print(f"ONNX / torch speed (cpu): {c_t / c_o:.2f}x  (target >= 1.5x)")
+    print(f"previews/s/core (cpu): {n / c_o:.1f}  (target >= 20)")
+
+    s1 = stage(args.store, 1, args.models)
+    s2 = stage(args.store, 2, args.models)
+    print(f"\nmsdmatch.embed.run on {s1['items']} previews: 1 worker {s1['seconds']:.1f} s "
+          f"({s1['items'] / s1['seconds']:.1f}/s), 2 workers {s2['seconds']:.1f} s "
+          f"({s2['items'] / s2['seconds']:.1f}/s); speed-up {s1['seconds'] / s2['seconds']:.2f}x "
+          f"(target >= 1.7x; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})")
+
+
+if __name__ == "__main__":
+    main()
