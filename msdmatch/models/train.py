@@ -342,11 +342,13 @@ def fit(
         else:
             xa, ma, xm, mm = sequence_batch(train_pairs, rng=rng, batch=hp.batch,
                                             audio_frames=hp.audio_frames, midi_frames=hp.midi_frames)
-            shift = int(rng.integers(1, hp.batch))
             fa = f(torch.from_numpy(xa).to(dev), torch.from_numpy(ma).to(dev))
             gm = g(torch.from_numpy(xm).to(dev), torch.from_numpy(mm).to(dev))
-            perm = torch.roll(torch.arange(hp.batch), shift)
-            loss = pair_loss(fa, gm, fa[perm], gm, alpha=hp.alpha, margin=hp.margin, beta=hp.beta)
+            # every swap within the batch is a negative: B(B-1) of them per step
+            i, j = torch.meshgrid(torch.arange(hp.batch), torch.arange(hp.batch), indexing="ij")
+            off = i != j
+            loss = pair_loss(fa, gm, fa[i[off]], gm[j[off]], alpha=hp.alpha, margin=hp.margin,
+                             beta=hp.beta)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
