@@ -95,7 +95,7 @@ def stage(src: str, n_workers: int, models) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", default="/work/data/train/db.zarr", help="featurized audio store")
+    ap.add_argument("--store", default="demo_out/db.zarr", help="featurized audio store (made by `make demo`)")
     ap.add_argument("--models", nargs="*", default=None, help="model dirs (default: shipped)")
     ap.add_argument("--n", type=int, default=256, help="previews in the direct batch")
     ap.add_argument("--repeats", type=int, default=3)

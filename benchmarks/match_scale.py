@@ -93,8 +93,8 @@ def parallel(n_workers: int, n_db: int, k: int, r: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", default="/work/data/train/db.zarr", help="embedded (or featurized) audio store")
-    ap.add_argument("--queries", default="/work/data/train/q-synth.zarr", help="MIDI query store")
+    ap.add_argument("--store", default="demo_out/db.zarr", help="embedded (or featurized) audio store (made by `make demo`)")
+    ap.add_argument("--queries", default="demo_out/queries-synth.zarr", help="MIDI query store (made by `make demo`)")
     ap.add_argument("--models", default=None, help="model dir (default: shipped)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--batch", type=int, default=256, help="queries per prune batch")
