@@ -44,3 +44,24 @@ def fit_from_matches(matches: dict, truth: dict, *, l2: float = 1.0):
                              f"true of {len(y)}")
     X = features_for(rows, groups=rows["query_id"])
     return fit_fusion(X, y, groups=rows["query_id"], l2=l2)
+
+
+def calibrate_files(matches_path: str, truth_path: str, *, split: str = "valid", out: str):
+    """Fit on a MATCHES file and the truth rows of ``split``; write the model to ``out``.
+
+    ``truth_path`` is a ``truth.csv`` or a ``split.csv`` (then only rows of
+    ``split`` are used).
+    """
+    import csv
+
+    from .report import read_matches
+
+    with open(truth_path, encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("query_id")]
+    if rows and "split" in rows[0]:
+        rows = [r for r in rows if r["split"] == split]
+    truth = {"query_id": np.array([r["query_id"] for r in rows]),
+             "track_id": np.array([r["track_id"] for r in rows])}
+    model = fit_from_matches(read_matches(matches_path), truth)
+    model.save(out)
+    return model

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 
@@ -247,7 +248,7 @@ def demo(out, songs, distractors, seed, mode, brute_force, scheduler, workers):
     """Build the demo corpus in OUT and run the whole cascade on it."""
     from .demo.pipeline import run_demo
 
-    t0 = __import__("time").perf_counter()
+    t0 = time.perf_counter()
     m = run_demo(out, songs=songs, distractors=distractors, seed=seed, mode=mode,
                  brute_force=brute_force, scheduler=scheduler, n_workers=workers,
                  say=lambda s: click.echo(s, err=True))
@@ -259,7 +260,7 @@ def demo(out, songs, distractors, seed, mode, brute_force, scheduler, workers):
     click.echo(f"time per query on {m['match_threads']} threads: prune {pq['prune'] * 1e3:.1f} ms, "
                f"rerank {pq['rerank'] * 1e3:.1f} ms, verify {pq['verify'] * 1e3:.1f} ms, "
                f"total {pq['total'] * 1e3:.1f} ms")
-    click.echo(f"demo finished in {__import__('time').perf_counter() - t0:.0f} s; report in {out}/report")
+    click.echo(f"demo finished in {time.perf_counter() - t0:.0f} s; report in {out}/report")
 
 
 @main.command()
@@ -270,21 +271,9 @@ def demo(out, songs, distractors, seed, mode, brute_force, scheduler, workers):
 @click.option("--out", required=True, metavar="JSON", help="Fusion model to write.")
 def calibrate(matches, truth, split, out):
     """Fit the fused, calibrated confidence on MATCHES of validation queries."""
-    import csv
+    from .calibrate import calibrate_files
 
-    import numpy as np
-
-    from .calibrate import fit_from_matches
-    from .report import read_matches
-
-    with open(truth, encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("query_id")]
-    if rows and "split" in rows[0]:
-        rows = [r for r in rows if r["split"] == split]
-    t = {"query_id": np.array([r["query_id"] for r in rows]),
-         "track_id": np.array([r["track_id"] for r in rows])}
-    model = fit_from_matches(read_matches(matches), t)
-    model.save(out)
+    model = calibrate_files(matches, truth, split=split, out=out)
     click.echo(f"fusion model -> {out}: {json.dumps(model.metrics)}")
 
 
