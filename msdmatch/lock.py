@@ -47,7 +47,7 @@ def _alive(info: dict) -> bool:
 def _read(fs, path: str) -> dict | None:
     try:
         return json.loads(fs.cat_file(path))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except ValueError:
         return {}
@@ -73,9 +73,12 @@ def store_lease(url: str, *, stage: str, storage_options: dict | None = None) ->
             f"wait for it to finish, or delete {url.rstrip('/')}.lock if that process is gone"
         )
     parent = path.rsplit("/", 1)[0]
-    if parent and not fs.exists(parent):
-        fs.makedirs(parent, exist_ok=True)
-    fs.pipe_file(path, json.dumps(me).encode())
+    try:
+        if parent and not fs.exists(parent):
+            fs.makedirs(parent, exist_ok=True)
+        fs.pipe_file(path, json.dumps(me).encode())
+    except (OSError, ValueError) as e:
+        raise StoreError(f"cannot create store {url!r} (writing its lease {path}): {e}") from None
     time.sleep(0.05)
     if (_read(fs, path) or {}).get("token") != me["token"]:
         raise StoreError(f"store {url!r}: another writer took the lease at the same moment; try again")
