@@ -14,22 +14,12 @@ Usage: ``python benchmarks/dtw_kernels.py [--query 650] [--cand 80] [--n 1000]``
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import numba
 import numpy as np
+from _timing import best_time  # noqa: E402
 
 from msdmatch.dtw import cosine_dtw, hamming_dtw_many
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def related_words(rng: np.random.Generator, base: np.ndarray, n_flips: int) -> np.ndarray:

@@ -19,23 +19,12 @@ import argparse
 import os
 import shutil
 import tempfile
-import time
 
 for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_v] = "1"
 
 import numpy as np  # noqa: E402
-
-
-def best(fn, repeats: int) -> tuple[float, float, object]:
-    cpu = wall = np.inf
-    out = None
-    for _ in range(repeats):
-        c0, w0 = time.process_time(), time.perf_counter()
-        out = fn()
-        cpu = min(cpu, time.process_time() - c0)
-        wall = min(wall, time.perf_counter() - w0)
-    return cpu, wall, out
+from _timing import best  # noqa: E402
 
 
 def torch_net(info, onnx_path):

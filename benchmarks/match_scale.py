@@ -36,23 +36,13 @@ import multiprocessing as mp  # noqa: E402
 
 import numpy as np  # noqa: E402
 from _synthetic import real_codes, synth_dhs, synth_pse  # noqa: E402
+from _timing import best  # noqa: E402
 
 THESIS_S = 109.0  # Raffel's thesis: seconds per query, full cascade at MSD scale
 ICASSP_PRUNE_S = 0.360  # Raffel & Ellis ICASSP 2016: PSE pruning seconds per query
 
 _SHARED: dict = {}
 
-
-def best(fn, repeats: int) -> tuple[float, float, object]:
-    """Best CPU and best wall seconds of ``repeats`` runs, and the last result."""
-    cpu = wall = np.inf
-    out = None
-    for _ in range(repeats):
-        c0, w0 = time.process_time(), time.perf_counter()
-        out = fn()
-        cpu = min(cpu, time.process_time() - c0)
-        wall = min(wall, time.perf_counter() - w0)
-    return cpu, wall, out
 
 
 def rerank(qw: np.ndarray, cand: np.ndarray, words: np.ndarray, offsets: np.ndarray, r: int):
