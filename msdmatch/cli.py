@@ -22,8 +22,13 @@ class _Group(click.Group):
     """A click group whose errors are one line each."""
 
     def main(self, *args, **kwargs):  # noqa: D401
+        import logging
+
         from .errors import MsdmatchError
 
+        # aiohttp/s3fs tasks orphaned by a storage outage are reported as one line below,
+        # not as asyncio's "Task exception was never retrieved" tracebacks
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.NoArgsIsHelpError as e:

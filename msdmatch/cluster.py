@@ -84,6 +84,8 @@ def client_for(
         processes=True,
         dashboard_address="127.0.0.1:0" if dashboard else None,
         env=WORKER_ENV,
+        # task errors reach the user as one line from run_shards, not as worker log tracebacks
+        silence_logs=logging.CRITICAL,
     )
     client = Client(cluster)
     _say(f"dask: LocalCluster with {n} workers  dashboard {client.dashboard_link}", quiet)
