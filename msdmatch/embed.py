@@ -148,7 +148,7 @@ def embed_shard(shard: Shard, *, url: str, models: list[dict], storage_options: 
     store = Store(url, storage_options=storage_options, mode="r+")
     seqs = store.sequences(shard.start, shard.stop)
     threads = _worker_threads()
-    ids = store.ids[shard.start : shard.stop]
+    ids = store.strings("ids", shard.start, shard.stop)  # not all n ids in every task
     bad: dict[str, str] = {}
     arrays: dict[str, np.ndarray] = {}
     for m in models:
@@ -169,7 +169,7 @@ def embed_shard(shard: Shard, *, url: str, models: list[dict], storage_options: 
                 counts.append(len(words[-1]))
             arrays[f"{m['name']}__words"] = np.concatenate(words) if words else np.zeros(0, np.uint32)
             arrays[f"{m['name']}__counts"] = np.asarray(counts, np.int64)
-    srcs = store.sources[shard.start : shard.stop] if bad else []
+    srcs = store.strings("sources", shard.start, shard.stop) if bad else []
     write_part(url, STAGE, shard.pid, arrays,
                {"fail_id": list(bad), "fail_reason": list(bad.values()),
                 "fail_source": [srcs[ids.index(i)] for i in bad]},

@@ -141,6 +141,10 @@ class Store:
         """Where each item came from."""
         return _read_str(self.group, "sources")
 
+    def strings(self, name: str, start: int, stop: int) -> list[str]:
+        """Items ``start:stop`` of a per-item string array (``ids`` or ``sources``), one read."""
+        return [str(v) for v in self.group[name][start:stop]] if stop > start else []
+
     @property
     def n(self) -> int:
         """Number of featurized items."""
