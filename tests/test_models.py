@@ -19,12 +19,16 @@ from msdmatch.models.pairs import (  # noqa: E402
     generated_corpus,
     pad_batch,
     read_truth,
+    sequence_batch,
+    transpose_bins,
     zscore_stats,
 )
 from msdmatch.models.train import (  # noqa: E402
     HParams,
     bhattacharyya,
+    default_hparams,
     fit,
+    nce_loss,
     pair_loss,
     train_models,
 )
@@ -34,6 +38,8 @@ torch.set_num_threads(1)
 TINY = {
     "dhs": NetConfig(kind="dhs", filters=(4, 4, 8), convs_per_group=1, dense=(32,), out_dim=32),
     "pse": NetConfig(kind="pse", filters=(4,), dense=(32, 32), out_dim=128, attention_dim=16),
+    "pse-shipped-shape": NetConfig(kind="pse", filters=(4, 8), dense=(32,), out_dim=128, attention_dim=16,
+                                   time_pool=4, step_dim=32, aux_bits=32, normalize=True),
 }
 
 
@@ -79,10 +85,12 @@ def test_config_rejects_bad_dhs_depth():
         NetConfig(kind="dhs", filters=(8, 8))
 
 
-@pytest.mark.parametrize("kind", ["dhs", "pse"])
+@pytest.mark.parametrize("kind", ["dhs", "pse", "pse-plain"])
 def test_batch_independence(kind, rng):
     torch.manual_seed(0)
-    net = build_net(default_config(kind)).eval()
+    cfg = TINY["pse"] if kind == "pse-plain" else default_config(kind)
+    kind = kind.split("-")[0]
+    net = build_net(cfg).eval()
     seqs = _seqs(rng, [61, 8, 130, 17])
     x, m = pad_batch(seqs)
     with torch.no_grad():
@@ -168,6 +176,41 @@ def test_loss_decreases(kind, aligned):
     loss = res.history["loss"]
     assert len(loss) == 3 and loss[-1] < 0.8 * loss[0]
     assert 0.0 <= res.metrics["bc"] <= 1.0
+
+
+def test_pse_contrastive_loss_with_auxiliary_head_decreases(aligned):
+    """The shipped PSE recipe: NCE + auxiliary aligned hash loss + transposition, 4x time pooling."""
+    kept, _ = aligned
+    train = [p for p in kept if p.split == "train"]
+    valid = [p for p in kept if p.split == "valid"]
+    hp = default_hparams("pse", lr=3e-3, batch=8, aux_crop=48, transpose=2, audio_frames=96,
+                         midi_frames=160)
+    assert hp.loss == "nce" and hp.aux > 0
+    res = fit("pse", train, valid, config=TINY["pse-shipped-shape"], hparams=hp, seed=1, max_steps=120,
+              eval_every=40, patience=10)
+    loss = res.history["loss"]
+    assert len(loss) == 3 and loss[-1] < 0.8 * loss[0]
+    assert 0.0 <= res.metrics["bc"] <= 1.0
+
+
+def test_nce_loss_prefers_matched_rows():
+    x = torch.eye(4)
+    assert nce_loss(x, x, temperature=0.1) < nce_loss(x, x.roll(1, 0), temperature=0.1)
+    assert nce_loss(x, x, temperature=0.1) < 1e-6
+
+
+def test_transposition_shifts_both_sides_alike(aligned, rng):
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    assert np.array_equal(transpose_bins(x, 2), [[0, 0, 0, 1, 2, 3], [0, 0, 6, 7, 8, 9]])
+    assert np.array_equal(transpose_bins(x, -1), [[1, 2, 3, 4, 5, 0], [7, 8, 9, 10, 11, 0]])
+    kept, _ = aligned
+    p = kept[0]
+    xa, xm, _ = aligned_batch([p], rng=np.random.default_rng(5), batch=1, crop=len(p.audio_w), transpose=3)
+    # the same shift on both sides: find it from the audio and check the MIDI
+    k = next(k for k in range(-3, 4) if np.array_equal(xa[0], transpose_bins(p.audio_w, k)))
+    assert np.array_equal(xm[0], transpose_bins(p.midi_w, k))
+    xa, _, xm, _ = sequence_batch([p], rng=rng, batch=4, audio_frames=10**4, midi_frames=10**4, transpose=0)
+    assert np.array_equal(xa[0], p.audio) and np.array_equal(xm[0], p.midi)
 
 
 def test_seed_reproducibility(aligned):

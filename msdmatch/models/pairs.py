@@ -43,6 +43,7 @@ __all__ = [
     "aligned_batch",
     "sequence_batch",
     "pad_batch",
+    "transpose_bins",
     "generated_corpus",
 ]
 
@@ -304,13 +305,32 @@ def _crop(n: int, length: int, rng: np.random.Generator) -> slice:
     return slice(start, start + length)
 
 
+def transpose_bins(x: np.ndarray, k: int) -> np.ndarray:
+    """Shift ``(frames, n_bins)`` features ``k`` semitone bins up (down if negative), zero-filled."""
+    if k == 0:
+        return x
+    y = np.zeros_like(x)
+    if k > 0:
+        y[:, k:] = x[:, :-k]
+    else:
+        y[:, :k] = x[:, -k:]
+    return y
+
+
+def _key(rng: np.random.Generator, transpose: int) -> int:
+    return int(rng.integers(-transpose, transpose + 1)) if transpose else 0
+
+
 def aligned_batch(
-    pairs: Sequence[Pair], *, rng: np.random.Generator, batch: int = 50, crop: int = 100
+    pairs: Sequence[Pair], *, rng: np.random.Generator, batch: int = 50, crop: int = 100,
+    transpose: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Aligned crops for DHS: ``(audio, midi, mask)``, ``(B, crop, n_bins)`` x2 and ``(B, crop)``.
 
     Row ``t`` of ``audio[b]`` and ``midi[b]`` are an aligned frame pair.
-    Pairs shorter than ``crop`` are zero-padded (mask 0).
+    Pairs shorter than ``crop`` are zero-padded (mask 0).  With
+    ``transpose``, both sides of a crop are shifted by the same random
+    number of bins in ``[-transpose, transpose]``.
     """
     if not pairs:
         raise ParameterError("aligned_batch got no aligned pairs; did every pair fail alignment?")
@@ -320,8 +340,9 @@ def aligned_batch(
         p = pairs[int(i)]
         assert p.audio_w is not None and p.midi_w is not None
         sl = _crop(len(p.audio_w), crop, rng)
-        a.append(p.audio_w[sl])
-        m.append(p.midi_w[sl])
+        k = _key(rng, transpose)
+        a.append(transpose_bins(p.audio_w[sl], k))
+        m.append(transpose_bins(p.midi_w[sl], k))
     n_bins = a[0].shape[1]
     xa, mask = pad_batch(a, n_bins=n_bins)
     xm, _ = pad_batch(m, n_bins=n_bins)
@@ -345,6 +366,7 @@ def sequence_batch(
     batch: int = 16,
     audio_frames: int = 646,
     midi_frames: int = 1500,
+    transpose: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Unaligned random crops for PSE: ``(audio, audio_mask, midi, midi_mask)``.
 
@@ -352,6 +374,7 @@ def sequence_batch(
     MIDI crops up to ``midi_frames``.  When a pair was aligned, the MIDI crop
     is placed to contain the aligned region when it fits, so that the crop
     and the preview share content, with a random extension on each side.
+    ``transpose`` shifts both sides of a pair as in :func:`aligned_batch`.
     """
     if not pairs:
         raise ParameterError("sequence_batch got no pairs; is the split empty?")
@@ -359,8 +382,9 @@ def sequence_batch(
     a, m = [], []
     for i in idx:
         p = pairs[int(i)]
-        a.append(p.audio[_crop(len(p.audio), audio_frames, rng)])
-        m.append(p.midi[_midi_crop(p, midi_frames, rng)])
+        k = _key(rng, transpose)
+        a.append(transpose_bins(p.audio[_crop(len(p.audio), audio_frames, rng)], k))
+        m.append(transpose_bins(p.midi[_midi_crop(p, midi_frames, rng)], k))
     n_bins = a[0].shape[1]
     xa, ma = pad_batch(a, n_bins=n_bins)
     xm, mm = pad_batch(m, n_bins=n_bins)

@@ -9,11 +9,21 @@ Conventions
                              + beta * mean(||f(x)||^2 + ||g(y)||^2)
 
   DHS applies it per output step (one 32-d hash per 8 frames) on aligned
-  crops; PSE per sequence on unaligned crops, with ``beta = 0``.
+  crops.  PSE is trained contrastively (``loss='nce'``): each MIDI sequence
+  of a batch must pick its own preview among the batch's previews by
+  ``softmax(-||g(y) - f(x)||^2 / temperature)``, and symmetrically; every
+  other preview of the batch is a negative.  The PSE loss adds the DHS loss
+  on aligned crops through the net's auxiliary hash head (``aux``), which
+  teaches its front end what sounds alike across timbres.
+* Augmentation (both): a random transposition of up to ``transpose``
+  semitones, the same for both sides of a pair, so every pair is seen in
+  several keys and the nets cannot key on absolute pitch alone.
 * Validation: the Bhattacharyya coefficient (BC) between the histograms of
   matched and unmatched distances on the validation split; lower is better.
   DHS uses Hamming distances between the bits of aligned steps; PSE uses
   Euclidean distances between embeddings of whole validation sequences.
+* Schedule: Adam, with the learning rate decayed along a cosine to 5% over
+  the step or time budget, whichever runs out first.
 * Reproducibility: the nets are seeded from ``seed`` and batches drawn from
   ``numpy.random.default_rng(seed)``; with a step limit (``max_steps``) a
   rerun on the same machine gives identical weights.  The wall-clock limit
@@ -52,6 +62,7 @@ __all__ = [
     "HParams",
     "FitResult",
     "pair_loss",
+    "nce_loss",
     "bhattacharyya",
     "validate",
     "fit",
@@ -60,6 +71,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+SHARE = {"pse": 5.0, "dhs": 2.0}  # split of the wall-clock budget when training both kinds
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,17 @@ class HParams:
     midi_frames: int = 1500
     optimizer: str = "adam"
     grad_clip: float = 10.0
+    loss: str = "hinge"
+    temperature: float = 0.1
+    aux: float = 0.0
+    aux_crop: int = 200
+    transpose: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("hinge", "nce"):
+            raise ParameterError(f"loss={self.loss!r} must be 'hinge' or 'nce'")
+        if self.batch < 2:
+            raise ParameterError(f"batch={self.batch} must be >= 2 (negatives come from the batch)")
 
 
 def default_hparams(kind: str, **overrides: Any) -> HParams:
@@ -87,7 +111,8 @@ def default_hparams(kind: str, **overrides: Any) -> HParams:
         hp = HParams(alpha=5.33, margin=4.0, beta=0.05, batch=32, crop=100, lr=1e-3)
     elif kind == "pse":
         # whole previews against (nearly) whole songs, as PSE meets them when matching
-        hp = HParams(alpha=3.34, margin=1.06, beta=0.0, batch=16, lr=1e-3,
+        hp = HParams(alpha=5.33, margin=4.0, beta=0.05, batch=16, lr=1e-3, loss="nce",
+                     temperature=0.1, aux=1.0, aux_crop=200, transpose=5,
                      audio_frames=646, midi_frames=2000)
     else:
         raise ParameterError(f"kind={kind!r} must be 'dhs' or 'pse'")
@@ -135,6 +160,22 @@ def pair_loss(
     return loss
 
 
+def nce_loss(fx: torch.Tensor, gy: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    """Symmetric contrastive loss of matched rows.
+
+    Parameters
+    ----------
+    fx, gy : torch.Tensor [shape=(B, d)]
+        Row ``i`` of both is a matched pair; every other row is a negative.
+    temperature : float
+        Scale of the logits ``-||gy_i - fx_j||^2 / temperature``.
+    """
+    logits = -((gy[:, None, :] - fx[None, :, :]) ** 2).sum(-1) / temperature
+    labels = torch.arange(len(fx), device=fx.device)
+    ce = torch.nn.functional.cross_entropy
+    return 0.5 * (ce(logits, labels) + ce(logits.T, labels))
+
+
 def bhattacharyya(
     matched: np.ndarray, unmatched: np.ndarray, *, bins: int | np.ndarray = 100
 ) -> float:
@@ -175,15 +216,6 @@ def bhattacharyya(
     p /= max(p.sum(), 1.0)
     q /= max(q.sum(), 1.0)
     return float(np.sqrt(p * q).sum())
-
-
-def _downsample_mask(mask: np.ndarray, factor: int) -> np.ndarray:
-    """``(B, T)`` -> ``(B, ceil(T/factor))``: valid where any frame is valid."""
-    b, t = mask.shape
-    n = -(-t // factor)
-    padded = np.zeros((b, n * factor), mask.dtype)
-    padded[:, :t] = mask
-    return padded.reshape(b, n, factor).max(axis=2)
 
 
 def _run(net: torch.nn.Module, seqs: Sequence[np.ndarray], *, device: str, chunk: int = 8) -> list[np.ndarray]:
@@ -240,6 +272,32 @@ def validate(
     return dict(bc=bhattacharyya(matched, unmatched, bins=np.arange(-0.5, 33.0)),
                 matched=matched, unmatched=unmatched,
                 bit_balance=float(np.concatenate(ba).mean()), n_pairs=len(pairs))
+
+
+def _aligned_loss(f: torch.nn.Module, g: torch.nn.Module, pairs: Sequence[Pair], *,
+                  rng: np.random.Generator, hp: HParams, batch: int, crop: int, device: str) -> torch.Tensor:
+    """DHS hinge loss per output step on a batch of aligned crops.
+
+    ``f``/``g`` are DHS nets, or PSE nets with an auxiliary hash head; both
+    have ``step_hashes(features, mask) -> (hashes (B, T', bits), mask (B, T'))``.
+    Negatives pair each audio step with the MIDI step of another crop.
+    """
+    xa, xm, mask = aligned_batch(pairs, rng=rng, batch=batch, crop=crop, transpose=hp.transpose)
+    ta, tm, tk = (torch.from_numpy(v).to(device) for v in (xa, xm, mask))
+    (fa, w), (gm, _) = f.step_hashes(ta, tk), g.step_hashes(tm, tk)
+    perm = torch.roll(torch.arange(batch), int(rng.integers(1, batch)))
+    return pair_loss(fa, gm, fa[perm], gm, alpha=hp.alpha, margin=hp.margin, beta=hp.beta,
+                     weight=w, neg_weight=w[perm] * w)
+
+
+def _lr_scale(step: int, max_steps: int, elapsed: float, max_seconds: float) -> float:
+    """Cosine decay of the learning rate to 5% over the run's step or time budget.
+
+    Progress is the larger of the step and wall-clock fractions, so a run
+    limited by time still ends with a small learning rate.
+    """
+    p = min(1.0, max(step / max_steps, elapsed / max_seconds))
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
 @dataclass
@@ -329,26 +387,29 @@ def fit(
     hist: dict[str, list[float]] = dict(step=[], loss=[], val_step=[], val_bc=[])
     best_bc, best_state, best_metrics, bad, running = math.inf, None, None, 0, []
     step = 0
+    aligned = [p for p in train_pairs if p.audio_w is not None]
+    use_aux = kind == "pse" and hp.aux > 0 and config.aux_bits > 0 and bool(aligned)
+    if kind == "pse" and hp.aux > 0 and config.aux_bits > 0 and not aligned:
+        log.warning("no aligned training pairs: PSE trains without its auxiliary hash loss")
     for step in range(1, max_steps + 1):
         if kind == "dhs":
-            xa, xm, mask = aligned_batch(train_pairs, rng=rng, batch=hp.batch, crop=hp.crop)
-            shift = int(rng.integers(1, hp.batch))
-            ta, tm, tk = (torch.from_numpy(v).to(dev) for v in (xa, xm, mask))
-            fa, gm = f(ta, tk), g(tm, tk)
-            w = torch.from_numpy(_downsample_mask(mask, config.downsample)).to(dev)
-            perm = torch.roll(torch.arange(hp.batch), shift)
-            loss = pair_loss(fa, gm, fa[perm], gm, alpha=hp.alpha, margin=hp.margin,
-                             beta=hp.beta, weight=w, neg_weight=w[perm] * w)
+            loss = _aligned_loss(f, g, aligned, rng=rng, hp=hp, batch=hp.batch, crop=hp.crop, device=dev)
         else:
-            xa, ma, xm, mm = sequence_batch(train_pairs, rng=rng, batch=hp.batch,
-                                            audio_frames=hp.audio_frames, midi_frames=hp.midi_frames)
+            xa, ma, xm, mm = sequence_batch(train_pairs, rng=rng, batch=hp.batch, audio_frames=hp.audio_frames,
+                                            midi_frames=hp.midi_frames, transpose=hp.transpose)
             fa = f(torch.from_numpy(xa).to(dev), torch.from_numpy(ma).to(dev))
             gm = g(torch.from_numpy(xm).to(dev), torch.from_numpy(mm).to(dev))
-            # every swap within the batch is a negative: B(B-1) of them per step
-            i, j = torch.meshgrid(torch.arange(hp.batch), torch.arange(hp.batch), indexing="ij")
-            off = i != j
-            loss = pair_loss(fa, gm, fa[i[off]], gm[j[off]], alpha=hp.alpha, margin=hp.margin,
-                             beta=hp.beta)
+            if hp.loss == "nce":
+                loss = nce_loss(fa, gm, temperature=hp.temperature)
+            else:  # every swap within the batch is a negative: B(B-1) of them per step
+                i, j = torch.meshgrid(torch.arange(hp.batch), torch.arange(hp.batch), indexing="ij")
+                off = i != j
+                loss = pair_loss(fa, gm, fa[i[off]], gm[j[off]], alpha=hp.alpha, margin=hp.margin)
+            if use_aux:
+                loss = loss + hp.aux * _aligned_loss(f, g, aligned, rng=rng, hp=hp, batch=32,
+                                                     crop=hp.aux_crop, device=dev)
+        for group in opt.param_groups:
+            group["lr"] = hp.lr * _lr_scale(step, max_steps, time.monotonic() - t0, max_seconds)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
@@ -467,8 +528,9 @@ def train_models(
     kind : {'both', 'dhs', 'pse'}
     seed : int
     max_minutes : float
-        Wall-clock budget for all training, split evenly between kinds and
-        trials.
+        Wall-clock budget for all training, split 5:2 between PSE and DHS
+        (PSE learns from one pair per sequence, DHS from every aligned step)
+        and evenly between trials.
     search : int
         Number of random-search trials per kind (0: train the defaults once).
     max_steps : int, optional
@@ -509,19 +571,19 @@ def train_models(
                                 db_store=str(getattr(ds, "url", "in-memory")),
                                 query_modality=qs.modality, n_train_pairs=len(train),
                                 n_valid_pairs=len(valid), seed=seed)
-    if "dhs" in kinds:
-        t0 = time.monotonic()
-        guides = None
-        if align_store is not None:
-            gs = as_store(align_store)
-            gidx = {k: i for i, k in enumerate(gs.ids)}
-            guides = {p.query_id: gs.sequence(gidx[p.query_id]) for p in pairs if p.query_id in gidx}
-        kept, rejected = align_pairs(pairs, min_confidence=min_confidence, guides=guides)
-        say(f"aligned {len(pairs)} pairs in {time.monotonic() - t0:.1f}s: kept {len(kept)}, "
-            f"rejected {len(rejected)} with confidence < {min_confidence}")
-        desc.update(n_aligned=len(kept), n_rejected=len(rejected), min_confidence=min_confidence)
+    # aligned pairs train DHS and the PSE auxiliary head, and place PSE's MIDI crops
+    t0 = time.monotonic()
+    guides = None
+    if align_store is not None:
+        gs = as_store(align_store)
+        gidx = {k: i for i, k in enumerate(gs.ids)}
+        guides = {p.query_id: gs.sequence(gidx[p.query_id]) for p in pairs if p.query_id in gidx}
+    kept, rejected = align_pairs(pairs, min_confidence=min_confidence, guides=guides)
+    say(f"aligned {len(pairs)} pairs in {time.monotonic() - t0:.1f}s: kept {len(kept)}, "
+        f"rejected {len(rejected)} with confidence < {min_confidence}")
+    desc.update(n_aligned=len(kept), n_rejected=len(rejected), min_confidence=min_confidence)
     out = Path(out_dir)
-    budget = max_minutes * 60.0 / len(kinds) / max(search, 1)
+    share = {k: SHARE[k] / sum(SHARE[j] for j in kinds) for k in kinds}
     result = {}
     for k in kinds:
         if k == "dhs":
@@ -530,6 +592,7 @@ def train_models(
         else:
             tr, va = train, valid
         mdir = out / f"{k}-{qs.modality}"
+        budget = max_minutes * 60.0 * share[k] / max(search, 1)
         fit_kw = dict(stats=stats, max_steps=max_steps or 20000, max_seconds=budget,
                       eval_every=eval_every, patience=patience, device=device)
         say(f"training {k} on {len(tr)} pairs (validation {len(va)}), budget {budget:.0f}s per run")
