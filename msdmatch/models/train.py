@@ -72,7 +72,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SHARE = {"pse": 5.0, "dhs": 2.0}  # split of the wall-clock budget when training both kinds
+SHARE = {"pse": 3.0, "dhs": 2.0}  # split of the wall-clock budget when training both kinds
 
 
 @dataclass(frozen=True)
@@ -528,7 +528,7 @@ def train_models(
     kind : {'both', 'dhs', 'pse'}
     seed : int
     max_minutes : float
-        Wall-clock budget for all training, split 5:2 between PSE and DHS
+        Wall-clock budget for all training, split 3:2 between PSE and DHS
         (PSE learns from one pair per sequence, DHS from every aligned step)
         and evenly between trials.
     search : int
