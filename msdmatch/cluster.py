@@ -7,11 +7,14 @@ This is the only module that reads the environment for cluster settings.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from .errors import MsdmatchError, StageError
 
@@ -23,6 +26,24 @@ WORKER_ENV = {
     "OPENBLAS_NUM_THREADS": "1",
     "NUMBA_NUM_THREADS": "1",
 }
+
+
+class QuietAsyncio(WorkerPlugin):
+    """Keep asyncio's leftover-task tracebacks out of a LocalCluster worker's stderr.
+
+    LocalCluster workers write to the terminal of the command that started
+    them.  When storage is lost, aiohttp leaves request tasks behind whose
+    errors nobody retrieves, and asyncio prints each one as a traceback
+    ("Task exception was never retrieved").  The error that matters reaches
+    the user as one line from :func:`run_shards`.  Registered as a plugin, so
+    a worker that replaces a dead one is quieted too.
+    """
+
+    name = "msdmatch-quiet-asyncio"
+
+    def setup(self, worker) -> None:
+        """Raise the worker's ``asyncio`` logger to CRITICAL."""
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def scheduler_address(option: str | None) -> str | None:
@@ -59,8 +80,6 @@ def client_for(
     quiet : bool
         Do not print the dashboard link.
     """
-    import logging
-
     from distributed import Client, LocalCluster
 
     for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker"):
@@ -88,7 +107,9 @@ def client_for(
         silence_logs=logging.CRITICAL,
     )
     client = Client(cluster)
-    _say(f"dask: LocalCluster with {n} workers  dashboard {client.dashboard_link}", quiet)
+    client.register_plugin(QuietAsyncio())
+    _say(f"dask: LocalCluster with {n} workers, scheduler {cluster.scheduler_address}  "
+         f"dashboard {client.dashboard_link}", quiet)
     try:
         yield client
     finally:
@@ -123,7 +144,15 @@ def run_shards(
 
     The shards go through a Dask bag with one shard per partition, so the
     dashboard shows tasks named ``<name>``.  Results come back in shard
-    order; a task that raises makes this raise after the others finish.
+    order.  A task that still fails after ``retries`` retries fails the
+    stage at once: the tasks not yet finished are cancelled (what they
+    committed stays), so a lasting storage outage costs one task's retry
+    budget rather than every task's.
+
+    Raises
+    ------
+    MsdmatchError
+        The task's own error if it is one, else :class:`StageError`.
     """
     import dask.bag as db
     from distributed import as_completed
@@ -138,24 +167,30 @@ def run_shards(
     futures = client.compute(bag.to_delayed(optimize_graph=False), retries=retries)
     index = {f.key: i for i, f in enumerate(futures)}
     results: list = [None] * len(futures)
-    errors = []
     bar = _bar(len(futures), name, progress)
-    for fut in as_completed(futures):
-        if fut.status == "error":
-            errors.append(fut)
-        else:
+    try:
+        for n_done, fut in enumerate(as_completed(futures)):
+            if fut.status == "error":
+                exc = fut.exception()  # before the cancel, which forgets it
+                client.cancel(futures)
+                raise _task_error(exc, name=name, done=n_done, total=len(futures), retries=retries)
             results[index[fut.key]] = fut.result()[0]
-        bar.update(1)
-    bar.close()
-    if errors:
-        exc = errors[0].exception()
-        if isinstance(exc, MsdmatchError):
-            raise exc
-        raise StageError(
-            f"{len(errors)} of {len(futures)} {name} tasks failed after {retries} retries "
-            f"({one_line(exc)}); re-run the same command to resume"
-        ) from exc
+            bar.update(1)
+    finally:
+        bar.close()
     return results
+
+
+def _task_error(exc: BaseException, *, name: str, done: int, total: int, retries: int) -> MsdmatchError:
+    """The one-line error that ends a stage whose task failed for good."""
+    if isinstance(exc, MsdmatchError):
+        return exc
+    err = StageError(
+        f"a {name} task failed after {retries} retries ({one_line(exc)}); {done} of {total} tasks "
+        "had finished and are kept: re-run the same command to resume"
+    )
+    err.__cause__ = exc
+    return err
 
 
 def one_line(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputError, ParameterError
+from .errors import InputError, ParameterError, StageError
 from .params import DEFAULT_PARAMS, FeatureParams
 from .sources import AUDIO_EXTENSIONS, MIDI_EXTENSIONS, Item, resolve_sources
 
@@ -362,9 +362,15 @@ def _run(src, out, *, client, kind, mode, params, soundfont, partition_size, sto
                    kwargs={"url": out, "modality": modality, "params": params, "soundfont": soundfont,
                            "storage_options": storage_options, "input_options": storage_options})
         summary.parts_run = len(todo)
-        if len(committed_parts(group, STAGE)) == len(shards):
+        missing = len(shards) - len(committed_parts(group, STAGE))
+        if not missing:
             consolidate(client, out, n_parts=len(shards), rejected=rejected, params=params,
                         storage_options=storage_options, progress=progress)
+        elif max_parts is None:
+            raise StageError(
+                f"{missing} of {len(shards)} partitions of {out!r} are not committed although every "
+                "task finished; nothing committed is lost: re-run the same command to resume"
+            )
     attrs = dict(open_group(out, storage_options=storage_options).attrs)
     summary.items = int(attrs.get("n_items", 0))
     summary.failures = int(attrs.get("n_failures", 0))

@@ -1,9 +1,12 @@
 """A lease on a store, so that two writers never work on it at once.
 
 The lease is a small JSON file beside the store (``<store>.lock``), local or
-on S3.  A writer takes it before it starts and renews it every
-``HEARTBEAT`` seconds; a second writer is refused with a message naming the
-holder.  A lease is stale, and may be taken over, when its holder has not
+on S3.  A writer takes it before it starts, by creating the file only if it
+does not exist (``O_EXCL`` locally, ``If-None-Match: *`` on S3, so of two
+writers starting at once exactly one succeeds; on an S3-compatible server
+that ignores ``If-None-Match``, reading the lease back 50 ms later is the
+remaining guard), and renews it every ``HEARTBEAT`` seconds; a second writer
+is refused with a message naming the holder.  A lease is stale, and may be taken over, when its holder has not
 renewed it for ``STALE`` seconds, or when its holder ran on this host and its
 process is gone (e.g. killed with SIGKILL).
 """
@@ -27,8 +30,10 @@ STALE = 90.0
 def _fs_path(url: str, storage_options: dict | None):
     import fsspec
 
+    from .store import fs_options
+
     lock = str(url).rstrip("/") + ".lock"
-    fs, path = fsspec.core.url_to_fs(lock, **((storage_options or {}) if "://" in lock else {}))
+    fs, path = fsspec.core.url_to_fs(lock, **(fs_options(storage_options) if "://" in lock else {}))
     return fs, path
 
 
@@ -45,17 +50,83 @@ def _alive(info: dict) -> bool:
 
 
 def _read(fs, path: str) -> dict | None:
+    """The lease at ``path``; None if there is none, {} if it cannot be parsed."""
     try:
-        return json.loads(fs.cat_file(path))
+        doc = json.loads(fs.cat_file(path))
     except (FileNotFoundError, NotADirectoryError):
         return None
     except ValueError:
         return {}
+    return doc if isinstance(doc, dict) and "token" in doc else {}
+
+
+def _create(fs, path: str, data: bytes) -> bool:
+    """Write ``path`` unless it exists, atomically (O_EXCL locally, If-None-Match on S3)."""
+    try:
+        with fs.open(path, "xb") as f:
+            f.write(data)
+    except FileExistsError:
+        return False
+    return True
+
+
+def _holder(fs, path: str) -> dict | None:
+    """The live lease at ``path``, if any; a stale one is removed.
+
+    A lease that cannot be parsed is being written right now, unless it
+    still cannot be parsed a moment later (its writer died mid-write).
+    """
+    held = _read(fs, path)
+    if held == {}:
+        time.sleep(0.5)
+        held = _read(fs, path)
+    if held is None:
+        return None
+    if held and _alive(held):
+        return held
+    with contextlib.suppress(FileNotFoundError):
+        if _read(fs, path) == held:
+            fs.rm_file(path)
+    return None
+
+
+def _busy(url: str, held: dict) -> StoreError:
+    since = time.strftime("%H:%M:%S", time.localtime(held.get("since", 0)))
+    return StoreError(
+        f"store {url!r} is being written by `msdmatch {held.get('stage')}` (pid {held.get('pid')} "
+        f"on {held.get('host')}, since {since}); "
+        f"wait for it to finish, or delete {url.rstrip('/')}.lock if that process is gone"
+    )
+
+
+def _acquire(fs, path: str, url: str, me: dict) -> None:
+    """Take the lease or raise :class:`StoreError` naming its holder."""
+    parent = path.rsplit("/", 1)[0]
+    try:
+        if parent and not fs.exists(parent):
+            fs.makedirs(parent, exist_ok=True)
+        for _ in range(2):  # the second try follows the removal of a stale lease
+            if _create(fs, path, json.dumps(me).encode()):
+                break
+            held = _holder(fs, path)
+            if held:
+                raise _busy(url, held)
+        else:
+            raise StoreError(f"store {url!r}: another writer took the lease at the same moment; try again")
+    except (OSError, ValueError) as e:
+        raise StoreError(f"cannot create store {url!r} (writing its lease {path}): {e}") from None
+    time.sleep(0.05)
+    if (_read(fs, path) or {}).get("token") != me["token"]:
+        raise StoreError(f"store {url!r}: another writer took the lease at the same moment; try again")
 
 
 @contextlib.contextmanager
 def store_lease(url: str, *, stage: str, storage_options: dict | None = None) -> Iterator[dict]:
     """Hold the store's lease for the duration of a stage.
+
+    The lease is created only if there is none (an atomic exclusive create,
+    locally and on S3), so of two writers starting at once exactly one gets
+    it.  A stale lease is removed first.
 
     Raises
     ------
@@ -65,23 +136,7 @@ def store_lease(url: str, *, stage: str, storage_options: dict | None = None) ->
     fs, path = _fs_path(url, storage_options)
     me = {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
           "stage": stage, "since": time.time(), "renewed": time.time()}
-    held = _read(fs, path)
-    if held and _alive(held):
-        raise StoreError(
-            f"store {url!r} is being written by `msdmatch {held.get('stage')}` (pid {held.get('pid')} "
-            f"on {held.get('host')}, since {time.strftime('%H:%M:%S', time.localtime(held.get('since', 0)))}); "
-            f"wait for it to finish, or delete {url.rstrip('/')}.lock if that process is gone"
-        )
-    parent = path.rsplit("/", 1)[0]
-    try:
-        if parent and not fs.exists(parent):
-            fs.makedirs(parent, exist_ok=True)
-        fs.pipe_file(path, json.dumps(me).encode())
-    except (OSError, ValueError) as e:
-        raise StoreError(f"cannot create store {url!r} (writing its lease {path}): {e}") from None
-    time.sleep(0.05)
-    if (_read(fs, path) or {}).get("token") != me["token"]:
-        raise StoreError(f"store {url!r}: another writer took the lease at the same moment; try again")
+    _acquire(fs, path, url, me)
     stop = threading.Event()
 
     def renew() -> None:

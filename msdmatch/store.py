@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import os
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -70,13 +73,37 @@ def is_remote(url: str) -> bool:
     return "://" in str(url) and not str(url).startswith("file://")
 
 
+def fs_options(storage_options: dict | None) -> dict:
+    """fsspec options for a remote store: the caller's, with directory listings never cached.
+
+    A store is written by many processes at once: worker processes commit
+    parts while the process that runs the stage waits, then lists them.
+    s3fs keeps every listing for the life of its filesystem instance, and
+    fsspec shares one instance per set of options in a process, so a listing
+    taken before the workers ran (the resume check) would hide every part
+    they committed since.  Listings are only taken per stage, never per item,
+    so not caching them costs a few requests.
+
+    Parameters
+    ----------
+    storage_options : dict, optional
+        The caller's fsspec options (credentials, ``endpoint_url``, ``config_kwargs``).
+
+    Returns
+    -------
+    dict
+        A new dict; ``use_listings_cache`` is always False.
+    """
+    return {**(storage_options or {}), "use_listings_cache": False}
+
+
 def open_group(url: str, *, mode: str = "r", storage_options: dict | None = None):
-    """Open a Zarr v3 group locally or through fsspec."""
+    """Open a Zarr v3 group locally or through fsspec (see :func:`fs_options`)."""
     import zarr
 
     kw: dict[str, Any] = {}
     if is_remote(url):
-        kw["storage_options"] = dict(storage_options or {})
+        kw["storage_options"] = fs_options(storage_options)
     try:
         return zarr.open_group(str(url), mode=mode, zarr_format=3, **kw)
     except FileNotFoundError:
@@ -255,7 +282,7 @@ def init_store(
                 "re-run with the original SRC, choose another --out, or pass --overwrite"
             )
         return open_group(url, mode="r+", storage_options=storage_options)
-    kw: dict[str, Any] = {"storage_options": dict(storage_options or {})} if is_remote(url) else {}
+    kw: dict[str, Any] = {"storage_options": fs_options(storage_options)} if is_remote(url) else {}
     try:
         g = zarr.open_group(url, mode="w", zarr_format=3, **kw)
     except (PermissionError, OSError) as e:
@@ -272,6 +299,75 @@ def part_path(stage: str, pid: int) -> str:
     return f"_parts/{stage}/p{pid:06d}"
 
 
+def encode_part(arrays: dict[str, np.ndarray], strings: dict[str, Sequence[str]]) -> dict[str, bytes]:
+    """The objects of one staged part's arrays, keyed by their path inside the part; nothing is stored.
+
+    The part is built by zarr in memory, so the objects are exactly those
+    zarr would write.  The part's own group metadata (``zarr.json``) is left
+    out: :func:`write_part` stores it.
+
+    Parameters
+    ----------
+    arrays : dict of str to np.ndarray
+        Numeric arrays, chunked along their first axis.
+    strings : dict of str to sequence of str
+        String arrays.
+
+    Returns
+    -------
+    objects : dict of str to bytes
+    """
+    import zarr
+    from zarr.storage import MemoryStore
+
+    buffers: dict = {}
+    g = zarr.open_group(MemoryStore(buffers), mode="w", zarr_format=3)
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        chunks = (max(1, min(a.shape[0], FEATURES_CHUNK)),) + a.shape[1:]
+        arr = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=chunks)
+        if a.size:
+            arr[...] = a
+    for name, values in strings.items():
+        _str_array(g, name, values)
+    return {k: v.to_bytes() for k, v in buffers.items() if k != "zarr.json"}
+
+
+def group_doc(attributes: dict | None = None) -> bytes:
+    """The ``zarr.json`` of a Zarr v3 group with ``attributes`` (the spec's format)."""
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": attributes or {}}
+    return json.dumps(doc, indent=2).encode()
+
+
+def filesystem(url: str, storage_options: dict | None = None) -> tuple[Any, str]:
+    """The fsspec filesystem of a store and the store's root path on it (see :func:`fs_options`)."""
+    import fsspec
+
+    options = fs_options(storage_options) if is_remote(url) else {"auto_mkdir": True}
+    fs, root = fsspec.core.url_to_fs(str(url), **options)
+    return fs, root.rstrip("/")
+
+
+def _remove(fs, path: str) -> None:
+    """Delete ``path`` and everything below it, if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path, recursive=True)
+
+
+def _put_whole(fs, path: str, data: bytes) -> None:
+    """Store one object so that a reader sees all of it or none of it.
+
+    An object store's PUT is already that; a local file is written beside
+    its place and renamed into it.
+    """
+    if "file" not in fs.protocol:
+        fs.pipe_file(path, data)
+        return
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    fs.pipe_file(tmp, data)
+    os.replace(tmp, path)
+
+
 def write_part(
     url: str,
     stage: str,
@@ -281,23 +377,32 @@ def write_part(
     *,
     storage_options: dict | None = None,
 ) -> None:
-    """Write one partition's staging arrays, then mark it committed.
+    """Store one partition's staging arrays, then mark it committed.
 
-    A part that was half-written by an interrupted run is overwritten; the
-    ``committed`` attribute is written last, so readers never see a partial
-    part.
+    The part's arrays are encoded in memory (:func:`encode_part`) and stored
+    together (concurrently on S3) below an uncommitted group; the group
+    metadata with ``committed`` replaces it last, in one whole-object write,
+    so readers never see a partial part.  A part left by an earlier attempt
+    is uncommitted first (its group metadata goes before any of its arrays),
+    then removed, so a rewrite that dies half-way never leaves a committed
+    part with missing chunks.
     """
-    root = open_group(url, mode="r+", storage_options=storage_options)
-    g = root.create_group(part_path(stage, pid), overwrite=True)
-    for name, a in arrays.items():
-        a = np.asarray(a)
-        chunks = (max(1, min(a.shape[0], FEATURES_CHUNK)),) + a.shape[1:]
-        arr = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=chunks, overwrite=True)
-        if a.size:
-            arr[...] = a
-    for name, values in strings.items():
-        _str_array(g, name, values)
-    g.attrs["committed"] = True
+    objects = encode_part(arrays, strings)
+    fs, root = filesystem(url, storage_options)
+    _ensure_group(fs, f"{root}/_parts")
+    _ensure_group(fs, f"{root}/_parts/{stage}")
+    base = f"{root}/{part_path(stage, pid)}"
+    _remove(fs, f"{base}/zarr.json")
+    _remove(fs, base)
+    _put_whole(fs, f"{base}/zarr.json", group_doc())
+    fs.pipe({f"{base}/{k}": v for k, v in objects.items()})
+    _put_whole(fs, f"{base}/zarr.json", group_doc({"committed": True}))
+
+
+def _ensure_group(fs, path: str) -> None:
+    """Create an empty group at ``path`` unless one is there (a staging area's parents)."""
+    if not fs.exists(f"{path}/zarr.json"):
+        _put_whole(fs, f"{path}/zarr.json", group_doc())
 
 
 def committed_parts(group, stage: str) -> set[int]:
@@ -375,15 +480,8 @@ def write_failures(group, rows: list[dict[str, str]]) -> None:
 
 def delete_path(url: str, path: str, *, storage_options: dict | None = None) -> None:
     """Remove a sub-tree (used to drop the staging area once consolidated)."""
-    import fsspec
-
-    if is_remote(url):
-        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    else:
-        fs, root = fsspec.filesystem("file"), str(url)
-    target = f"{root.rstrip('/')}/{path}"
-    if fs.exists(target):
-        fs.rm(target, recursive=True)
+    fs, root = filesystem(url, storage_options)
+    _remove(fs, f"{root}/{path}")
 
 
 def concat_parts(
