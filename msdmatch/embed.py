@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError, ParameterError
+from .errors import ModelError, ParameterError, StageError
 
 STAGE = "embed"
 #: Frames per padded batch given to onnxruntime.
@@ -279,7 +279,13 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
         todo = todo[:max_parts]
     run_shards(client, embed_shard, todo, name="embed", progress=progress,
                kwargs={"url": url, "models": specs, "storage_options": storage_options})
-    complete = g.attrs["embed_state"].get("complete") or len(committed_parts(g, STAGE)) == len(shards)
+    missing = 0 if g.attrs["embed_state"].get("complete") else len(shards) - len(committed_parts(g, STAGE))
+    complete = not missing
+    if missing and max_parts is None:
+        raise StageError(
+            f"{missing} of {len(shards)} embed partitions of {url!r} are not committed although every "
+            "task finished; nothing committed is lost: re-run the same command to resume"
+        )
     n_fail = 0
     if complete and not g.attrs["embed_state"].get("complete"):
         parts = [read_part(g, STAGE, s.pid) for s in shards]
