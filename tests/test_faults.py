@@ -243,8 +243,19 @@ def big(corpus, cluster_client, tmp_path_factory):
     return {"src": src, "feat": feat, "emb": emb, "n_parts": BIG_COPIES * N_ITEMS // 2}
 
 
+def _as_in_a_terminal() -> None:
+    """Default SIGINT in the child, as for a command run in a terminal.
+
+    A shell without job control (CI scripts, ``cmd &``) starts background
+    commands with SIGINT ignored, and children inherit that; Python then
+    never raises KeyboardInterrupt and Ctrl-C could not be simulated.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
+    return subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
+                            preexec_fn=_as_in_a_terminal)
 
 
 def _descendants(pid: int) -> set[int]:

@@ -80,6 +80,11 @@ class HParams:
     """Optimisation and loss settings of one training run.
 
     Defaults per kind come from :func:`default_hparams` (thesis loss values).
+    ``alpha``/``margin``/``beta`` are the hinge loss's (DHS, and PSE's
+    auxiliary hash loss); ``loss`` is PSE's sequence loss, ``'nce'`` (with
+    ``temperature``) or the thesis's ``'hinge'``; ``aux`` weighs PSE's
+    auxiliary loss on aligned crops of ``aux_crop`` frames; ``transpose`` is
+    the largest random transposition in semitones (0: none).
     """
 
     lr: float = 1e-3
