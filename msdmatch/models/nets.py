@@ -11,7 +11,7 @@ Conventions
   sequence's output does not depend on how much padding its batch added:
   zero-padded convolutions see the same zeros as for the unbatched sequence,
   and the max-pools only ever combine a valid (non-negative, post-ReLU) frame
-  with zeros.
+  with zeros.  PSE's input averaging is a masked mean, for the same reason.
 * DHS output ``hashes`` : ``(batch, ceil(time / 8), n_bits)`` in (-1, 1);
   bits are ``hashes > 0``.  PSE output ``embedding`` : ``(batch, dim)``.
 
@@ -163,7 +163,7 @@ def _time_pool(x: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tenso
 
 
 class _Front(nn.Module):
-    """Z-score, conv groups and pools; returns per-frame vectors and the mask."""
+    """Masked time averaging (PSE), z-score, conv groups and pools; returns step vectors and the mask."""
 
     def __init__(self, cfg: NetConfig) -> None:
         super().__init__()
