@@ -28,13 +28,10 @@ STALE = 90.0
 
 
 def _fs_path(url: str, storage_options: dict | None):
-    import fsspec
+    """The filesystem and path of the lease beside the store at ``url``."""
+    from .store import filesystem
 
-    from .store import fs_options
-
-    lock = str(url).rstrip("/") + ".lock"
-    fs, path = fsspec.core.url_to_fs(lock, **(fs_options(storage_options) if "://" in lock else {}))
-    return fs, path
+    return filesystem(str(url).rstrip("/") + ".lock", storage_options)
 
 
 def _alive(info: dict) -> bool:

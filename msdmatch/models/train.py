@@ -393,9 +393,10 @@ def fit(
     best_bc, best_state, best_metrics, bad, running = math.inf, None, None, 0, []
     step = 0
     aligned = [p for p in train_pairs if p.audio_w is not None]
-    use_aux = kind == "pse" and hp.aux > 0 and config.aux_bits > 0 and bool(aligned)
-    if kind == "pse" and hp.aux > 0 and config.aux_bits > 0 and not aligned:
+    use_aux = kind == "pse" and hp.aux > 0 and config.aux_bits > 0
+    if use_aux and not aligned:
         log.warning("no aligned training pairs: PSE trains without its auxiliary hash loss")
+        use_aux = False
     for step in range(1, max_steps + 1):
         if kind == "dhs":
             loss = _aligned_loss(f, g, aligned, rng=rng, hp=hp, batch=hp.batch, crop=hp.crop, device=dev)
