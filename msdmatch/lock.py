@@ -63,7 +63,10 @@ def _create(fs, path: str, data: bytes) -> bool:
         with fs.open(path, "xb") as f:
             f.write(data)
     except FileExistsError:
-        return False
+        if fs.exists(path):
+            return False
+        # os.makedirs says "exists" when a parent of the lease is a file
+        raise NotADirectoryError(f"{path.rsplit('/', 1)[0]} is not a directory") from None
     return True
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import FormatMismatchError, MsdmatchError, StoreAccessError, StoreError
+from .errors import FormatMismatchError, MsdmatchError, ParameterError, StoreAccessError, StoreError
 from .params import FORMAT_VERSION, MODALITIES, FeatureParams
 
 #: Frames per chunk of ``features`` (16384 x 48 x 2 bytes = 1.5 MiB).
@@ -344,7 +344,13 @@ def filesystem(url: str, storage_options: dict | None = None) -> tuple[Any, str]
     import fsspec
 
     options = fs_options(storage_options) if is_remote(url) else {"auto_mkdir": True}
-    fs, root = fsspec.core.url_to_fs(str(url), **options)
+    try:
+        fs, root = fsspec.core.url_to_fs(str(url), **options)
+        if hasattr(fs, "connect"):  # s3fs builds its session lazily; check the options now
+            fs.connect()
+    except TypeError as e:
+        raise ParameterError(f"--storage-options: {e} (expected options of the {url.split(':')[0]} filesystem, "
+                             f"got {sorted(storage_options or {})})") from None
     return fs, root.rstrip("/")
 
 

@@ -40,6 +40,14 @@ def test_unwritable_out_is_one_line_exit_2(tiny_corpus, tmp_path):
     assert len(err) == 1 and "cannot create store" in err[0] and "Traceback" not in r.stderr
 
 
+def test_unknown_storage_option_is_one_line_exit_2(tiny_corpus, tmp_path):
+    r = msdmatch("featurize", "audio", str(tiny_corpus / "audio"), "--out", "s3://bucket/db.zarr",
+                 "--storage-options", '{"bogus_key": 1}', "--workers", "1", "--quiet", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--storage-options" in lines[0] and "bogus_key" in lines[0], r.stderr
+
+
 def test_featurize_with_bad_files_exits_0_with_summary(tiny_corpus, tmp_path):
     import shutil
 
