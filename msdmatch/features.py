@@ -16,6 +16,8 @@ Nothing here reads files; decoding lives in :mod:`msdmatch.decode`.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .errors import InputError
@@ -39,6 +41,43 @@ def _normalise_frames(S_db: np.ndarray, floor_db: float) -> np.ndarray:
     norm = np.linalg.norm(X, axis=1, keepdims=True)
     np.divide(X, norm, out=X, where=norm > 0)
     return X
+
+
+def _hashable(v):
+    return (v.dtype.str, v.shape, v.tobytes()) if isinstance(v, np.ndarray) else v
+
+
+@functools.cache
+def _reuse_cqt_filters() -> None:
+    """Make librosa build each CQT filter bank once per process, not once per call.
+
+    ``librosa.cqt`` rebuilds its per-octave filter FFTs (wavelets, windows,
+    sparsification) on every call, which is about a third of the time of a
+    30 s preview; they depend only on the feature parameters.  librosa's own
+    cache for them is on disk and no faster, so this keeps them in memory,
+    keyed by every argument, and hands out copies (librosa rescales them in
+    place).  Results are bit-identical; if librosa's internals change, it does
+    nothing and the CQT is just slower.
+    """
+    from librosa.core import constantq
+
+    build = getattr(constantq, "__vqt_filter_fft", None)
+    if build is None or getattr(build, "_msdmatch_memo", False):
+        return
+    memo: dict = {}
+
+    def cached(*args, **kwargs):
+        key = (tuple(_hashable(a) for a in args), tuple(sorted((k, _hashable(v)) for k, v in kwargs.items())))
+        if key not in memo:
+            if len(memo) >= 64:
+                memo.clear()
+            memo[key] = build(*args, **kwargs)
+        basis, n_fft, lengths = memo[key]
+        return basis.copy(), n_fft, lengths
+
+    cached._msdmatch_memo = True
+    cached.__wrapped__ = build
+    setattr(constantq, "__vqt_filter_fft", cached)
 
 
 def audio_cqt(y: np.ndarray, sr: int, *, params: FeatureParams = DEFAULT_PARAMS) -> np.ndarray:
@@ -78,6 +117,7 @@ def audio_cqt(y: np.ndarray, sr: int, *, params: FeatureParams = DEFAULT_PARAMS)
     if sr != params.sr:
         y = librosa.resample(y, orig_sr=sr, target_sr=params.sr, res_type="soxr_hq")
     _check_length(1 + y.size // params.hop_length, params)
+    _reuse_cqt_filters()
     C = np.abs(
         librosa.cqt(
             y,

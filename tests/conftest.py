@@ -83,13 +83,10 @@ def tiny_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cluster_client():
-    """A real LocalCluster with 2 process workers."""
-    from distributed import Client, LocalCluster
+    """A real LocalCluster with 2 process workers, as the stages start one."""
+    from msdmatch.cluster import client_for
 
-    from msdmatch.cluster import WORKER_ENV
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None, env=WORKER_ENV) as cluster, Client(cluster) as client:
+    with client_for(None, n_workers=2, dashboard=False, quiet=True) as client:
         yield client
 
 

@@ -28,6 +28,20 @@ def test_audio_cqt_resamples(rng):
     assert X.shape == (1 + 22050 * 2 // 1024, 48)
 
 
+def test_reused_cqt_filters_are_bit_identical(rng, monkeypatch):
+    from librosa.core import constantq
+
+    y = (0.1 * rng.standard_normal(22050 * 4)).astype(np.float32)
+    first, again = features.audio_cqt(y, 22050), features.audio_cqt(y, 22050)
+    memo = getattr(constantq, "__vqt_filter_fft")
+    assert getattr(memo, "_msdmatch_memo", False), "the filter bank is not reused"
+    monkeypatch.setattr(constantq, "__vqt_filter_fft", memo.__wrapped__)
+    monkeypatch.setattr(features, "_reuse_cqt_filters", lambda: None)
+    fresh = features.audio_cqt(y, 22050)
+    np.testing.assert_array_equal(first, fresh)
+    np.testing.assert_array_equal(again, fresh)
+
+
 @pytest.mark.parametrize(
     "y, match",
     [

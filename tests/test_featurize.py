@@ -194,3 +194,16 @@ def test_stale_lease_of_a_dead_process_is_taken_over(tmp_path):
          "since": 0, "renewed": 9e12}))
     with store_lease(out, stage="featurize") as me:
         assert json.loads((tmp_path / "db.zarr.lock").read_text())["token"] == me["token"]
+
+
+def test_local_cluster_workers_get_thread_limits_and_malloc_settings(cluster_client):
+    from msdmatch.cluster import WORKER_ENV, WORKER_MALLOC
+
+    def env():
+        import os
+
+        return {k: os.environ.get(k) for k in (*WORKER_ENV, "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+
+    want = dict(WORKER_ENV, **{k.rsplit(".", 1)[1]: str(v) for k, v in WORKER_MALLOC.items()})
+    seen = cluster_client.run(env)
+    assert len(seen) == 2 and all(v == want for v in seen.values()), seen
