@@ -32,6 +32,7 @@ def main() -> None:
     from msdmatch.cluster import client_for
     from msdmatch.features import midi_cqt
     from msdmatch.params import DEFAULT_PARAMS as P
+    from msdmatch.sources import Item
 
     work = Path(args.workdir)
     paths = previews(work / "audio", n=args.n)
@@ -46,8 +47,8 @@ def main() -> None:
         out = work / f"db{workers}.zarr"
         shutil.rmtree(out, ignore_errors=True)
         with client_for(None, n_workers=workers, dashboard=False, quiet=True) as client:
-            featurize.run(str(paths[0]), str(work / "warm.zarr"), client=client, kind="audio",
-                          progress=False, overwrite=True)  # worker start-up and imports
+            # every worker's one-time start-up: imports, numba, the CQT filter bank
+            client.run(featurize.featurize_item, Item(id="warm", source=str(paths[0])), modality="audio")
             t = time.perf_counter()
             s = featurize.run(str(work / "audio"), str(out), client=client, kind="audio",
                               partition_size=50, progress=False)
