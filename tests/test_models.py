@@ -1,6 +1,7 @@
 """DHS/PSE nets, training data, loss, validation metric, training and export."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -191,6 +192,20 @@ def test_pse_contrastive_loss_with_auxiliary_head_decreases(aligned):
     loss = res.history["loss"]
     assert len(loss) == 3 and loss[-1] < 0.8 * loss[0]
     assert 0.0 <= res.metrics["bc"] <= 1.0
+
+
+def test_shared_nets_train_one_set_of_weights_with_their_own_statistics(aligned):
+    kept, _ = aligned
+    train = [p for p in kept if p.split == "train"]
+    valid = [p for p in kept if p.split == "valid"]
+    hp = default_hparams("pse", lr=3e-3, batch=8, aux_crop=48, audio_frames=96, midi_frames=160)
+    cfg = dataclasses.replace(TINY["pse-shipped-shape"], shared=True)
+    res = fit("pse", train, valid, config=cfg, hparams=hp, seed=1, max_steps=40, eval_every=20, patience=10)
+    fs, gs = res.f.state_dict(), res.g.state_dict()
+    weights = [k for k in fs if not k.endswith((".mean", ".std"))]
+    assert weights and all(torch.equal(fs[k], gs[k]) for k in weights)
+    assert not torch.equal(fs["front.mean"], gs["front.mean"])  # audio and MIDI z-scores differ
+    assert res.history["loss"][-1] < res.history["loss"][0]
 
 
 def test_nce_loss_prefers_matched_rows():

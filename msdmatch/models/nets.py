@@ -73,6 +73,14 @@ class NetConfig:
         none.  It is not exported.
     normalize : bool
         PSE: L2-normalise the embedding (unit sphere) instead of ``tanh``.
+    shared : bool
+        The audio and MIDI nets share every weight (a siamese pair); only
+        their z-score statistics differ.  For MIDI features that are
+        themselves a CQT of audio (``midi-synth``): the same function must
+        then serve both sides, which halves the weights to learn and
+        generalises far better (PSE validation BC 0.25 against 0.40 with two
+        nets, on the same 10-minute budget).  Export is unchanged: two ONNX
+        files with equal weights.
     """
 
     kind: str = "dhs"
@@ -87,6 +95,7 @@ class NetConfig:
     step_dim: int = 0
     aux_bits: int = 0
     normalize: bool = False
+    shared: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("dhs", "pse"):
@@ -303,6 +312,13 @@ class PSENet(nn.Module):
         if self.cfg.normalize:
             return y / torch.sqrt((y * y).sum(-1, keepdim=True) + 1e-12)
         return torch.tanh(y)
+
+
+def share_weights(g: nn.Module, f: nn.Module) -> None:
+    """Make ``g`` use ``f``'s parameters (its buffers, the z-score statistics, stay its own)."""
+    for name, param in f.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        setattr(g.get_submodule(owner) if owner else g, leaf, param)
 
 
 def build_net(cfg: NetConfig) -> nn.Module:

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from ..errors import ParameterError
-from .nets import NetConfig, build_net, default_config
+from .nets import NetConfig, build_net, default_config, share_weights
 from .pairs import (
     Pair,
     align_pairs,
@@ -376,11 +376,13 @@ def fit(
                      midi=zscore_stats(p.midi for p in train_pairs))
     torch.manual_seed(seed)
     f, g = build_net(config), build_net(config)
+    if config.shared:
+        share_weights(g, f)
     f.front.set_stats(*stats["audio"])
     g.front.set_stats(*stats["midi"])
     f.to(dev)
     g.to(dev)
-    params = list(f.parameters()) + list(g.parameters())
+    params = list({id(p): p for p in (*f.parameters(), *g.parameters())}.values())
     if hp.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=hp.lr)
     elif hp.optimizer == "rmsprop":
@@ -603,6 +605,8 @@ def train_models(
                       eval_every=eval_every, patience=patience, device=device)
         say(f"training {k} on {len(tr)} pairs (validation {len(va)}), budget {budget:.0f}s per run")
         cfg, hp = (configs or {}).get(k), (hparams or {}).get(k)
+        if cfg is None and k == "pse" and qs.modality == "midi-synth":
+            cfg = default_config(k, shared=True)  # both sides are CQTs of audio: one net
         if search:
             res = random_search(k, tr, va, n_trials=search, csv_path=mdir / "trials.csv",
                                 seed=seed, config=cfg, hparams=hp, **fit_kw)
