@@ -68,11 +68,13 @@ def _reuse_cqt_filters() -> None:
 
     def cached(*args, **kwargs):
         key = (tuple(_hashable(a) for a in args), tuple(sorted((k, _hashable(v)) for k, v in kwargs.items())))
-        if key not in memo:
+        entry = memo.get(key)
+        if entry is None:  # safe with several worker threads: a race only builds twice
+            entry = build(*args, **kwargs)
             if len(memo) >= 64:
                 memo.clear()
-            memo[key] = build(*args, **kwargs)
-        basis, n_fft, lengths = memo[key]
+            memo[key] = entry
+        basis, n_fft, lengths = entry
         return basis.copy(), n_fft, lengths
 
     cached._msdmatch_memo = True
