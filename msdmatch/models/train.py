@@ -511,7 +511,7 @@ def train_models(
     search: int = 0,
     max_steps: int | None = None,
     eval_every: int = 100,
-    patience: int = 5,
+    patience: int = 10,
     min_confidence: float = 0.5,
     configs: dict[str, NetConfig] | None = None,
     hparams: dict[str, HParams] | None = None,
@@ -605,7 +605,7 @@ def train_models(
                       eval_every=eval_every, patience=patience, device=device)
         say(f"training {k} on {len(tr)} pairs (validation {len(va)}), budget {budget:.0f}s per run")
         cfg, hp = (configs or {}).get(k), (hparams or {}).get(k)
-        if cfg is None and k == "pse" and qs.modality == "midi-synth":
+        if cfg is None and qs.modality == "midi-synth":
             cfg = default_config(k, shared=True)  # both sides are CQTs of audio: one net
         if search:
             res = random_search(k, tr, va, n_trials=search, csv_path=mdir / "trials.csv",
