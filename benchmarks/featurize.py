@@ -5,8 +5,9 @@ Usage: python benchmarks/featurize.py [--n 500] [--workdir /tmp/msdmatch-bench]
 Prints seconds per 30 s preview per core for the whole stage (decode + CQT +
 store write, through Dask), librosa's CQT alone on the same audio for
 reference (plain ``librosa.cqt``, which rebuilds its filters per call; the
-stage builds them once per process), MIDI synthesis + CQT seconds per minute of music, and the speed-up
-of 2 workers over 1 on the same previews.
+stage builds them once per process), MIDI synthesis + CQT seconds per minute
+of music, and the speed-up of 2 workers over 1 on the same previews (every
+worker warmed up first).
 """
 from __future__ import annotations
 
