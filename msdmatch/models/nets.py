@@ -331,8 +331,11 @@ def n_parameters(net: nn.Module) -> int:
     return int(sum(p.numel() for p in net.parameters()))
 
 
-def default_config(kind: str, **overrides: Any) -> NetConfig:
+def default_config(kind: str, midi_modality: str | None = None, **overrides: Any) -> NetConfig:
     """The shipped architecture of ``kind`` ('dhs' or 'pse'), with overrides.
+
+    With ``midi_modality='midi-synth'`` the two nets are one (``shared``):
+    both sides are CQTs of audio.
 
     Smaller than the thesis nets (DHS: 3 groups of two 3x3 convs with 16, 32
     and 64 filters, dense 2048; PSE: dense 2048 x 2) so that both models of
@@ -352,6 +355,7 @@ def default_config(kind: str, **overrides: Any) -> NetConfig:
                   dense=(256,), out_dim=128, attention_dim=128, time_pool=4, step_dim=256,
                   aux_bits=32, normalize=True)
     )
+    base["shared"] = midi_modality == "midi-synth"
     base.update(overrides)
     return NetConfig(**base)
 

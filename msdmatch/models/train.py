@@ -604,9 +604,8 @@ def train_models(
         fit_kw = dict(stats=stats, max_steps=max_steps or 20000, max_seconds=budget,
                       eval_every=eval_every, patience=patience, device=device)
         say(f"training {k} on {len(tr)} pairs (validation {len(va)}), budget {budget:.0f}s per run")
-        cfg, hp = (configs or {}).get(k), (hparams or {}).get(k)
-        if cfg is None and qs.modality == "midi-synth":
-            cfg = default_config(k, shared=True)  # both sides are CQTs of audio: one net
+        cfg = (configs or {}).get(k) or default_config(k, midi_modality=qs.modality)
+        hp = (hparams or {}).get(k)
         if search:
             res = random_search(k, tr, va, n_trials=search, csv_path=mdir / "trials.csv",
                                 seed=seed, config=cfg, hparams=hp, **fit_kw)
