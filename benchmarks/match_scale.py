@@ -9,10 +9,12 @@ It times, on one core (BLAS and numba limited to one thread; best of
 
 * the batched PSE prune (:func:`msdmatch.prune.topk_sq_euclidean`) per query
   at each ``--sizes`` entry count, K = ``default_k(n)``;
-* the DHS rerank per query: gathering the K candidates' hash words and
-  :func:`msdmatch.dtw.hamming_dtw_many` with ``top_r=R``;
-* the verify per query: V :func:`msdmatch.dtw.cosine_dtw` calls of a real
-  query's CQT (cut or tiled to ``--verify-frames``) against real previews;
+* the DHS rerank per query: gathering the K candidates' hash words,
+  :func:`msdmatch.dtw.hamming_dtw_many` with ``top_r=R`` and the candidates'
+  Hamming matrix means (:func:`msdmatch.dtw.hamming_matrix_mean`);
+* the verify per query: for each of V real previews, two
+  :func:`msdmatch.dtw.cosine_dtw` calls of a real query's CQT (cut or tiled
+  to ``--verify-frames``), on the features as stored and bin-standardised;
 * the prune + rerank of a batch on 1 and 2 worker processes, each running
   :func:`msdmatch.match.shard_topk` and :func:`msdmatch.match.shard_rerank`
   on its own half of the database, for the 2-worker speed-up.
@@ -45,8 +47,9 @@ _SHARED: dict = {}
 
 
 
-def rerank(qw: np.ndarray, cand: np.ndarray, words: np.ndarray, offsets: np.ndarray, r: int):
-    from msdmatch.dtw import hamming_dtw_many
+def rerank(qw: np.ndarray, cand: np.ndarray, words: np.ndarray, offsets: np.ndarray, bits: np.ndarray, r: int):
+    from msdmatch.dtw import bit_frequencies, hamming_dtw_many, hamming_matrix_mean
+    from msdmatch.fusion import dhs_ratio
     from msdmatch.match import DHS_GULLY, DHS_PENALTY
 
     lens = offsets[cand + 1] - offsets[cand]
@@ -54,6 +57,7 @@ def rerank(qw: np.ndarray, cand: np.ndarray, words: np.ndarray, offsets: np.ndar
     pos = np.arange(sub_off[-1]) - np.repeat(sub_off[:-1], lens)
     sub = words[np.repeat(offsets[cand], lens) + pos]
     s = hamming_dtw_many(qw, sub, sub_off, penalty=DHS_PENALTY, gully=DHS_GULLY, top_r=r)
+    s = dhs_ratio(s, hamming_matrix_mean(bit_frequencies(qw, np.array([0, len(qw)]))[0], bits[cand]))
     return cand[np.lexsort((cand, s))[:r]]
 
 
@@ -64,10 +68,11 @@ def _shard_work(args):
     sid, a, b, k, r = args
     E, W, off, Q, QW = (_SHARED[x] for x in ("E", "words", "offsets", "Q", "QW"))
     data = {"shard": DbShard(sid, a, b), "E": E[a:b], "norms": _SHARED["norms"][a:b],
-            "words": W[off[a]:off[b]], "offsets": off[a:b + 1] - off[a], "ok": np.ones(b - a, bool)}
+            "words": W[off[a]:off[b]], "offsets": off[a:b + 1] - off[a], "ok": np.ones(b - a, bool),
+            "bits": _SHARED["bits"][a:b]}
     d, i, s0 = shard_topk(data, Q, k=k)
     scores = shard_rerank(data, QW, list(i + s0))
-    return [np.sort(sc)[:r] for sc in scores]
+    return [np.sort(sc / m)[:r] for sc, m in scores]
 
 
 def parallel(n_workers: int, n_db: int, k: int, r: int) -> float:
@@ -100,7 +105,8 @@ def main() -> None:
 
     from threadpoolctl import threadpool_limits
 
-    from msdmatch.dtw import cosine_dtw
+    from msdmatch.dtw import bit_frequencies, cosine_dtw
+    from msdmatch.features import standardize_bins
     from msdmatch.prune import default_k, topk_sq_euclidean
 
     threadpool_limits(1)
@@ -114,6 +120,9 @@ def main() -> None:
     E = synth_pse(E_real, n_max, rng=rng)
     words, offsets = synth_dhs(W_real, n_max, rng=rng)
     norms = np.einsum("ij,ij->i", E, E)
+    t_bits = time.perf_counter()
+    bits = bit_frequencies(words, offsets)
+    t_bits = time.perf_counter() - t_bits
     Q = QE[np.arange(args.batch) % len(QE)]
     QWb = [QW[i % len(QW)] for i in range(args.batch)]
     print(f"# synthesised {n_max:,} entries in {time.perf_counter() - t0:.0f} s; real PSE dim-std "
@@ -121,7 +130,8 @@ def main() -> None:
           f"{np.mean([len(w) for w in W_real]):.1f} vs synthetic {np.diff(offsets[:100_001]).mean():.1f} words")
     mem_e, mem_w = E.nbytes + norms.nbytes, words.nbytes + offsets.nbytes
     print(f"# memory per {n_max:,} entries: embeddings+norms {mem_e / 2**20:.0f} MiB, "
-          f"hashes+offsets {mem_w / 2**20:.0f} MiB")
+          f"hashes+offsets {mem_w / 2**20:.0f} MiB, bit frequencies {bits.nbytes / 2**20:.0f} MiB "
+          f"(computed in {t_bits:.1f} s, once per shard load)")
 
     topk_sq_euclidean(Q[:4], E[:20_000], k=100)
     rows = []
@@ -136,11 +146,11 @@ def main() -> None:
     k = default_k(n)
     idx = prune_at[n][2]
 
-    rerank(QWb[0], idx[0][:200], words, offsets, 10)  # compile
+    rerank(QWb[0], idx[0][:200], words, offsets, bits, 10)  # compile
     c_rr = w_rr = 0.0
     nrq = min(args.rerank_queries, args.batch)
     for q in range(nrq):
-        c, w, _ = best(lambda q=q: rerank(QWb[q], idx[q], words, offsets, args.R), args.repeats)
+        c, w, _ = best(lambda q=q: rerank(QWb[q], idx[q], words, offsets, bits, args.R), args.repeats)
         c_rr, w_rr = c_rr + c / nrq, w_rr + w / nrq
     rows.append((f"DHS rerank, K={k:,} -> R={args.R} (mean of {nrq} queries)", c_rr, w_rr))
 
@@ -151,8 +161,14 @@ def main() -> None:
     qf = unit(np.concatenate([QF[0]] * (1 + args.verify_frames // len(QF[0])))[: args.verify_frames])
     prev = [unit(F_real[i % len(F_real)]) for i in range(args.V)]
     cosine_dtw(qf[:100], prev[0][:50], return_path=False)
-    c_v, w_v, _ = best(lambda: [cosine_dtw(qf, p, return_path=False) for p in prev], args.repeats)
-    rows.append((f"verify, V={args.V} cosine DTW {len(qf)} x {len(prev[0])} frames", c_v, w_v))
+
+    def verify():
+        qs = standardize_bins(qf)
+        return [(cosine_dtw(qf, p, return_path=False), cosine_dtw(qs, standardize_bins(p), return_path=False))
+                for p in prev]
+
+    c_v, w_v, _ = best(verify, args.repeats)
+    rows.append((f"verify, V={args.V} x 2 cosine DTW {len(qf)} x {len(prev[0])} frames", c_v, w_v))
     c_tot = prune_at[n][0] + c_rr + c_v
     w_tot = prune_at[n][1] + w_rr + w_v
     rows.append((f"total per query at n={n:,}", c_tot, w_tot))
@@ -161,7 +177,7 @@ def main() -> None:
     for name, c, w in rows:
         print(f"{name:<62} {c * 1e3:>10.2f} {w * 1e3:>10.2f}")
 
-    _SHARED.update(E=E[:n], norms=norms[:n], words=words, offsets=offsets, Q=Q, QW=QWb)
+    _SHARED.update(E=E[:n], norms=norms[:n], words=words, offsets=offsets, bits=bits, Q=Q, QW=QWb)
     t1 = min(parallel(1, n, k, args.R) for _ in range(max(1, args.repeats - 1)))
     t2 = min(parallel(2, n, k, args.R) for _ in range(max(1, args.repeats - 1)))
     print(f"\nprune+rerank of {args.batch} queries on 2 shards of {n // 2:,}: 1 worker {t1:.2f} s, "

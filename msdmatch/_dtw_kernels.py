@@ -549,3 +549,13 @@ def _box_sum(C, i0, i1, j0, j1):  # type: ignore[no-untyped-def]
             row += np.float64(C[i, j])
         total += row
     return total
+
+
+@njit(cache=True, boundscheck=False)
+def _bit_counts(words, offsets, out):  # type: ignore[no-untyped-def]
+    """``out[i, k]`` += number of words of sequence ``i`` with bit ``k`` set (``out`` is (n, 32) int64)."""
+    for i in range(offsets.size - 1):
+        for t in range(offsets[i], offsets[i + 1]):
+            w = np.int64(words[t])
+            for k in range(32):
+                out[i, k] += (w >> k) & 1

@@ -235,7 +235,9 @@ def _comparison_lines(m: dict) -> str:
     if "brute_force_top_1" in m:
         lines.append(f"brute-force DTW on {m['brute_force_queries']} queries: top-1 "
                      f"{m['brute_force_top_1']:.3f} at {m['brute_force_seconds_per_query_core']:.2f} "
-                     f"s/query/core; cascade on the same queries: top-1 {m['cascade_top_1_same_queries']:.3f}")
+                     f"s/query/core (bin-standardised: {m['brute_force_std_top_1']:.3f} at "
+                     f"{m['brute_force_std_seconds_per_query_core']:.2f} s); cascade on the same "
+                     f"queries: top-1 {m['cascade_top_1_same_queries']:.3f}")
     return "".join(line + "\n" for line in lines)
 
 

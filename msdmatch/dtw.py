@@ -32,7 +32,14 @@ import numpy as np
 from msdmatch import _dtw_kernels as _k
 from msdmatch.errors import ParameterError
 
-__all__ = ["hamming_dtw", "hamming_dtw_many", "cosine_dtw", "dtw_confidence"]
+__all__ = [
+    "hamming_dtw",
+    "hamming_dtw_many",
+    "bit_frequencies",
+    "hamming_matrix_mean",
+    "cosine_dtw",
+    "dtw_confidence",
+]
 
 #: Candidates processed in lockstep by the Hamming kernel (SIMD lanes).
 _LANES = 64
@@ -257,6 +264,69 @@ def hamming_dtw_many(
         qv, wv, off, order, lanes, gul, *consts, lb_num, lb_den, int(top_r), out
     )
     return out
+
+
+def bit_frequencies(words: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Fraction of steps with each bit set, per packed hash sequence.
+
+    Parameters
+    ----------
+    words : np.ndarray [shape=(total,), dtype=uint32]
+    offsets : np.ndarray [shape=(n + 1,), integer]
+        Sequence ``i`` is ``words[offsets[i]:offsets[i+1]]``.
+
+    Returns
+    -------
+    freq : np.ndarray [shape=(n, 32), dtype=float32]
+        ``freq[i, k]`` = fraction of the words of sequence ``i`` whose bit
+        ``k`` is set; all zero for an empty sequence.
+    """
+    w = _check_words(words, "words")
+    off = np.asarray(offsets)
+    if off.ndim != 1 or off.dtype.kind not in "iu" or off.size == 0:
+        raise ParameterError(
+            f"offsets must be a non-empty 1-D integer array, got shape {off.shape} dtype {off.dtype}"
+        )
+    off = off.astype(np.int64)
+    if off[0] < 0 or off[-1] > w.size or np.any(np.diff(off) < 0):
+        raise ParameterError(f"offsets must be non-decreasing within [0, len(words)={w.size}]")
+    counts = np.zeros((off.size - 1, 32), dtype=np.int64)
+    _k._bit_counts(w, off, counts)
+    n = np.maximum(np.diff(off), 1)[:, None]
+    return (counts / n).astype(np.float32)
+
+
+def hamming_matrix_mean(query_freq: np.ndarray, freqs: np.ndarray) -> np.ndarray:
+    """Mean of the Hamming distance matrix of a query against each candidate.
+
+    The mean of ``popcount(q[i] ^ c[j])`` over all ``(i, j)`` is, bit by bit,
+    the chance that a random query step and a random candidate step differ:
+    ``sum_k p_k (1 - f_k) + (1 - p_k) f_k`` with ``p``, ``f`` the two bit
+    frequencies.  It is the Hamming analogue of the verify score's
+    normalisation by the mean of the cost matrix: a DHS score far below it
+    means the alignment found structure, not just similar bit statistics.
+
+    Parameters
+    ----------
+    query_freq : np.ndarray [shape=(32,)]
+        :func:`bit_frequencies` of the query.
+    freqs : np.ndarray [shape=(n, 32)]
+        :func:`bit_frequencies` of the candidates.
+
+    Returns
+    -------
+    mean : np.ndarray [shape=(n,), dtype=float64]
+        In ``[0, 32]``.
+    """
+    p = np.asarray(query_freq, dtype=np.float64).reshape(-1)
+    f = np.asarray(freqs, dtype=np.float64)
+    if p.shape != (32,) or f.ndim != 2 or f.shape[1] != 32:
+        raise ParameterError(
+            f"query_freq must have shape (32,) and freqs (n, 32), got {p.shape} and {f.shape}"
+        )
+    # elementwise, not a matrix product: a row's value must not depend on the other rows (BLAS
+    # blocking would make a shard's result differ in the last bit from a single process's)
+    return p.sum() + f.sum(axis=1) - 2.0 * (f * p).sum(axis=1)
 
 
 def _check_frames(x: np.ndarray, name: str) -> np.ndarray:

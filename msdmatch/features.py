@@ -43,6 +43,33 @@ def _normalise_frames(S_db: np.ndarray, floor_db: float) -> np.ndarray:
     return X
 
 
+def standardize_bins(X: np.ndarray, *, eps: float = 1e-3) -> np.ndarray:
+    """Standardise each bin over the sequence, then L2-normalise the frames.
+
+    A recording's equalisation, a high-pass, or an instrument brighter than
+    the one synthesised adds a roughly constant offset per bin to a log
+    spectrogram; taking out each bin's mean (and scale) over the sequence
+    removes it, so the verify DTW compares what changes over time.
+
+    Parameters
+    ----------
+    X : np.ndarray [shape=(n_frames, n_bins)]
+        Features as stored (any float dtype).
+    eps : float > 0
+        Added to each bin's standard deviation (bins that never change map to 0).
+
+    Returns
+    -------
+    Z : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
+        Unit-norm frames (all-zero frames stay zero).
+    """
+    X = np.asarray(X, dtype=np.float32)
+    Z = (X - X.mean(axis=0)) / (X.std(axis=0) + np.float32(eps))
+    norm = np.linalg.norm(Z, axis=1, keepdims=True)
+    np.divide(Z, norm, out=Z, where=norm > 0)
+    return Z
+
+
 def _hashable(v):
     return (v.dtype.str, v.shape, v.tobytes()) if isinstance(v, np.ndarray) else v
 

@@ -2,30 +2,35 @@
 
 Conventions
 -----------
-* A candidate carries three scores, all "lower is better": ``verify_score``
-  (cosine-DTW score s), ``dhs_score`` (Hamming-DTW cost / path length) and
-  ``pse_distance`` (squared Euclidean embedding distance).
+* A candidate carries four scores, all "lower is better": ``verify_score``
+  (the thesis's cosine-DTW score s), ``verify_std_score`` (the same on
+  features standardised per bin, which ignores a recording's static
+  equalisation), ``dhs_score`` (Hamming-DTW cost / path length) and
+  ``pse_distance`` (Euclidean embedding distance); and ``dhs_matrix_mean``,
+  the mean of the Hamming distance matrix, which turns the DHS score into
+  the ratio :func:`dhs_ratio`.
 * Features (:func:`features_for`), computed per query from its own candidate
   list only, so that they are available at match time:
 
   ====  ==========================================================
   0     ``verify_score``
-  1     ``log(dhs_score + eps)``
+  1     ``log(dhs_ratio + eps)``
   2     ``log(pse_distance + eps)``
   3     ``verify_score - min(verify_score of the query)`` (gap to best)
-  4     ``dhs_score - min(dhs_score of the query)``
+  4     ``dhs_ratio - min(dhs_ratio of the query)``
   5     ``log(pse) - min(log(pse) of the query)``
   6     ``verify_score - second smallest verify_score`` (margin; for the best
         candidate it is negative, for the others it is the gap to the best)
+  7     ``1`` if ``verify_score`` was missing, else ``0``
+  8-10  ``verify_std_score``, its gap to the best and its margin, as 0, 3, 6
   ====  ==========================================================
 
-  Raw verify scores live in [0, ~1.5] and are used as is; DHS and PSE
+  Raw verify scores live in [0, ~1.5] and are used as is; DHS ratios and PSE
   distances are positive with long right tails, so they enter as logs.  The
   relative features say how much better a candidate is than its competitors,
   which is what separates a true match from the best of many wrong ones.
   Missing scores (a candidate not verified, NaN) are replaced by the query's
-  worst observed value of that score, or 0 if none is observed, plus an
-  indicator feature 7 (``1`` if ``verify_score`` was missing).
+  worst observed value of that score, or 0 if none is observed.
 * The model is logistic regression on standardised features, fitted by
   Newton's method (IRLS) with an L2 penalty on the weights (not the bias).
   Probabilities are ``sigmoid(w · (x - mean) / scale + b)``.
@@ -44,6 +49,7 @@ from msdmatch.errors import ModelError, ParameterError
 __all__ = [
     "FEATURE_NAMES",
     "FusionModel",
+    "dhs_ratio",
     "features_for",
     "fit_fusion",
     "predict_proba",
@@ -51,17 +57,21 @@ __all__ = [
     "reliability_curve",
 ]
 
-FORMAT_VERSION = 1
+#: 2: adds the bin-standardised verify score; DHS enters as a ratio to the matrix mean.
+FORMAT_VERSION = 2
 
 FEATURE_NAMES = (
     "verify_score",
-    "log_dhs_score",
+    "log_dhs_ratio",
     "log_pse_distance",
     "verify_gap_to_best",
-    "dhs_gap_to_best",
+    "dhs_ratio_gap_to_best",
     "log_pse_gap_to_best",
     "verify_margin_to_second",
     "verify_missing",
+    "verify_std_score",
+    "verify_std_gap_to_best",
+    "verify_std_margin_to_second",
 )
 
 _EPS = 1e-6
@@ -112,7 +122,7 @@ class FusionModel:
         if d.get("format_version") != FORMAT_VERSION:
             raise ModelError(
                 f"fusion model has format_version {d.get('format_version')!r}, this msdmatch "
-                f"reads {FORMAT_VERSION}; refit it with this version"
+                f"reads {FORMAT_VERSION}; refit it with `msdmatch calibrate` on this version's MATCHES"
             )
         names = tuple(d.get("feature_names", ()))
         if names != FEATURE_NAMES:
@@ -155,7 +165,8 @@ def _column(candidates: Mapping, name: str, n: int | None) -> np.ndarray:
     if name not in candidates:
         raise ParameterError(
             f"candidates lack the column {name!r}; have {sorted(candidates)}; "
-            "expected verify_score, dhs_score, pse_distance"
+            "expected verify_score, verify_std_score, dhs_score, pse_distance, dhs_matrix_mean (written by this "
+            "version of `msdmatch match`)"
         )
     col = np.asarray(candidates[name], dtype=np.float64).ravel()
     if n is not None and col.shape[0] != n:
@@ -184,21 +195,22 @@ def features_for(candidates: Mapping, *, groups: np.ndarray | None = None) -> np
     Parameters
     ----------
     candidates : mapping of str to np.ndarray [shape=(n,)]
-        Columns ``verify_score``, ``dhs_score``, ``pse_distance`` (NaN where a
-        stage did not score a candidate) and, unless ``groups`` is given,
-        ``query_id``.
+        Columns ``verify_score``, ``verify_std_score``, ``dhs_score``,
+        ``pse_distance``, ``dhs_matrix_mean`` (NaN where a stage did not score
+        a candidate) and, unless ``groups`` is given, ``query_id``.
     groups : np.ndarray [shape=(n,)] or None
         Query of each candidate; defaults to ``candidates["query_id"]``, or
         one query for all rows if there is no such column.
 
     Returns
     -------
-    X : np.ndarray [shape=(n, 8), dtype=float64]
+    X : np.ndarray [shape=(n, 11), dtype=float64]
         Columns as in :data:`FEATURE_NAMES`.
     """
     v = _column(candidates, "verify_score", None)
     n = v.shape[0]
-    h = _column(candidates, "dhs_score", n)
+    vs = _column(candidates, "verify_std_score", n)
+    h = dhs_ratio(_column(candidates, "dhs_score", n), _column(candidates, "dhs_matrix_mean", n))
     p = _column(candidates, "pse_distance", n)
     if groups is None:
         groups = candidates.get("query_id", np.zeros(n, np.int64))
@@ -214,8 +226,24 @@ def features_for(candidates: Mapping, *, groups: np.ndarray | None = None) -> np
     h = _fill_missing(h, inv, ng)
     lp = np.log(np.maximum(_fill_missing(p, inv, ng), 0.0) + _EPS)
     lh = np.log(np.maximum(h, 0.0) + _EPS)
-    v_best = _group_min(v, inv, ng)
-    # second smallest verify score per group (NaN for a single candidate)
+    vs = _fill_missing(vs, inv, ng)
+    return np.column_stack([
+        v,
+        lh,
+        lp,
+        v - _group_min(v, inv, ng),
+        h - _group_min(h, inv, ng),
+        lp - _group_min(lp, inv, ng),
+        _margin(v, inv, ng),
+        v_missing.astype(np.float64),
+        vs,
+        vs - _group_min(vs, inv, ng),
+        _margin(vs, inv, ng),
+    ])
+
+
+def _margin(v: np.ndarray, inv: np.ndarray, ng: int) -> np.ndarray:
+    """Best of its query: ``v - second best`` (<= 0); others: ``v - best`` (>= 0)."""
     order = np.lexsort((v, inv))
     g_sorted = inv[order]
     first = np.r_[True, g_sorted[1:] != g_sorted[:-1]]
@@ -224,18 +252,28 @@ def features_for(candidates: Mapping, *, groups: np.ndarray | None = None) -> np
     second[g_sorted[sec_mask]] = v[order][sec_mask]
     sec = second[inv]
     sec = np.where(np.isnan(sec), v, sec)  # a query with one candidate: margin 0
-    is_best = v <= v_best
-    margin = np.where(is_best, v - sec, v - v_best)
-    return np.column_stack([
-        v,
-        lh,
-        lp,
-        v - v_best,
-        h - _group_min(h, inv, ng),
-        lp - _group_min(lp, inv, ng),
-        margin,
-        v_missing.astype(np.float64),
-    ])
+    best = _group_min(v, inv, ng)
+    return np.where(v <= best, v - sec, v - best)
+
+
+def dhs_ratio(score: np.ndarray, matrix_mean: np.ndarray) -> np.ndarray:
+    """DHS score over the mean of its Hamming distance matrix (lower is better).
+
+    Parameters
+    ----------
+    score, matrix_mean : np.ndarray [shape=(...)]
+        ``dhs_score`` and ``dhs_matrix_mean`` columns.
+
+    Returns
+    -------
+    ratio : np.ndarray [shape=(...), dtype=float64]
+        ``score / max(matrix_mean, 1e-3)``; ``inf`` where the score is ``inf``
+        or the mean is NaN (a candidate that was not reranked).
+    """
+    s = np.asarray(score, dtype=np.float64)
+    m = np.asarray(matrix_mean, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(s) & np.isfinite(m), s / np.maximum(m, 1e-3), np.inf)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

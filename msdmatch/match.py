@@ -7,11 +7,20 @@ Conventions
 - The database is split into contiguous shards; each shard's embeddings and
   hash words are loaded once onto a worker and kept there, so pruning and
   reranking run where the data is.  Shard top-Ks merge by tree reduction.
+- The rerank orders candidates by the DHS score over the mean of the
+  Hamming distance matrix (:func:`msdmatch.dtw.hamming_matrix_mean`), the
+  same normalisation the verify score applies to its cost matrix: it stops
+  candidates whose bits resemble everything from crowding out the match.
+- Verify runs cosine DTW twice: on the features as stored (the thesis's
+  ``verify_score``) and on features standardised per bin over each sequence
+  (``verify_std_score``, :func:`msdmatch.features.standardize_bins`), which
+  takes out a recording's static equalisation.  The fusion uses both.
 - Output: one row per (query, candidate) with ``query_id, rank, track_id,
-  confidence, verify_score, dhs_score, pse_distance, stage``; ``stage`` is
-  ``verify`` for the top V (ranked by the fused confidence), ``rerank`` for
-  ranks V+1..R (by DHS score) and ``prune`` beyond (by PSE distance, only
-  with ``keep='all'``).  Unverified rows have NaN ``confidence``.
+  confidence, verify_score, dhs_score, pse_distance, dhs_matrix_mean,
+  verify_std_score, stage``; ``stage`` is ``verify`` for the top V (ranked by the fused
+  confidence), ``rerank`` for ranks V+1..R (by normalised DHS score) and
+  ``prune`` beyond (by PSE distance, only with ``keep='all'``).  Unverified
+  rows have NaN ``confidence``.
 """
 from __future__ import annotations
 
@@ -48,7 +57,8 @@ def plan(n_db: int, *, n_shards: int) -> list[DbShard]:
 
 
 def load_shard(shard: DbShard, *, url: str, pse: str, dhs: str, storage_options: dict | None = None) -> dict:
-    """Load one database shard's embeddings and packed hash sequences into memory."""
+    """Load one database shard's embeddings, packed hash sequences and bit frequencies into memory."""
+    from .dtw import bit_frequencies
     from .store import open_group
 
     g = open_group(url, storage_options=storage_options)
@@ -58,7 +68,7 @@ def load_shard(shard: DbShard, *, url: str, pse: str, dhs: str, storage_options:
     ok = np.all(np.isfinite(E), axis=1) & (np.diff(off) > 0)
     E[~ok] = 1e6  # failed items: far from everything
     return {"shard": shard, "E": E, "norms": np.einsum("ij,ij->i", E, E), "words": words,
-            "offsets": off - off[0], "ok": ok}
+            "offsets": off - off[0], "ok": ok, "bits": bit_frequencies(words, off - off[0])}
 
 
 def shard_topk(data: dict, queries: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -76,7 +86,8 @@ def merge(*parts, k: int):
     return merge_topk(list(parts), k=k)
 
 
-def shard_rerank(data: dict, qwords: list[np.ndarray], cands: list[np.ndarray]) -> list[np.ndarray]:
+def shard_rerank(data: dict, qwords: list[np.ndarray],
+                 cands: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Hamming-DTW of each query against its candidates that live in this shard.
 
     Parameters
@@ -87,15 +98,17 @@ def shard_rerank(data: dict, qwords: list[np.ndarray], cands: list[np.ndarray]) 
 
     Returns
     -------
-    scores : list of np.ndarray [shape=(c_q,), float64]
+    scores : list of (np.ndarray [shape=(c_q,)], np.ndarray [shape=(c_q,)])
+        Per query, the Hamming-DTW scores and the means of the Hamming distance
+        matrices (:func:`msdmatch.dtw.hamming_matrix_mean`), float64.
     """
-    from .dtw import hamming_dtw_many
+    from .dtw import bit_frequencies, hamming_dtw_many, hamming_matrix_mean
 
     s0, off, words = data["shard"].start, data["offsets"], data["words"]
     out = []
     for qw, c in zip(qwords, cands):
         if len(c) == 0 or len(qw) == 0:
-            out.append(np.full(len(c), np.inf))
+            out.append((np.full(len(c), np.inf), np.full(len(c), np.nan)))
             continue
         local = c - s0
         ok = data["ok"][local]
@@ -106,7 +119,8 @@ def shard_rerank(data: dict, qwords: list[np.ndarray], cands: list[np.ndarray]) 
         if ok.any():
             keep_off = np.concatenate([[0], sub_off[1:][ok]])
             scores[ok] = hamming_dtw_many(qw, sub, keep_off, penalty=DHS_PENALTY, gully=DHS_GULLY)
-        out.append(scores)
+        qfreq = bit_frequencies(qw, np.array([0, len(qw)]))[0]
+        out.append((scores, hamming_matrix_mean(qfreq, data["bits"][local])))
     return out
 
 
@@ -120,10 +134,12 @@ def verify_batch(jobs: list[tuple[int, list[int]]], *, q_url: str, db_url: str,
 
     Returns
     -------
-    scores : list of np.ndarray [shape=(n_candidates,), float64]
-        Raffel's normalised DTW score (lower is better).
+    scores : list of np.ndarray [shape=(n_candidates, 2), float64]
+        Raffel's normalised DTW score (lower is better) on the features as
+        stored (column 0) and standardised per bin (column 1).
     """
     from .dtw import cosine_dtw
+    from .features import standardize_bins
     from .store import Store
 
     Q = Store(q_url, storage_options=storage_options)
@@ -131,11 +147,13 @@ def verify_batch(jobs: list[tuple[int, list[int]]], *, q_url: str, db_url: str,
     out = []
     for qi, rows in jobs:
         X = Q.sequence(qi)
-        s = np.full(len(rows), np.inf)
+        Xs = standardize_bins(X)
+        s = np.full((len(rows), 2), np.inf)
         for n, r in enumerate(rows):
             Y = D.sequence(r)
             if len(X) and len(Y):
-                s[n] = cosine_dtw(X, Y, gully=VERIFY_GULLY, return_path=False)
+                s[n, 0] = cosine_dtw(X, Y, gully=VERIFY_GULLY, return_path=False)
+                s[n, 1] = cosine_dtw(Xs, standardize_bins(Y), gully=VERIFY_GULLY, return_path=False)
         out.append(s)
     return out
 
@@ -248,12 +266,17 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
         cands = [pidx[q][owner[q] == sid] for q in range(Q.n)]
         futs.append(client.submit(shard_rerank, d, qwords, cands, key=f"match-rerank-{sid}-{time.time_ns()}"))
     dhs_score = np.full(pidx.shape, np.inf)
+    dhs_mean = np.full(pidx.shape, np.nan)
     for sid, f in enumerate(futs):
-        for q, s in enumerate(f.result()):
+        for q, (s, m) in enumerate(f.result()):
             dhs_score[q, owner[q] == sid] = s
+            dhs_mean[q, owner[q] == sid] = m
     t["rerank"] = time.perf_counter()
-    # order by (dhs score, pse distance); top R survive, top V are verified
-    order = (np.stack([np.lexsort((pdist[q], dhs_score[q])) for q in range(Q.n)])
+    # order by (normalised dhs score, pse distance); top R survive, top V are verified
+    from .fusion import dhs_ratio
+
+    ratio = dhs_ratio(dhs_score, dhs_mean)
+    order = (np.stack([np.lexsort((pdist[q], ratio[q])) for q in range(Q.n)])
              if Q.n else np.zeros((0, K), np.int64))
     # 3. verify
     jobs = [(q, [int(pidx[q, j]) for j in order[q, :V]]) for q in range(Q.n)]
@@ -261,19 +284,19 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
     batches = [jobs[i::nb] for i in range(nb)]
     vf = [client.submit(verify_batch, b, q_url=queries, db_url=db, storage_options=storage_options,
                         key=f"match-verify-{i}-{time.time_ns()}") for i, b in enumerate(batches)]
-    vscore = np.full((Q.n, V), np.inf)
+    vscore = np.full((Q.n, V, 2), np.inf)
     for b, f in zip(batches, vf):
         for (q, _), s in zip(b, f.result()):
             vscore[q, : len(s)] = s
     t["verify"] = time.perf_counter()
     for f in data:
         f.release()
-    table = _assemble(Q, D, pidx, pdist, dhs_score, order, vscore, R=R, V=V, keep=keep,
+    table = _assemble(Q, D, pidx, pdist, dhs_score, dhs_mean, order, vscore, R=R, V=V, keep=keep,
                       fusion_model=fusion_model, q_ok=q_ok)
     if out:
         from .report import write_matches
 
-        write_matches(table, out)
+        write_matches(table, out, storage_options=storage_options)
     t["end"] = time.perf_counter()
     nq = max(Q.n, 1)
     return {"table": table, "queries": Q.n, "db": D.n, "K": K, "R": R, "V": V,
@@ -322,32 +345,35 @@ def _load_fusion(path: str | None, modality: str):
     return FusionModel.load(str(p))
 
 
-def _assemble(Q, D, pidx, pdist, dhs_score, order, vscore, *, R, V, keep, fusion_model, q_ok) -> dict:
+def _assemble(Q, D, pidx, pdist, dhs_score, dhs_mean, order, vscore, *, R, V, keep, fusion_model,
+              q_ok) -> dict:
     from .dtw import dtw_confidence
 
-    cols: dict[str, list] = {c: [] for c in ("query_id", "rank", "track_id", "confidence",
-                                             "verify_score", "dhs_score", "pse_distance", "stage")}
+    cols: dict[str, list] = {c: [] for c in ("query_id", "rank", "track_id", "confidence", "verify_score",
+                                             "dhs_score", "pse_distance", "dhs_matrix_mean",
+                                             "verify_std_score", "stage")}
     dbids = D.ids
     for q in range(Q.n):
         if not q_ok[q]:
             continue
         o = order[q]
-        vs = vscore[q]
+        vs, vstd = vscore[q, :, 0], vscore[q, :, 1]
         pse_d = np.sqrt(np.maximum(pdist[q], 0.0))
         if fusion_model is not None:
             from .fusion import features_for, predict_proba
 
             conf = predict_proba(fusion_model, features_for(
-                {"verify_score": vs, "dhs_score": dhs_score[q, o[:V]], "pse_distance": pse_d[o[:V]]}))
+                {"verify_score": vs, "dhs_score": dhs_score[q, o[:V]], "pse_distance": pse_d[o[:V]],
+                 "dhs_matrix_mean": dhs_mean[q, o[:V]], "verify_std_score": vstd}))
         else:
             conf = dtw_confidence(vs)
         vorder = np.lexsort((vs, -conf))
-        rows = [(o[j], conf[j], vs[j], "verify") for j in vorder]
-        rows += [(o[j], np.nan, np.nan, "rerank") for j in range(V, R)]
+        rows = [(o[j], conf[j], vs[j], vstd[j], "verify") for j in vorder]
+        rows += [(o[j], np.nan, np.nan, np.nan, "rerank") for j in range(V, R)]
         if keep == "all":
             rest = np.sort(o[R:])  # pidx is sorted by pse distance already
-            rows += [(j, np.nan, np.nan, "prune") for j in rest]
-        for rank, (j, c, v, st) in enumerate(rows, start=1):
+            rows += [(j, np.nan, np.nan, np.nan, "prune") for j in rest]
+        for rank, (j, c, v, v2, st) in enumerate(rows, start=1):
             cols["query_id"].append(Q.ids[q])
             cols["rank"].append(rank)
             cols["track_id"].append(dbids[int(pidx[q, j])])
@@ -355,5 +381,7 @@ def _assemble(Q, D, pidx, pdist, dhs_score, order, vscore, *, R, V, keep, fusion
             cols["verify_score"].append(float(v))
             cols["dhs_score"].append(float(dhs_score[q, j]))
             cols["pse_distance"].append(float(pse_d[j]))
+            cols["dhs_matrix_mean"].append(float(dhs_mean[q, j]))
+            cols["verify_std_score"].append(float(v2))
             cols["stage"].append(st)
     return {k: np.asarray(v) for k, v in cols.items()}

@@ -4,7 +4,11 @@ Conventions
 -----------
 * MATCHES is a table (dict of equal-length numpy columns) with one row per
   (query, candidate): ``query_id, rank, track_id, confidence, verify_score,
-  dhs_score, pse_distance``; ranks start at 1.  Scores are "lower is
+  dhs_score, pse_distance`` and, as written by ``msdmatch match``,
+  ``dhs_matrix_mean`` (it adds the single score ``dhs_ratio``),
+  ``verify_std_score`` and ``stage`` (optional; ``stage`` gives the
+  per-stage recall);
+  ranks start at 1.  Scores are "lower is
   better"; NaN means the stage did not score the candidate.
 * TRUTH maps each query id to its true track id (columns ``query_id,
   track_id``).
@@ -43,6 +47,8 @@ __all__ = [
 
 MATCH_COLUMNS = ("query_id", "rank", "track_id", "confidence", "verify_score", "dhs_score",
                  "pse_distance")
+#: Written after MATCH_COLUMNS when present; other tools' tables may lack them.
+OPTIONAL_COLUMNS = ("dhs_matrix_mean", "verify_std_score", "stage")
 RANK_CUTOFFS = (1, 10, 100, 1000, 10000)
 _SCORES = ("verify_score", "dhs_score", "pse_distance")
 
@@ -74,60 +80,122 @@ def _check_matches(m: Mapping, name: str = "matches") -> dict:
         raise ParameterError(f"{name} column 'rank' must start at 1, found {out['rank'].min()}")
     for c in ("confidence",) + _SCORES:
         out[c] = out[c].astype(np.float64)
+    for c in OPTIONAL_COLUMNS:
+        if c in m:
+            out[c] = _as_str(m[c]) if c == "stage" else np.asarray(m[c], dtype=np.float64)
+            if out[c].shape != (n,):
+                raise ParameterError(f"{name} column {c!r} has shape {out[c].shape}, expected ({n},)")
     return out
 
 
-def read_matches(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a MATCHES table from ``.csv`` or ``.parquet``.
+def _matches_format(path: str) -> str:
+    for ext in ("parquet", "csv", "zarr"):
+        if path.rstrip("/").endswith("." + ext):
+            return ext
+    raise ParameterError(
+        f"matches path {path} must end in .csv, .parquet or .zarr (a local path or an fsspec URL)"
+    )
+
+
+def _source(path: str, mode: str, storage_options: dict | None):
+    """What pyarrow reads or writes: a local path as is, a remote one as an fsspec file object."""
+    import contextlib
+
+    from .store import filesystem, is_remote
+
+    if not is_remote(path):
+        return contextlib.nullcontext(path)
+    fs, fpath = filesystem(path, storage_options)
+    return fs.open(fpath, mode)
+
+
+def read_matches(path: str | os.PathLike, *, storage_options: dict | None = None) -> dict[str, np.ndarray]:
+    """Read a MATCHES table from ``.csv``, ``.parquet`` or a ``.zarr`` group, local or remote.
+
+    Parameters
+    ----------
+    path : str
+        Local path or fsspec URL (``s3://bucket/matches.parquet``).
+    storage_options : dict, optional
+        fsspec options for a remote path.
 
     Returns
     -------
     table : dict of str to np.ndarray [shape=(n,)]
         ``query_id``/``track_id`` as str, ``rank`` int64, scores float64.
     """
+    from .store import filesystem
+
     path = os.fspath(path)
-    if not os.path.exists(path):
+    fmt = _matches_format(path)
+    fs, fpath = filesystem(path, storage_options)
+    if not fs.exists(fpath):
         raise MsdmatchError(f"matches file {path} does not exist")
-    if path.endswith(".parquet"):
+    if fmt == "zarr":
+        from .store import _read_str, open_group
+
+        g = open_group(path, storage_options=storage_options)
+        table = {c: (np.asarray(_read_str(g, c)) if g[c].dtype.kind in "OTU" else g[c][:])
+                 for c in g.attrs.get("columns", [])}
+    elif fmt == "parquet":
         import pyarrow.parquet as pq
 
-        t = pq.read_table(path)
+        with _source(path, "rb", storage_options) as fh:
+            # no threads: pyarrow 26 can abort at exit after a threaded read of a Python file object
+            t = pq.read_table(fh, use_threads=isinstance(fh, str))
         table = {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
-    elif path.endswith(".csv"):
-        table = _read_csv(path)
     else:
-        raise ParameterError(f"matches path {path} must end in .csv or .parquet")
-    return _check_matches(table, os.path.basename(path))
+        with _source(path, "rb", storage_options) as fh:
+            table = _read_csv(fh, path)
+    return _check_matches(table, os.path.basename(path.rstrip("/")))
 
 
-def _read_csv(path: str) -> dict[str, np.ndarray]:
+def _read_csv(source, name: str | None = None) -> dict[str, np.ndarray]:
     import pyarrow.csv as pcsv
 
     opts = pcsv.ConvertOptions(column_types={"query_id": "string", "track_id": "string"})
     try:
-        t = pcsv.read_csv(path, convert_options=opts)
+        t = pcsv.read_csv(source, convert_options=opts,
+                          read_options=pcsv.ReadOptions(use_threads=isinstance(source, str)))
     except Exception as e:  # pyarrow raises ArrowInvalid with a useful message
-        raise MsdmatchError(f"cannot parse {path} as CSV: {e}") from None
+        raise MsdmatchError(f"cannot parse {name or source} as CSV: {e}") from None
     return {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
 
 
-def write_matches(table: Mapping, path: str | os.PathLike) -> None:
-    """Write a MATCHES table to ``.csv`` or ``.parquet`` (columns in contract order)."""
+def write_matches(table: Mapping, path: str | os.PathLike, *, storage_options: dict | None = None) -> None:
+    """Write a MATCHES table (columns in contract order) to ``.csv``, ``.parquet`` or ``.zarr``.
+
+    ``path`` is a local path or an fsspec URL; a ``.zarr`` group gets one
+    array per column and the column list in its ``columns`` attribute.
+    """
     import pyarrow as pa
 
     path = os.fspath(path)
+    fmt = _matches_format(path)
     t = _check_matches(table)
-    arrow = pa.table({c: t[c] for c in MATCH_COLUMNS})
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
+    cols = [c for c in MATCH_COLUMNS + OPTIONAL_COLUMNS if c in t]
+    if fmt == "zarr":
+        from .store import _str_array, open_group
 
-        pq.write_table(arrow, path)
-    elif path.endswith(".csv"):
-        import pyarrow.csv as pcsv
+        g = open_group(path, mode="w", storage_options=storage_options)
+        for c in cols:
+            if t[c].dtype.kind == "U":
+                _str_array(g, c, t[c].tolist())
+            else:
+                g.create_array(c, shape=t[c].shape, dtype=t[c].dtype,
+                               chunks=(max(1, min(len(t[c]), 1 << 20)),))[:] = t[c]
+        g.attrs.update({"kind": "msdmatch-matches", "columns": cols})
+        return
+    arrow = pa.table({c: t[c] for c in cols})
+    with _source(path, "wb", storage_options) as fh:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
 
-        pcsv.write_csv(arrow, path)
-    else:
-        raise ParameterError(f"matches path {path} must end in .csv or .parquet")
+            pq.write_table(arrow, fh)
+        else:
+            import pyarrow.csv as pcsv
+
+            pcsv.write_csv(arrow, fh)
 
 
 def read_truth(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -145,13 +213,27 @@ def read_truth(path: str | os.PathLike) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- metrics
 
 
+def _single_scores(m: dict) -> tuple[str, ...]:
+    """Single scores to rank by: the contract's, then ``verify_std_score`` and ``dhs_ratio`` if available."""
+    scores = _SCORES + tuple(c for c in ("verify_std_score",) if c in m)
+    if "dhs_matrix_mean" not in m:
+        return scores
+    if "dhs_ratio" not in m:
+        from msdmatch.fusion import dhs_ratio
+
+        r = dhs_ratio(m["dhs_score"], m["dhs_matrix_mean"])
+        m["dhs_ratio"] = np.where(np.isnan(m["dhs_score"]), np.nan, r)
+    return scores + ("dhs_ratio",)
+
+
 def _true_rank(m: dict, truth_map: dict[str, str], queries: np.ndarray) -> dict[str, np.ndarray]:
     """Per query: final rank of the true track and its rank by each single score."""
     is_true = np.array([truth_map.get(q) == t for q, t in zip(m["query_id"], m["track_id"], strict=True)],
                        dtype=bool)
     qpos = {q: i for i, q in enumerate(queries)}
     out = {"final": np.full(queries.size, np.inf)}
-    for s in _SCORES:
+    scores = _single_scores(m)
+    for s in scores:
         out[s] = np.full(queries.size, np.inf)
     for q_idx in np.flatnonzero(is_true):
         i = qpos[m["query_id"][q_idx]]
@@ -167,7 +249,7 @@ def _true_rank(m: dict, truth_map: dict[str, str], queries: np.ndarray) -> dict[
         hit = rows_a[is_true[rows_a]]
         if hit.size == 0:
             continue
-        for s in _SCORES:
+        for s in scores:
             vals = np.where(np.isnan(m[s][rows_a]), np.inf, m[s][rows_a])
             tv = np.where(np.isnan(m[s][hit[0]]), np.inf, m[s][hit[0]])
             out[s][qpos[q]] = np.sum(vals <= tv)
@@ -202,7 +284,7 @@ def evaluate(
         misses); ``recall_pse``/``recall_dhs``/``recall_final`` when
         ``stage_ranks`` is given; ``ece`` and ``reliability`` of
         ``confidence``; ``top1_by_score`` (verify_score, dhs_score,
-        pse_distance, fusion); ``warnings`` (list of str).
+        pse_distance, dhs_ratio when ``dhs_matrix_mean`` is there, fusion); ``warnings`` (list of str).
     """
     m = _check_matches(matches)
     if "query_id" not in truth or "track_id" not in truth:
@@ -238,7 +320,7 @@ def evaluate(
     metrics["mrr"] = float(np.mean(np.where(np.isfinite(r), 1.0 / r, 0.0))) if nq else float("nan")
     metrics["ranks"] = {q: (float(x) if np.isfinite(x) else None) for q, x in zip(tq.tolist(), r, strict=True)}
     metrics["top1_by_score"] = {s: float(np.mean(ranks[s] <= 1)) if nq else float("nan")
-                                for s in _SCORES}
+                                for s in _single_scores(m)}
     metrics["top1_by_score"]["fusion"] = metrics["top_1"]
     if stage_ranks is not None:
         sq = _as_str(stage_ranks["query_id"])

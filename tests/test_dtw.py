@@ -8,7 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from msdmatch import _dtw_reference as ref
-from msdmatch.dtw import cosine_dtw, dtw_confidence, hamming_dtw, hamming_dtw_many
+from msdmatch.dtw import (
+    bit_frequencies,
+    cosine_dtw,
+    dtw_confidence,
+    hamming_dtw,
+    hamming_dtw_many,
+    hamming_matrix_mean,
+)
 from msdmatch.errors import ParameterError
 
 
@@ -380,3 +387,24 @@ def test_cosine_realistic_sizes_match_float64_pipeline(rng: np.random.Generator)
     box = C[path[0, 0] : ei + 1, path[0, 1] : ej + 1]
     assert s == cost / length / box.mean()
     assert cosine_dtw(X, Y, return_path=False) == s
+
+
+def test_hamming_matrix_mean_equals_mean_of_popcount_matrix(rng) -> None:
+    words = rng.integers(0, 2**32, 70, dtype=np.uint32)
+    words[40:55] &= np.uint32(0x0000FFFF)  # a sequence with skewed bits
+    offsets = np.array([0, 12, 40, 55, 55, 70])  # includes an empty sequence
+    freq = bit_frequencies(words, offsets)
+    assert freq.shape == (5, 32) and freq.dtype == np.float32
+    assert np.all(freq[3] == 0) and np.all(freq[2, 16:] == 0)
+    bits = (words[:, None] >> np.arange(32, dtype=np.uint32)) & 1
+    np.testing.assert_allclose(freq[1], bits[12:40].mean(axis=0), rtol=1e-6)
+    q = words[:9]
+    got = hamming_matrix_mean(bit_frequencies(q, np.array([0, 9]))[0], freq)
+    for i in (0, 1, 2, 4):
+        c = words[offsets[i]:offsets[i + 1]]
+        D = [[bin(int(a) ^ int(b)).count("1") for b in c] for a in q]
+        assert got[i] == pytest.approx(np.mean(D), rel=1e-6)
+    with pytest.raises(ParameterError, match="shape"):
+        hamming_matrix_mean(freq[0, :16], freq)
+    with pytest.raises(ParameterError, match="non-decreasing"):
+        bit_frequencies(words, np.array([0, 20, 10]))

@@ -111,3 +111,13 @@ def test_beat_sync_shortens(rng):
     full = features.audio_cqt(y, 22050)
     sync = features.audio_cqt(y, 22050, params=FeatureParams(beat_sync=True))
     assert sync.shape[1] == 48 and 4 < sync.shape[0] < full.shape[0] // 3
+
+
+def test_standardize_bins_removes_a_static_eq(rng):
+    X = np.abs(rng.standard_normal((200, 48))).astype(np.float32)
+    tilt = np.linspace(-3, 3, 48, dtype=np.float32)  # a fixed per-bin gain, as in dB
+    a, b = features.standardize_bins(X), features.standardize_bins(X * 2 + tilt)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
+    assert not features.standardize_bins(np.ones((5, 48))).any()  # constant bins map to 0

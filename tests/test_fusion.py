@@ -10,6 +10,7 @@ from msdmatch.errors import ModelError, ParameterError
 from msdmatch.fusion import (
     FEATURE_NAMES,
     FusionModel,
+    dhs_ratio,
     expected_calibration_error,
     features_for,
     fit_fusion,
@@ -26,10 +27,16 @@ def make_candidates(rng: np.random.Generator, n_queries: int, n_cand: int = 10) 
     y[np.arange(n_queries) * n_cand + rng.integers(0, n_cand, n_queries)] = 1
     shift = np.repeat(rng.normal(0, 0.15, n_queries), n_cand)
     verify = 0.75 - 0.2 * y + shift + rng.normal(0, 0.12, q.size)
-    dhs = np.exp(2.6 - 0.25 * y + shift + rng.normal(0, 0.25, q.size))
+    # a candidate's bits resemble everything to a varying degree (its matrix mean):
+    # the raw DHS score carries that, the ratio does not
+    matrix_mean = rng.uniform(11, 19, q.size)
+    dhs = matrix_mean * np.exp(-0.5 - 0.25 * y + shift + rng.normal(0, 0.25, q.size))
     pse = np.exp(1.5 - 0.5 * y + rng.normal(0, 0.5, q.size))
-    verify[rng.random(q.size) < 0.02] = np.nan  # a few unverified candidates
-    return {"query_id": q, "verify_score": verify, "dhs_score": dhs, "pse_distance": pse}, y
+    verify_std = 0.7 - 0.15 * y + shift + rng.normal(0, 0.15, q.size)
+    missing = rng.random(q.size) < 0.02  # a few unverified candidates
+    verify[missing] = verify_std[missing] = np.nan
+    return {"query_id": q, "verify_score": verify, "dhs_score": dhs, "pse_distance": pse,
+            "dhs_matrix_mean": matrix_mean, "verify_std_score": verify_std}, y
 
 
 def top1(score: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
@@ -52,7 +59,7 @@ def test_fusion_beats_single_scores_and_is_calibrated(rng):
     p = predict_proba(model, features_for(test))
     fused_top1 = top1(-p, y_te, test["query_id"])
     fused_auc = auc(-p, y_te)
-    for name in ("verify_score", "dhs_score", "pse_distance"):
+    for name in ("verify_score", "verify_std_score", "dhs_score", "pse_distance"):
         assert fused_top1 > top1(test[name], y_te, test["query_id"]) + 0.02, name
         assert fused_auc > auc(test[name], y_te), name
     assert expected_calibration_error(p, y_te) < 0.05
@@ -83,15 +90,24 @@ def test_features_are_per_query():
     cands = {"query_id": np.array(["a", "a", "a", "b"]),
              "verify_score": np.array([0.5, 0.3, np.nan, 0.9]),
              "dhs_score": np.array([10.0, 12.0, 11.0, 5.0]),
-             "pse_distance": np.array([1.0, 2.0, 4.0, 8.0])}
+             "pse_distance": np.array([1.0, 2.0, 4.0, 8.0]),
+             "dhs_matrix_mean": np.array([5.0, 5.0, 5.0, 5.0]),
+             "verify_std_score": np.array([0.4, 0.6, 0.7, 0.2])}
     X = features_for(cands)
     assert X.shape == (4, len(FEATURE_NAMES))
     np.testing.assert_allclose(X[:, 0], [0.5, 0.3, 0.5, 0.9])  # NaN -> query's worst
     np.testing.assert_allclose(X[:, 3], [0.2, 0.0, 0.2, 0.0])
-    np.testing.assert_allclose(X[:, 4], [0.0, 2.0, 1.0, 0.0])
+    np.testing.assert_allclose(X[:, 1], np.log([2.0, 2.4, 2.2, 1.0]), atol=1e-5)
+    np.testing.assert_allclose(X[:, 4], [0.0, 0.4, 0.2, 0.0])
     np.testing.assert_allclose(X[:, 5], np.log([1.0, 2.0, 4.0, 1.0]), atol=1e-5)
     np.testing.assert_allclose(X[:, 6], [0.2, -0.2, 0.2, 0.0])
     np.testing.assert_array_equal(X[:, 7], [0, 0, 1, 0])
+    np.testing.assert_allclose(X[:, 8:], [[0.4, 0.0, -0.2], [0.6, 0.2, 0.2], [0.7, 0.3, 0.3], [0.2, 0, 0]])
+
+
+def test_dhs_ratio():
+    r = dhs_ratio(np.array([8.0, np.inf, 4.0, 3.0]), np.array([16.0, 16.0, np.nan, 0.0]))
+    np.testing.assert_array_equal(r, [0.5, np.inf, np.inf, 3000.0])
 
 
 def test_reliability_curve_and_ece_by_hand():
@@ -112,4 +128,4 @@ def test_errors():
     with pytest.raises(ParameterError, match="did you pass raw scores"):
         expected_calibration_error(np.array([3.0]), np.array([1]))
     with pytest.raises(ParameterError, match="lack the column 'dhs_score'"):
-        features_for({"verify_score": np.zeros(2), "pse_distance": np.zeros(2)})
+        features_for({"verify_score": np.zeros(2), "verify_std_score": np.zeros(2), "pse_distance": np.zeros(2)})

@@ -1,4 +1,5 @@
 """Match stage, report and align on real components."""
+import json
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ from conftest import make_midi
 
 from msdmatch import embed, match
 from msdmatch.errors import ParameterError
-from msdmatch.report import read_matches
+from msdmatch.report import read_matches, write_matches
 
 COLUMNS = ["query_id", "rank", "track_id", "confidence", "verify_score", "dhs_score", "pse_distance"]
 
@@ -69,6 +70,8 @@ def test_cli_match_and_report(embedded, tmp_path):
     assert "| MRR |" in r.stdout
     for f in ("metrics.json", "rank_table.txt", "rank_cdf.png", "distances.png", "reliability.png"):
         assert (tmp_path / "rep" / f).is_file(), f
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert 0 <= metrics["recall_dhs"] <= 1 and 0 <= metrics["recall_final"] <= 1  # from the stage column
 
 
 def test_match_refuses_swapped_and_unembedded(embedded, tiny_stores, cluster_client):
@@ -85,10 +88,21 @@ def test_db_on_s3(embedded, s3, cluster_client, tmp_path):
     fs.put(embedded["audio"], f"{b}/db.zarr", recursive=True)
     local = _table(match.run(embedded["midi-synth"], embedded["audio"], client=cluster_client,
                              rerank=3, verify=2, progress=False))
-    remote = _table(match.run(embedded["midi-synth"], f"s3://{b}/db.zarr", client=cluster_client,
-                              rerank=3, verify=2, storage_options=s3["storage_options"], progress=False))
+    so = s3["storage_options"]
+    remote = _table(match.run(embedded["midi-synth"], f"s3://{b}/db.zarr", f"s3://{b}/out/m.zarr",
+                              client=cluster_client, rerank=3, verify=2, storage_options=so,
+                              progress=False))
     assert local["track_id"].tolist() == remote["track_id"].tolist()
     np.testing.assert_array_equal(local["confidence"], remote["confidence"])
+    # MATCHES on S3, as a Zarr group and as Parquet/CSV files, read back the same
+    write_matches(remote, f"s3://{b}/out/m.parquet", storage_options=so)
+    write_matches(remote, f"s3://{b}/out/m.csv", storage_options=so)
+    for name in ("m.zarr", "m.parquet", "m.csv"):
+        back = read_matches(f"s3://{b}/out/{name}", storage_options=so)
+        assert list(back) == COLUMNS + ["dhs_matrix_mean", "verify_std_score", "stage"], name
+        assert back["track_id"].tolist() == remote["track_id"].tolist(), name
+        np.testing.assert_array_equal(back["confidence"], remote["confidence"])
+        np.testing.assert_array_equal(back["rank"], remote["rank"])
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
