@@ -47,6 +47,10 @@ def test_calibration_fits_and_ranks_the_true_match_first(rng):
     m, t = _matches(rng)
     model = fit_from_matches(m, t)
     assert model.metrics["top1"] >= 0.9
+    # held-out estimate: every query scored by a model fitted on the other folds
+    assert model.metrics["cv_folds"] == 5 and model.metrics["cv_top1"] >= 0.85
+    assert model.metrics["cv_top1"] >= model.metrics["top1_pse_distance"]
+    assert 0 <= model.metrics["cv_ece"] <= 1
 
 
 def test_calibration_needs_both_classes(rng):
