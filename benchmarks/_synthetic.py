@@ -12,10 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def _model_infos(store, models: str | None):
+def _model_infos(store, models: str | None, midi_modality: str | None = None):
     from msdmatch.embed import resolve_models
 
     infos = resolve_models([models] if models else None, store.modality)
+    if midi_modality:  # an audio store holds every modality's codes: take the queries'
+        infos = [i for i in infos if i.midi_modality == midi_modality]
     pse = [i for i in infos if i.kind == "pse"]
     dhs = [i for i in infos if i.kind == "dhs"]
     if not pse or not dhs:
@@ -24,9 +26,11 @@ def _model_infos(store, models: str | None):
     return pse[0], dhs[0]
 
 
-def real_codes(url: str, *, models: str | None = None, max_items: int = 400,
-               threads: int = 1) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], str]:
+def real_codes(url: str, *, models: str | None = None, max_items: int = 400, threads: int = 1,
+               midi_modality: str | None = None) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], str]:
     """Embeddings ``(n, 128)``, packed hash sequences and feature sequences of a store.
+
+    ``midi_modality`` picks, in an audio store, the codes of the models for that query modality.
 
     Returns ``(E, words, features, how)``, where ``how`` says where the codes came from.
     """
@@ -35,7 +39,7 @@ def real_codes(url: str, *, models: str | None = None, max_items: int = 400,
     from msdmatch.store import Store
 
     store = Store(url)
-    pse, dhs = _model_infos(store, models)
+    pse, dhs = _model_infos(store, models, midi_modality)
     n = min(len(store.ids), max_items)
     feats = store.sequences(0, n)
     g = store.group

@@ -112,9 +112,12 @@ def main() -> None:
     threadpool_limits(1)
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    E_real, W_real, F_real, how = real_codes(args.store, models=args.models)
-    print(f"# database statistics: {how} ({len(E_real)} usable)")
+    from msdmatch.store import Store
+
     QE, QW, QF, qhow = real_codes(args.queries, models=args.models, max_items=max(args.batch, 64))
+    E_real, W_real, F_real, how = real_codes(args.store, models=args.models,
+                                             midi_modality=Store(args.queries).modality)
+    print(f"# database statistics: {how} ({len(E_real)} usable)")
     print(f"# queries: {qhow} ({len(QE)} usable)")
     n_max = max(args.sizes)
     E = synth_pse(E_real, n_max, rng=rng)
