@@ -4,12 +4,11 @@ Conventions
 -----------
 * MATCHES is a table (dict of equal-length numpy columns) with one row per
   (query, candidate): ``query_id, rank, track_id, confidence, verify_score,
-  dhs_score, pse_distance`` and, as written by ``msdmatch match``,
-  ``dhs_matrix_mean`` (it adds the single score ``dhs_ratio``),
-  ``verify_std_score`` and ``stage`` (optional; ``stage`` gives the
-  per-stage recall);
-  ranks start at 1.  Scores are "lower is
-  better"; NaN means the stage did not score the candidate.
+  dhs_score, pse_distance`` and, as written by ``msdmatch match``, the
+  optional ``dhs_matrix_mean`` (it adds the single score ``dhs_ratio``),
+  ``verify_std_score`` and ``stage`` (it gives the per-stage recall); ranks
+  start at 1.  Scores are "lower is better"; NaN means the stage did not
+  score the candidate.
 * TRUTH maps each query id to its true track id (columns ``query_id,
   track_id``).
 * A query whose true track is not in its candidate list, or which has no rows
