@@ -32,7 +32,14 @@ def fit_from_matches(matches: dict, truth: dict, *, l2: float = 1.0, folds: int 
         model fitted on the other folds) beside ``top1_<score>`` of each
         single score on the same candidates.
     """
-    from .fusion import _top1, dhs_ratio, expected_calibration_error, features_for, fit_fusion, predict_proba
+    from .fusion import (
+        dhs_ratio,
+        expected_calibration_error,
+        features_for,
+        fit_fusion,
+        predict_proba,
+        top1_by_query,
+    )
 
     t = dict(zip(np.asarray(truth["query_id"]).tolist(), np.asarray(truth["track_id"]).tolist()))
     sel = np.isin(matches["query_id"], list(t))
@@ -64,9 +71,10 @@ def fit_from_matches(matches: dict, truth: dict, *, l2: float = 1.0, folds: int 
     singles = {"verify_score": rows["verify_score"], "verify_std_score": rows["verify_std_score"],
                "dhs_ratio": dhs_ratio(rows["dhs_score"], rows["dhs_matrix_mean"]),
                "pse_distance": rows["pse_distance"]}
-    cv = {"cv_folds": folds, "cv_top1": _top1(-p[ok], y[ok], q[ok]),
+    cv = {"cv_folds": folds, "cv_top1": top1_by_query(-p[ok], y[ok], q[ok]),
           "cv_ece": expected_calibration_error(p[ok], y[ok])}
-    cv.update({f"top1_{k}": _top1(np.nan_to_num(v[ok], nan=np.inf), y[ok], q[ok]) for k, v in singles.items()})
+    cv.update({f"top1_{k}": top1_by_query(np.nan_to_num(v[ok], nan=np.inf), y[ok], q[ok])
+               for k, v in singles.items()})
     return type(model)(**{**model.__dict__, "metrics": {**model.metrics, **cv}})
 
 

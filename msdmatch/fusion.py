@@ -53,6 +53,7 @@ __all__ = [
     "features_for",
     "fit_fusion",
     "predict_proba",
+    "top1_by_query",
     "expected_calibration_error",
     "reliability_curve",
 ]
@@ -356,12 +357,26 @@ def fit_fusion(
                "log_loss": float(-np.mean(y * np.log(prob + 1e-15) + (1 - y) * np.log(1 - prob + 1e-15))),
                "ece": expected_calibration_error(prob, y)}
     if groups is not None:
-        metrics["top1"] = _top1(-prob, y, np.asarray(groups))
+        metrics["top1"] = top1_by_query(-prob, y, np.asarray(groups))
     return FusionModel(**{**model.__dict__, "metrics": metrics})
 
 
-def _top1(score: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
-    """Fraction of groups whose lowest-score row is a positive (ties: first row)."""
+def top1_by_query(score: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
+    """Fraction of groups (queries) whose lowest-score row is a positive (ties: first row).
+
+    Parameters
+    ----------
+    score : np.ndarray [shape=(n,)]
+        Lower is better.
+    y : np.ndarray [shape=(n,)]
+        1 for a query's true match, 0 otherwise.
+    groups : np.ndarray [shape=(n,)]
+        Query of each row.
+
+    Returns
+    -------
+    top1 : float
+    """
     _, inv = np.unique(groups, return_inverse=True)
     order = np.lexsort((score, inv))
     first = np.r_[True, inv[order][1:] != inv[order][:-1]]
