@@ -33,11 +33,11 @@ def fit_from_matches(matches: dict, truth: dict, *, l2: float = 1.0, folds: int 
         single score on the same candidates.
     """
     from .fusion import (
-        dhs_ratio,
         expected_calibration_error,
         features_for,
         fit_fusion,
         predict_proba,
+        single_scores,
         top1_by_query,
     )
 
@@ -68,13 +68,10 @@ def fit_from_matches(matches: dict, truth: dict, *, l2: float = 1.0, folds: int 
         if te.any() and 0 < y[tr].sum() < tr.sum():
             p[te] = predict_proba(fit_fusion(X[tr], y[tr], l2=l2), X[te])
     ok = ~np.isnan(p)
-    singles = {"verify_score": rows["verify_score"], "verify_std_score": rows["verify_std_score"],
-               "dhs_ratio": dhs_ratio(rows["dhs_score"], rows["dhs_matrix_mean"]),
-               "pse_distance": rows["pse_distance"]}
     cv = {"cv_folds": folds, "cv_top1": top1_by_query(-p[ok], y[ok], q[ok]),
           "cv_ece": expected_calibration_error(p[ok], y[ok])}
     cv.update({f"top1_{k}": top1_by_query(np.nan_to_num(v[ok], nan=np.inf), y[ok], q[ok])
-               for k, v in singles.items()})
+               for k, v in single_scores(rows).items()})
     return type(model)(**{**model.__dict__, "metrics": {**model.metrics, **cv}})
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "features_for",
     "fit_fusion",
     "predict_proba",
+    "single_scores",
     "top1_by_query",
     "expected_calibration_error",
     "reliability_curve",
@@ -275,6 +276,27 @@ def dhs_ratio(score: np.ndarray, matrix_mean: np.ndarray) -> np.ndarray:
     m = np.asarray(matrix_mean, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         return np.where(np.isfinite(s) & np.isfinite(m), s / np.maximum(m, 1e-3), np.inf)
+
+
+def single_scores(candidates: Mapping) -> dict[str, np.ndarray]:
+    """Each score a candidate can be ranked by alone (lower is better).
+
+    Parameters
+    ----------
+    candidates : mapping of str to np.ndarray [shape=(n,)]
+        MATCHES columns; ``verify_std_score`` and ``dhs_matrix_mean`` may be absent.
+
+    Returns
+    -------
+    scores : dict of str to np.ndarray [shape=(n,)]
+        ``verify_score``, ``dhs_score``, ``pse_distance``, then
+        ``verify_std_score`` and ``dhs_ratio`` when their columns are there.
+    """
+    names = ("verify_score", "dhs_score", "pse_distance", "verify_std_score")
+    scores = {c: np.asarray(candidates[c], dtype=np.float64) for c in names if c in candidates}
+    if "dhs_matrix_mean" in candidates:
+        scores["dhs_ratio"] = dhs_ratio(candidates["dhs_score"], candidates["dhs_matrix_mean"])
+    return scores
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

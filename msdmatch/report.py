@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from msdmatch.errors import MsdmatchError, ParameterError
-from msdmatch.fusion import expected_calibration_error, reliability_curve
+from msdmatch.fusion import expected_calibration_error, reliability_curve, single_scores
 
 __all__ = [
     "MATCH_COLUMNS",
@@ -212,26 +212,13 @@ def read_truth(path: str | os.PathLike) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- metrics
 
 
-def _single_scores(m: dict) -> tuple[str, ...]:
-    """Single scores to rank by: the contract's, then ``verify_std_score`` and ``dhs_ratio`` if available."""
-    scores = _SCORES + tuple(c for c in ("verify_std_score",) if c in m)
-    if "dhs_matrix_mean" not in m:
-        return scores
-    if "dhs_ratio" not in m:
-        from msdmatch.fusion import dhs_ratio
-
-        r = dhs_ratio(m["dhs_score"], m["dhs_matrix_mean"])
-        m["dhs_ratio"] = np.where(np.isnan(m["dhs_score"]), np.nan, r)
-    return scores + ("dhs_ratio",)
-
-
 def _true_rank(m: dict, truth_map: dict[str, str], queries: np.ndarray) -> dict[str, np.ndarray]:
     """Per query: final rank of the true track and its rank by each single score."""
     is_true = np.array([truth_map.get(q) == t for q, t in zip(m["query_id"], m["track_id"], strict=True)],
                        dtype=bool)
     qpos = {q: i for i, q in enumerate(queries)}
     out = {"final": np.full(queries.size, np.inf)}
-    scores = _single_scores(m)
+    scores = single_scores(m)
     for s in scores:
         out[s] = np.full(queries.size, np.inf)
     for q_idx in np.flatnonzero(is_true):
@@ -248,9 +235,9 @@ def _true_rank(m: dict, truth_map: dict[str, str], queries: np.ndarray) -> dict[
         hit = rows_a[is_true[rows_a]]
         if hit.size == 0:
             continue
-        for s in scores:
-            vals = np.where(np.isnan(m[s][rows_a]), np.inf, m[s][rows_a])
-            tv = np.where(np.isnan(m[s][hit[0]]), np.inf, m[s][hit[0]])
+        for s, col in scores.items():
+            vals = np.where(np.isnan(col[rows_a]), np.inf, col[rows_a])
+            tv = np.where(np.isnan(col[hit[0]]), np.inf, col[hit[0]])
             out[s][qpos[q]] = np.sum(vals <= tv)
     return out
 
@@ -319,7 +306,7 @@ def evaluate(
     metrics["mrr"] = float(np.mean(np.where(np.isfinite(r), 1.0 / r, 0.0))) if nq else float("nan")
     metrics["ranks"] = {q: (float(x) if np.isfinite(x) else None) for q, x in zip(tq.tolist(), r, strict=True)}
     metrics["top1_by_score"] = {s: float(np.mean(ranks[s] <= 1)) if nq else float("nan")
-                                for s in _single_scores(m)}
+                                for s in ranks if s != "final"}
     metrics["top1_by_score"]["fusion"] = metrics["top_1"]
     if stage_ranks is not None:
         sq = _as_str(stage_ranks["query_id"])
