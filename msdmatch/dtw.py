@@ -61,6 +61,23 @@ def _check_words(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
+def _check_offsets(offsets: np.ndarray, n_words: int) -> np.ndarray:
+    """``offsets`` as int64 after checking it delimits sequences of ``n_words`` words."""
+    off = np.asarray(offsets)
+    if off.ndim != 1 or off.dtype.kind not in "iu":
+        raise ParameterError(
+            f"offsets must be a 1-D integer array, got shape {off.shape} dtype {off.dtype}"
+        )
+    if off.size == 0:
+        raise ParameterError("offsets is empty; it needs n_sequences + 1 entries, starting at 0")
+    off = off.astype(np.int64)
+    if off[0] < 0 or off[-1] > n_words:
+        raise ParameterError(f"offsets must lie in [0, len(words)={n_words}], got {off[0]}..{off[-1]}")
+    if np.any(np.diff(off) < 0):
+        raise ParameterError("offsets must be non-decreasing")
+    return off
+
+
 def _check_gully(gully: float) -> float:
     g = float(gully)
     if not (0.0 <= g <= 1.0):
@@ -210,21 +227,8 @@ def hamming_dtw_many(
     """
     q = _check_words(query, "query")
     w = _check_words(words, "words")
-    off = np.asarray(offsets)
-    if off.ndim != 1 or off.dtype.kind not in "iu":
-        raise ParameterError(
-            f"offsets must be a 1-D integer array, got shape {off.shape} dtype {off.dtype}"
-        )
-    if off.size == 0:
-        raise ParameterError("offsets is empty; it needs n_candidates + 1 entries, starting at 0")
-    off = off.astype(np.int64)
-    if off[0] < 0 or off[-1] > w.size:
-        raise ParameterError(
-            f"offsets must lie in [0, len(words)={w.size}], got {off[0]}..{off[-1]}"
-        )
+    off = _check_offsets(offsets, w.size)
     lengths = np.diff(off)
-    if np.any(lengths < 0):
-        raise ParameterError("offsets must be non-decreasing")
     if np.any(lengths == 0):
         bad = int(np.flatnonzero(lengths == 0)[0])
         raise ParameterError(
@@ -282,14 +286,7 @@ def bit_frequencies(words: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         ``k`` is set; all zero for an empty sequence.
     """
     w = _check_words(words, "words")
-    off = np.asarray(offsets)
-    if off.ndim != 1 or off.dtype.kind not in "iu" or off.size == 0:
-        raise ParameterError(
-            f"offsets must be a non-empty 1-D integer array, got shape {off.shape} dtype {off.dtype}"
-        )
-    off = off.astype(np.int64)
-    if off[0] < 0 or off[-1] > w.size or np.any(np.diff(off) < 0):
-        raise ParameterError(f"offsets must be non-decreasing within [0, len(words)={w.size}]")
+    off = _check_offsets(offsets, w.size)
     counts = np.zeros((off.size - 1, 32), dtype=np.int64)
     _k._bit_counts(w, off, counts)
     n = np.maximum(np.diff(off), 1)[:, None]
