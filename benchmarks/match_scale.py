@@ -10,8 +10,10 @@ It times, on one core (BLAS and numba limited to one thread; best of
 * the batched PSE prune (:func:`msdmatch.prune.topk_sq_euclidean`) per query
   at each ``--sizes`` entry count, K = ``default_k(n)``;
 * the DHS rerank per query: gathering the K candidates' hash words,
-  :func:`msdmatch.dtw.hamming_dtw_many` with ``top_r=R`` and the candidates'
-  Hamming matrix means (:func:`msdmatch.dtw.hamming_matrix_mean`);
+  :func:`msdmatch.dtw.hamming_dtw_many` and the candidates' Hamming matrix
+  means (:func:`msdmatch.dtw.hamming_matrix_mean`), as the match stage runs
+  them: every candidate scored exactly (early abandoning by the raw score,
+  ``top_r``, would be wrong for a ranking by the ratio), top R by ratio;
 * the verify per query: for each of V real previews, two
   :func:`msdmatch.dtw.cosine_dtw` calls of a real query's CQT (cut or tiled
   to ``--verify-frames``), on the features as stored and bin-standardised;
@@ -32,6 +34,8 @@ import time
 
 for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_v] = "1"
+# the exact rerank runs numba's parallel kernel; the fork-based worker pool below needs a fork-safe layer
+os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import multiprocessing as mp  # noqa: E402
@@ -56,7 +60,7 @@ def rerank(qw: np.ndarray, cand: np.ndarray, words: np.ndarray, offsets: np.ndar
     sub_off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
     pos = np.arange(sub_off[-1]) - np.repeat(sub_off[:-1], lens)
     sub = words[np.repeat(offsets[cand], lens) + pos]
-    s = hamming_dtw_many(qw, sub, sub_off, penalty=DHS_PENALTY, gully=DHS_GULLY, top_r=r)
+    s = hamming_dtw_many(qw, sub, sub_off, penalty=DHS_PENALTY, gully=DHS_GULLY)
     s = dhs_ratio(s, hamming_matrix_mean(bit_frequencies(qw, np.array([0, len(qw)]))[0], bits[cand]))
     return cand[np.lexsort((cand, s))[:r]]
 
