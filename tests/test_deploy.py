@@ -121,15 +121,21 @@ def test_dockerfile_base_user_entrypoint_and_thread_limits():
     assert [r for op, r in ins if op == "ENTRYPOINT"] == ['["/usr/bin/tini", "-g", "--"]']
 
 
-def test_image_gives_workers_the_same_malloc_settings_as_a_local_cluster():
+def _flat(doc: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in doc.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_image_gives_workers_the_same_dask_settings_as_a_local_cluster():
     import yaml
 
-    from msdmatch.cluster import WORKER_MALLOC
+    from msdmatch.cluster import MONITORING, WORKER_MALLOC
 
     assert ("COPY", "deploy/dask-config.yaml /etc/dask/msdmatch.yaml") in _dockerfile()
     doc = yaml.safe_load((DEPLOY / "dask-config.yaml").read_text())
-    env = doc["distributed"]["nanny"]["pre-spawn-environ"]
-    assert {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in env.items()} == WORKER_MALLOC
+    assert _flat(doc) == {**WORKER_MALLOC, **MONITORING}
 
 
 def test_dockerfile_passes_hadolint():

@@ -196,8 +196,8 @@ def test_stale_lease_of_a_dead_process_is_taken_over(tmp_path):
         assert json.loads((tmp_path / "db.zarr.lock").read_text())["token"] == me["token"]
 
 
-def test_local_cluster_workers_get_thread_limits_and_malloc_settings(cluster_client):
-    from msdmatch.cluster import WORKER_ENV, WORKER_MALLOC
+def test_local_cluster_workers_get_thread_limits_malloc_and_monitoring_settings(cluster_client):
+    from msdmatch.cluster import MONITORING, WORKER_ENV, WORKER_MALLOC
 
     def env():
         import os
@@ -207,3 +207,11 @@ def test_local_cluster_workers_get_thread_limits_and_malloc_settings(cluster_cli
     want = dict(WORKER_ENV, **{k.rsplit(".", 1)[1]: str(v) for k, v in WORKER_MALLOC.items()})
     seen = cluster_client.run(env)
     assert len(seen) == 2 and all(v == want for v in seen.values()), seen
+
+    def intervals():
+        import dask
+
+        return {k: dask.config.get(k) for k in MONITORING}
+
+    seen = cluster_client.run(intervals)
+    assert len(seen) == 2 and all(v == MONITORING for v in seen.values()), seen
