@@ -14,9 +14,11 @@ It times, on one core (BLAS and numba limited to one thread; best of
   means (:func:`msdmatch.dtw.hamming_matrix_mean`), as the match stage runs
   them: every candidate scored exactly (early abandoning by the raw score,
   ``top_r``, would be wrong for a ranking by the ratio), top R by ratio;
-* the verify per query: for each of V real previews, two
-  :func:`msdmatch.dtw.cosine_dtw` calls of a real query's CQT (cut or tiled
-  to ``--verify-frames``), on the features as stored and bin-standardised;
+* the verify per query: :func:`msdmatch.match.verify_scores` of a real
+  query's CQT (cut or tiled to ``--verify-frames``) against V real previews,
+  as the match stage runs it: the DHS nets on the query and the previews,
+  then three cosine DTWs per preview (features as stored, bin-standardised,
+  and the DHS nets' real-valued outputs);
 * the prune + rerank of a batch on 1 and 2 worker processes, each running
   :func:`msdmatch.match.shard_topk` and :func:`msdmatch.match.shard_rerank`
   on its own half of the database, for the 2-worker speed-up.
@@ -110,7 +112,8 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     from msdmatch.dtw import bit_frequencies, cosine_dtw
-    from msdmatch.features import standardize_bins
+    from msdmatch.features import unit_frames
+    from msdmatch.match import _model_names, dhs_nets, verify_scores
     from msdmatch.prune import default_k, topk_sq_euclidean
 
     threadpool_limits(1)
@@ -161,21 +164,15 @@ def main() -> None:
         c_rr, w_rr = c_rr + c / nrq, w_rr + w / nrq
     rows.append((f"DHS rerank, K={k:,} -> R={args.R} (mean of {nrq} queries)", c_rr, w_rr))
 
-    def unit(x):
-        x = x.astype(np.float32)
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
-
-    qf = unit(np.concatenate([QF[0]] * (1 + args.verify_frames // len(QF[0])))[: args.verify_frames])
-    prev = [unit(F_real[i % len(F_real)]) for i in range(args.V)]
+    qf = unit_frames(np.concatenate([QF[0]] * (1 + args.verify_frames // len(QF[0])))[: args.verify_frames])
+    prev = [unit_frames(F_real[i % len(F_real)]) for i in range(args.V)]
+    Qs, Ds = Store(args.queries), Store(args.store)
+    nets = dhs_nets(Qs, Ds, args.models, _model_names(Qs, Ds, args.models)[1])
     cosine_dtw(qf[:100], prev[0][:50], return_path=False)
+    verify_scores(qf[:100], prev[:2], nets=nets)
 
-    def verify():
-        qs = standardize_bins(qf)
-        return [(cosine_dtw(qf, p, return_path=False), cosine_dtw(qs, standardize_bins(p), return_path=False))
-                for p in prev]
-
-    c_v, w_v, _ = best(verify, args.repeats)
-    rows.append((f"verify, V={args.V} x 2 cosine DTW {len(qf)} x {len(prev[0])} frames", c_v, w_v))
+    c_v, w_v, _ = best(lambda: verify_scores(qf, prev, nets=nets), args.repeats)
+    rows.append((f"verify, V={args.V} x 3 cosine DTW {len(qf)} x {len(prev[0])} frames", c_v, w_v))
     c_tot = prune_at[n][0] + c_rr + c_v
     w_tot = prune_at[n][1] + w_rr + w_v
     rows.append((f"total per query at n={n:,}", c_tot, w_tot))

@@ -37,10 +37,24 @@ def _check_length(n_frames: int, params: FeatureParams) -> None:
 
 def _normalise_frames(S_db: np.ndarray, floor_db: float) -> np.ndarray:
     """Shift dB to be non-negative, transpose to time-first, L2-normalise frames."""
-    X = (S_db - floor_db).T.astype(np.float32)
-    norm = np.linalg.norm(X, axis=1, keepdims=True)
-    np.divide(X, norm, out=X, where=norm > 0)
-    return X
+    return unit_frames((S_db - floor_db).T)
+
+
+def unit_frames(X: np.ndarray) -> np.ndarray:
+    """L2-normalise each frame (all-zero frames stay zero).
+
+    Parameters
+    ----------
+    X : np.ndarray [shape=(n_frames, n_dims)]
+
+    Returns
+    -------
+    Y : np.ndarray [shape=(n_frames, n_dims), dtype=float32]
+    """
+    Y = np.array(X, dtype=np.float32)
+    norm = np.linalg.norm(Y, axis=1, keepdims=True)
+    np.divide(Y, norm, out=Y, where=norm > 0)
+    return Y
 
 
 def standardize_bins(X: np.ndarray, *, eps: float = 1e-3) -> np.ndarray:
@@ -64,10 +78,7 @@ def standardize_bins(X: np.ndarray, *, eps: float = 1e-3) -> np.ndarray:
         Unit-norm frames (all-zero frames stay zero).
     """
     X = np.asarray(X, dtype=np.float32)
-    Z = (X - X.mean(axis=0)) / (X.std(axis=0) + np.float32(eps))
-    norm = np.linalg.norm(Z, axis=1, keepdims=True)
-    np.divide(Z, norm, out=Z, where=norm > 0)
-    return Z
+    return unit_frames((X - X.mean(axis=0)) / (X.std(axis=0) + np.float32(eps)))
 
 
 def _hashable(v):

@@ -14,10 +14,13 @@ Conventions
 - Verify runs cosine DTW twice: on the features as stored (the thesis's
   ``verify_score``) and on features standardised per bin over each sequence
   (``verify_std_score``, :func:`msdmatch.features.standardize_bins`), which
-  takes out a recording's static equalisation.  The fusion uses both.
+  takes out a recording's static equalisation.  A third pass runs cosine
+  DTW on the DHS nets' real-valued outputs before their sign is taken
+  (``verify_dhs_score``): the learned frame features the hash bits come
+  from, without the loss of binarising them.  The fusion uses all three.
 - Output: one row per (query, candidate) with ``query_id, rank, track_id,
   confidence, verify_score, dhs_score, pse_distance, dhs_matrix_mean,
-  verify_std_score, stage``; ``stage`` is ``verify`` for the top V (ranked by the fused
+  verify_std_score, verify_dhs_score, stage``; ``stage`` is ``verify`` for the top V (ranked by the fused
   confidence), ``rerank`` for ranks V+1..R (by normalised DHS score) and
   ``prune`` beyond (by PSE distance, only with ``keep='all'``).  Unverified
   rows have NaN ``confidence``.
@@ -124,9 +127,51 @@ def shard_rerank(data: dict, qwords: list[np.ndarray],
     return out
 
 
-def verify_batch(jobs: list[tuple[int, list[int]]], *, q_url: str, db_url: str,
+def verify_scores(X: np.ndarray, Ys: list[np.ndarray], *, nets: dict, threads: int = 1) -> np.ndarray:
+    """The three verify DTW scores of one query against its candidates.
+
+    Parameters
+    ----------
+    X : np.ndarray [shape=(n_frames, n_bins)]
+        The query's features.
+    Ys : list of np.ndarray [shape=(n_frames_i, n_bins)]
+        The candidates' features.
+    nets : dict
+        The DHS nets, ``{'query': onnx path, 'db': onnx path, 'downsample':
+        int}``, from :func:`dhs_nets`.
+    threads : int
+        onnxruntime threads.
+
+    Returns
+    -------
+    scores : np.ndarray [shape=(len(Ys), 3), dtype=float64]
+        Raffel's normalised cosine-DTW score (lower is better) on the features
+        as stored (column 0), on them standardised per bin (column 1) and on
+        the DHS nets' real-valued outputs (column 2); ``inf`` where a
+        sequence is empty.
+    """
+    from .dtw import cosine_dtw
+    from .embed import embed_sequences
+    from .features import standardize_bins, unit_frames
+
+    s = np.full((len(Ys), 3), np.inf)
+    ok = [n for n, Y in enumerate(Ys) if len(Y)]
+    if not len(X) or not ok:
+        return s
+    ds = nets["downsample"]
+    (Xh,) = embed_sequences([X], nets["query"], downsample=ds, threads=threads)
+    Yh = embed_sequences([Ys[n] for n in ok], nets["db"], downsample=ds, threads=threads)
+    Xs, Xh = standardize_bins(X), unit_frames(Xh)
+    for n, yh in zip(ok, Yh, strict=True):
+        s[n, 0] = cosine_dtw(X, Ys[n], gully=VERIFY_GULLY, return_path=False)
+        s[n, 1] = cosine_dtw(Xs, standardize_bins(Ys[n]), gully=VERIFY_GULLY, return_path=False)
+        s[n, 2] = cosine_dtw(Xh, unit_frames(yh), gully=VERIFY_GULLY, return_path=False)
+    return s
+
+
+def verify_batch(jobs: list[tuple[int, list[int]]], *, q_url: str, db_url: str, nets: dict,
                  storage_options: dict | None = None) -> list[np.ndarray]:
-    """Cosine DTW of queries against their top candidates.
+    """:func:`verify_scores` of queries against their top candidates, read from the stores.
 
     Parameters
     ----------
@@ -134,28 +179,36 @@ def verify_batch(jobs: list[tuple[int, list[int]]], *, q_url: str, db_url: str,
 
     Returns
     -------
-    scores : list of np.ndarray [shape=(n_candidates, 2), float64]
-        Raffel's normalised DTW score (lower is better) on the features as
-        stored (column 0) and standardised per bin (column 1).
+    scores : list of np.ndarray [shape=(n_candidates, 3), float64]
     """
-    from .dtw import cosine_dtw
-    from .features import standardize_bins
+    from .embed import _worker_threads
     from .store import Store
 
     Q = Store(q_url, storage_options=storage_options)
     D = Store(db_url, storage_options=storage_options)
-    out = []
-    for qi, rows in jobs:
-        X = Q.sequence(qi)
-        Xs = standardize_bins(X)
-        s = np.full((len(rows), 2), np.inf)
-        for n, r in enumerate(rows):
-            Y = D.sequence(r)
-            if len(X) and len(Y):
-                s[n, 0] = cosine_dtw(X, Y, gully=VERIFY_GULLY, return_path=False)
-                s[n, 1] = cosine_dtw(Xs, standardize_bins(Y), gully=VERIFY_GULLY, return_path=False)
-        out.append(s)
-    return out
+    threads = _worker_threads()
+    return [verify_scores(Q.sequence(qi), [D.sequence(r) for r in rows], nets=nets, threads=threads)
+            for qi, rows in jobs]
+
+
+def dhs_nets(Q, D, models: str | None, dhs: str) -> dict:
+    """ONNX paths of DHS model ``dhs`` for the query store ``Q`` and the database ``D``.
+
+    Returns
+    -------
+    nets : dict
+        ``{'query': path, 'db': path, 'downsample': int}``.
+    """
+    from .embed import resolve_models
+    from .modelfile import check_compatible
+
+    infos = [i for i in resolve_models([models] if models else None, Q.modality) if i.name == dhs]
+    if not infos:
+        raise ModelError(f"DHS model {dhs!r} not found in {models or 'the shipped models'}")
+    info = infos[0]
+    return {"query": str(check_compatible(info, store_params=Q.params, store_modality=Q.modality)),
+            "db": str(check_compatible(info, store_params=D.params, store_modality=D.modality)),
+            "downsample": int(info.downsample)}
 
 
 # ----------------------------------------------------------------- the job
@@ -227,6 +280,7 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
         raise ParameterError(f"QUERIES store {queries!r} holds audio; expected a MIDI store (swapped arguments?)")
     Q.require(params=D.params)  # names the differing parameter and how to fix it
     pse, dhs = _model_names(Q, D, models)
+    nets = dhs_nets(Q, D, models, dhs)
     fusion_model = _load_fusion(fusion, Q.modality)
     if client is None:
         with client_for(scheduler, n_workers=n_workers, quiet=not progress) as c:
@@ -282,9 +336,9 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
     jobs = [(q, [int(pidx[q, j]) for j in order[q, :V]]) for q in range(Q.n)]
     nb = max(1, min(len(jobs), 4 * total_threads(client)))
     batches = [jobs[i::nb] for i in range(nb)]
-    vf = [client.submit(verify_batch, b, q_url=queries, db_url=db, storage_options=storage_options,
-                        key=f"match-verify-{i}-{time.time_ns()}") for i, b in enumerate(batches)]
-    vscore = np.full((Q.n, V, 2), np.inf)
+    vf = [client.submit(verify_batch, b, q_url=queries, db_url=db, nets=nets,
+                        storage_options=storage_options, key=f"match-verify-{i}-{time.time_ns()}") for i, b in enumerate(batches)]
+    vscore = np.full((Q.n, V, 3), np.inf)
     for b, f in zip(batches, vf):
         for (q, _), s in zip(b, f.result()):
             vscore[q, : len(s)] = s
@@ -351,29 +405,29 @@ def _assemble(Q, D, pidx, pdist, dhs_score, dhs_mean, order, vscore, *, R, V, ke
 
     cols: dict[str, list] = {c: [] for c in ("query_id", "rank", "track_id", "confidence", "verify_score",
                                              "dhs_score", "pse_distance", "dhs_matrix_mean",
-                                             "verify_std_score", "stage")}
+                                             "verify_std_score", "verify_dhs_score", "stage")}
     dbids = D.ids
     for q in range(Q.n):
         if not q_ok[q]:
             continue
         o = order[q]
-        vs, vstd = vscore[q, :, 0], vscore[q, :, 1]
+        vs, vstd, vdhs = vscore[q, :, 0], vscore[q, :, 1], vscore[q, :, 2]
         pse_d = np.sqrt(np.maximum(pdist[q], 0.0))
         if fusion_model is not None:
             from .fusion import features_for, predict_proba
 
             conf = predict_proba(fusion_model, features_for(
                 {"verify_score": vs, "dhs_score": dhs_score[q, o[:V]], "pse_distance": pse_d[o[:V]],
-                 "dhs_matrix_mean": dhs_mean[q, o[:V]], "verify_std_score": vstd}))
+                 "dhs_matrix_mean": dhs_mean[q, o[:V]], "verify_std_score": vstd, "verify_dhs_score": vdhs}))
         else:
             conf = dtw_confidence(vs)
         vorder = np.lexsort((vs, -conf))
-        rows = [(o[j], conf[j], vs[j], vstd[j], "verify") for j in vorder]
-        rows += [(o[j], np.nan, np.nan, np.nan, "rerank") for j in range(V, R)]
+        rows = [(o[j], conf[j], vs[j], vstd[j], vdhs[j], "verify") for j in vorder]
+        rows += [(o[j], np.nan, np.nan, np.nan, np.nan, "rerank") for j in range(V, R)]
         if keep == "all":
             rest = np.sort(o[R:])  # pidx is sorted by pse distance already
-            rows += [(j, np.nan, np.nan, np.nan, "prune") for j in rest]
-        for rank, (j, c, v, v2, st) in enumerate(rows, start=1):
+            rows += [(j, np.nan, np.nan, np.nan, np.nan, "prune") for j in rest]
+        for rank, (j, c, v, v2, v3, st) in enumerate(rows, start=1):
             cols["query_id"].append(Q.ids[q])
             cols["rank"].append(rank)
             cols["track_id"].append(dbids[int(pidx[q, j])])
@@ -383,5 +437,6 @@ def _assemble(Q, D, pidx, pdist, dhs_score, dhs_mean, order, vscore, *, R, V, ke
             cols["pse_distance"].append(float(pse_d[j]))
             cols["dhs_matrix_mean"].append(float(dhs_mean[q, j]))
             cols["verify_std_score"].append(float(v2))
+            cols["verify_dhs_score"].append(float(v3))
             cols["stage"].append(st)
     return {k: np.asarray(v) for k, v in cols.items()}

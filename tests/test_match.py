@@ -51,6 +51,33 @@ def test_sharded_equals_single_process(embedded, cluster_client):
         assert (v == "verify").sum() == 2 and (v == "rerank").sum() == 2 and (v == "prune").sum() == 2
 
 
+def test_verify_dhs_score_is_cosine_dtw_on_the_dhs_nets_outputs(embedded, cluster_client):
+    from msdmatch.dtw import cosine_dtw
+    from msdmatch.features import unit_frames
+    from msdmatch.modelfile import run_net
+    from msdmatch.store import Store
+
+    t = _table(match.run(embedded["midi-synth"], embedded["audio"], client=cluster_client, rerank=6,
+                         verify=6, progress=False))
+    Q, D = Store(embedded["midi-synth"]), Store(embedded["audio"])
+    nets = match.dhs_nets(Q, D, None, "dhs-midi-synth")
+
+    def outputs(x, onnx):  # one unbatched sequence through onnxruntime, cut to its own steps
+        y = run_net(onnx, x[None].astype(np.float32), np.ones((1, len(x)), np.float32))[0]
+        return unit_frames(y[: -(-len(x) // nets["downsample"])])
+
+    qrow, drow = {q: i for i, q in enumerate(Q.ids)}, {d: i for i, d in enumerate(D.ids)}
+    for k in (0, 7, 20):
+        q, d = t["query_id"][k], t["track_id"][k]
+        want = cosine_dtw(outputs(Q.sequence(qrow[q]), nets["query"]), outputs(D.sequence(drow[d]), nets["db"]),
+                          gully=match.VERIFY_GULLY, return_path=False)
+        assert t["verify_dhs_score"][k] == pytest.approx(want, abs=1e-5)
+    # on the tiny corpus each MIDI file's own recording scores best
+    for k in range(6):
+        sel = t["query_id"] == f"song{k}"
+        assert t["track_id"][sel][np.argmin(t["verify_dhs_score"][sel])] == f"TRTINY{k:012d}"
+
+
 def test_cli_match_and_report(embedded, tmp_path):
     out = tmp_path / "m.csv"
     r = subprocess.run([sys.executable, "-m", "msdmatch.cli", "match", embedded["midi-synth"],
@@ -99,7 +126,7 @@ def test_db_on_s3(embedded, s3, cluster_client, tmp_path):
     write_matches(remote, f"s3://{b}/out/m.csv", storage_options=so)
     for name in ("m.zarr", "m.parquet", "m.csv"):
         back = read_matches(f"s3://{b}/out/{name}", storage_options=so)
-        assert list(back) == COLUMNS + ["dhs_matrix_mean", "verify_std_score", "stage"], name
+        assert list(back) == COLUMNS + ["dhs_matrix_mean", "verify_std_score", "verify_dhs_score", "stage"], name
         assert back["track_id"].tolist() == remote["track_id"].tolist(), name
         np.testing.assert_array_equal(back["confidence"], remote["confidence"])
         np.testing.assert_array_equal(back["rank"], remote["rank"])
@@ -126,7 +153,8 @@ def test_query_store_with_failures_and_tiny_sequences(tiny_corpus, tmp_path, clu
     s = match.run(q, embedded["audio"], client=cluster_client, rerank=3, verify=3, progress=False)
     t = s["table"]
     assert sorted(set(t["query_id"].tolist())) == ["blip", "short"]
-    assert np.all(np.isfinite(t["dhs_score"])) and np.all(np.isfinite(t["verify_score"]))
+    for c in ("dhs_score", "verify_score", "verify_std_score", "verify_dhs_score"):
+        assert np.all(np.isfinite(t[c])), c
 
 
 def test_align_retimes_a_stretched_rendition():
