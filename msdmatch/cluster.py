@@ -145,6 +145,16 @@ def client_for(
         cluster.close()
 
 
+def worker_threads() -> int:
+    """Threads of the Dask worker running the calling task (1 outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError):
+        return 1
+
+
 def total_threads(client) -> int:
     """Worker threads available on the cluster."""
     return max(1, sum(client.nthreads().values()))

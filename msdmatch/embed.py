@@ -129,15 +129,6 @@ def embed_sequences(seqs: list[np.ndarray], onnx_path: str, *, downsample: int |
     return outs
 
 
-def _worker_threads() -> int:
-    try:
-        from distributed import get_worker
-
-        return int(get_worker().state.nthreads)
-    except (ImportError, ValueError):
-        return 1
-
-
 def embed_shard(shard: Shard, *, url: str, models: list[dict], storage_options: dict | None = None) -> dict:
     """Embed one shard with every model; write PSE rows and stage DHS words.
 
@@ -146,11 +137,12 @@ def embed_shard(shard: Shard, *, url: str, models: list[dict], storage_options: 
     models : list of dict
         ``{'name', 'kind', 'onnx', 'downsample'}`` per model.
     """
+    from .cluster import worker_threads
     from .store import Store, write_part
 
     store = Store(url, storage_options=storage_options, mode="r+")
     seqs = store.sequences(shard.start, shard.stop)
-    threads = _worker_threads()
+    threads = worker_threads()
     ids = store.strings("ids", shard.start, shard.stop)  # not all n ids in every task
     bad: dict[str, str] = {}
     arrays: dict[str, np.ndarray] = {}

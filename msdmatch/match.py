@@ -11,13 +11,14 @@ Conventions
   Hamming distance matrix (:func:`msdmatch.dtw.hamming_matrix_mean`), the
   same normalisation the verify score applies to its cost matrix: it stops
   candidates whose bits resemble everything from crowding out the match.
-- Verify runs cosine DTW twice: on the features as stored (the thesis's
-  ``verify_score``) and on features standardised per bin over each sequence
-  (``verify_std_score``, :func:`msdmatch.features.standardize_bins`), which
-  takes out a recording's static equalisation.  A third pass runs cosine
-  DTW on the DHS nets' real-valued outputs before their sign is taken
-  (``verify_dhs_score``): the learned frame features the hash bits come
-  from, without the loss of binarising them.  The fusion uses all three.
+- Verify runs cosine DTW three times (:func:`verify_scores`): on the
+  features as stored (the thesis's ``verify_score``), on features
+  standardised per bin over each sequence (``verify_std_score``,
+  :func:`msdmatch.features.standardize_bins`), which takes out a
+  recording's static equalisation, and on the DHS nets' real-valued outputs
+  before their sign is taken (``verify_dhs_score``): the learned frame
+  features the hash bits come from, without the loss of binarising them.
+  The fusion uses all three.
 - Output: one row per (query, candidate) with ``query_id, rank, track_id,
   confidence, verify_score, dhs_score, pse_distance, dhs_matrix_mean,
   verify_std_score, verify_dhs_score, stage``; ``stage`` is ``verify`` for the top V (ranked by the fused
@@ -181,12 +182,12 @@ def verify_batch(jobs: list[tuple[int, list[int]]], *, q_url: str, db_url: str, 
     -------
     scores : list of np.ndarray [shape=(n_candidates, 3), float64]
     """
-    from .embed import _worker_threads
+    from .cluster import worker_threads
     from .store import Store
 
     Q = Store(q_url, storage_options=storage_options)
     D = Store(db_url, storage_options=storage_options)
-    threads = _worker_threads()
+    threads = worker_threads()
     return [verify_scores(Q.sequence(qi), [D.sequence(r) for r in rows], nets=nets, threads=threads)
             for qi, rows in jobs]
 
@@ -336,8 +337,8 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
     jobs = [(q, [int(pidx[q, j]) for j in order[q, :V]]) for q in range(Q.n)]
     nb = max(1, min(len(jobs), 4 * total_threads(client)))
     batches = [jobs[i::nb] for i in range(nb)]
-    vf = [client.submit(verify_batch, b, q_url=queries, db_url=db, nets=nets,
-                        storage_options=storage_options, key=f"match-verify-{i}-{time.time_ns()}") for i, b in enumerate(batches)]
+    vf = [client.submit(verify_batch, b, q_url=queries, db_url=db, nets=nets, storage_options=storage_options,
+                        key=f"match-verify-{i}-{time.time_ns()}") for i, b in enumerate(batches)]
     vscore = np.full((Q.n, V, 3), np.inf)
     for b, f in zip(batches, vf):
         for (q, _), s in zip(b, f.result()):
