@@ -13,19 +13,19 @@ Conventions
 * Features (:func:`features_for`), computed per query from its own candidate
   list only, so that they are available at match time:
 
-  ====  ==========================================================
-  0     ``verify_score``
-  1     ``log(dhs_ratio + eps)``
-  2     ``log(pse_distance + eps)``
-  3     ``verify_score - min(verify_score of the query)`` (gap to best)
-  4     ``dhs_ratio - min(dhs_ratio of the query)``
-  5     ``log(pse) - min(log(pse) of the query)``
-  6     ``verify_score - second smallest verify_score`` (margin; for the best
-        candidate it is negative, for the others it is the gap to the best)
-  7     ``1`` if ``verify_score`` was missing, else ``0``
-  8-10  ``verify_std_score``, its gap to the best and its margin, as 0, 3, 6
-  11-13 ``verify_dhs_score``, its gap to the best and its margin
-  ====  ==========================================================
+  =====  ==========================================================
+  0      ``verify_score``
+  1      ``log(dhs_ratio + eps)``
+  2      ``log(pse_distance + eps)``
+  3      ``verify_score - min(verify_score of the query)`` (gap to best)
+  4      ``dhs_ratio - min(dhs_ratio of the query)``
+  5      ``log(pse) - min(log(pse) of the query)``
+  6      ``verify_score - second smallest verify_score`` (margin; for the best
+         candidate it is negative, for the others it is the gap to the best)
+  7      ``1`` if ``verify_score`` was missing, else ``0``
+  8-10   ``verify_std_score``, its gap to the best and its margin, as 0, 3, 6
+  11-13  ``verify_dhs_score``, its gap to the best and its margin
+  =====  ==========================================================
 
   Raw verify scores live in [0, ~1.5] and are used as is; DHS ratios and PSE
   distances are positive with long right tails, so they enter as logs.  The
