@@ -21,10 +21,10 @@ Conventions
   The fusion uses all three.
 - Output: one row per (query, candidate) with ``query_id, rank, track_id,
   confidence, verify_score, dhs_score, pse_distance, dhs_matrix_mean,
-  verify_std_score, verify_dhs_score, stage``; ``stage`` is ``verify`` for the top V (ranked by the fused
-  confidence), ``rerank`` for ranks V+1..R (by normalised DHS score) and
-  ``prune`` beyond (by PSE distance, only with ``keep='all'``).  Unverified
-  rows have NaN ``confidence``.
+  verify_std_score, verify_dhs_score, stage``; ``stage`` is ``verify`` for
+  the top V (ranked by the fused confidence), ``rerank`` for ranks V+1..R
+  (by normalised DHS score) and ``prune`` beyond (by PSE distance, only with
+  ``keep='all'``).  Unverified rows have NaN ``confidence``.
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ Conventions
   (query, candidate): ``query_id, rank, track_id, confidence, verify_score,
   dhs_score, pse_distance`` and, as written by ``msdmatch match``, the
   optional ``dhs_matrix_mean`` (it adds the single score ``dhs_ratio``),
-  ``verify_std_score``, ``verify_dhs_score`` and ``stage`` (it gives the per-stage recall); ranks
-  start at 1.  Scores are "lower is better"; NaN means the stage did not
+  ``verify_std_score``, ``verify_dhs_score`` and ``stage`` (it gives the
+  per-stage recall); ranks start at 1.  Scores are "lower is better"; NaN means the stage did not
   score the candidate.
 * TRUTH maps each query id to its true track id (columns ``query_id,
   track_id``).
@@ -269,8 +269,9 @@ def evaluate(
         the true match at rank <= N); ``mrr``; ``ranks`` (per query, inf for
         misses); ``recall_pse``/``recall_dhs``/``recall_final`` when
         ``stage_ranks`` is given; ``ece`` and ``reliability`` of
-        ``confidence``; ``top1_by_score`` (verify_score, dhs_score,
-        pse_distance, dhs_ratio when ``dhs_matrix_mean`` is there, fusion); ``warnings`` (list of str).
+        ``confidence``; ``top1_by_score``: each score of
+        :func:`msdmatch.fusion.single_scores` present in the table, and
+        ``fusion``; ``warnings`` (list of str).
     """
     m = _check_matches(matches)
     if "query_id" not in truth or "track_id" not in truth:
