@@ -81,6 +81,17 @@ def test_shapes_and_dtypes(kind, rng):
     assert torch.all(y.abs() < 1)
 
 
+@pytest.mark.parametrize("name", ["dhs-midi-synth", "dhs-midi-pianoroll", "pse-midi-synth", "pse-midi-pianoroll"])
+def test_shipped_models_have_the_default_architecture(name):
+    """`msdmatch train` (and scripts/train_shipped.sh) trains the widths that are shipped."""
+    from msdmatch.modelfile import shipped_model_dir
+
+    info = json.loads((shipped_model_dir() / name / "model.json").read_text())
+    kind, modality = name.split("-", 1)
+    expected = dataclasses.asdict(default_config(kind, midi_modality=modality))
+    assert info["architecture"] == json.loads(json.dumps(expected))
+
+
 def test_config_rejects_bad_dhs_depth():
     with pytest.raises(ParameterError, match="exactly 3 conv groups"):
         NetConfig(kind="dhs", filters=(8, 8))
