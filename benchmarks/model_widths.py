@@ -7,7 +7,8 @@ audio net with onnxruntime on one thread (best of 5), the validation BC from
 among every preview of the database store:
 
 * DHS: by the DHS ratio (Hamming-DTW score / mean of the Hamming distance
-  matrix), as ``msdmatch match`` ranks; recall in the top 10 and 15;
+  matrix), scored by ``msdmatch.match.shard_rerank`` as ``msdmatch match``
+  scores; recall in the top 10 and 15;
 * PSE: by Euclidean distance; recall in the top 1% (as the issue's target).
 
 Usage::
@@ -29,9 +30,9 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from _timing import best_time  # noqa: E402
 
-from msdmatch.dtw import bit_frequencies, hamming_dtw_many, hamming_matrix_mean  # noqa: E402
+from msdmatch.dtw import bit_frequencies  # noqa: E402
 from msdmatch.embed import embed_sequences, pack_bits  # noqa: E402
-from msdmatch.match import DHS_GULLY, DHS_PENALTY  # noqa: E402
+from msdmatch.match import DbShard, shard_rerank  # noqa: E402
 from msdmatch.modelfile import check_compatible, load_model, run_net  # noqa: E402
 from msdmatch.store import Store  # noqa: E402
 
@@ -60,14 +61,11 @@ def true_ranks(info, Q, D, pairs: list[tuple[int, int]]) -> np.ndarray:
     words = [pack_bits(h) for h in db]
     off = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
     flat = np.concatenate(words)
-    freqs = bit_frequencies(flat, off)
-    ranks = []
-    for h, t in zip(qs, true):
-        w = pack_bits(h)
-        s = hamming_dtw_many(w, flat, off, penalty=DHS_PENALTY, gully=DHS_GULLY)
-        r = s / hamming_matrix_mean(bit_frequencies(w, np.array([0, len(w)]))[0], freqs)
-        ranks.append(int((r < r[t]).sum()) + 1)
-    return np.array(ranks)
+    data = {"shard": DbShard(0, 0, D.n), "words": flat, "offsets": off,
+            "ok": np.diff(off) > 0, "bits": bit_frequencies(flat, off)}
+    every = np.arange(D.n)
+    scored = shard_rerank(data, [pack_bits(h) for h in qs], [every] * len(qs))
+    return np.array([int((s / mm < s[t] / mm[t]).sum()) + 1 for (s, mm), t in zip(scored, true)])
 
 
 def main() -> None:
