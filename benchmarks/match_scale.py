@@ -8,14 +8,15 @@ It times, on one core (BLAS and numba limited to one thread; best of
 ``--repeats``, CPU seconds of this process and wall seconds):
 
 * the batched PSE prune (:func:`msdmatch.prune.topk_sq_euclidean`) per query
-  at each ``--sizes`` entry count, K = ``default_k(n)``;
-* the DHS rerank per query: gathering the K candidates' hash words,
+  at each ``--sizes`` entry count, K = ``default_k(n)`` (1%) or ``--prune-k``;
+* the DHS rerank per query, the query's hash sequence cut or tiled to
+  ``--query-frames`` / 8 steps: gathering the K candidates' hash words,
   :func:`msdmatch.dtw.hamming_dtw_many` and the candidates' Hamming matrix
   means (:func:`msdmatch.dtw.hamming_matrix_mean`), as the match stage runs
   them: every candidate scored exactly (early abandoning by the raw score,
   ``top_r``, would be wrong for a ranking by the ratio), top R by ratio;
 * the verify per query: :func:`msdmatch.match.verify_scores` of a real
-  query's CQT (cut or tiled to ``--verify-frames``) against V real previews,
+  query's CQT (cut or tiled to ``--query-frames``) against V real previews,
   as the match stage runs it: the DHS nets on the query and the previews,
   then three cosine DTWs per preview (features as stored, bin-standardised,
   and the DHS nets' real-valued outputs);
@@ -51,6 +52,11 @@ ICASSP_PRUNE_S = 0.360  # Raffel & Ellis ICASSP 2016: PSE pruning seconds per qu
 
 _SHARED: dict = {}
 
+
+
+def _tile(x: np.ndarray, n: int) -> np.ndarray:
+    """``x`` repeated along its first axis and cut to length ``n``."""
+    return np.concatenate([x] * (1 + n // len(x)))[:n]
 
 
 def rerank(qw: np.ndarray, cand: np.ndarray, words: np.ndarray, offsets: np.ndarray, bits: np.ndarray, r: int):
@@ -100,9 +106,13 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--batch", type=int, default=256, help="queries per prune batch")
     ap.add_argument("--rerank-queries", type=int, default=8)
+    ap.add_argument("--prune-k", type=int, default=None,
+                    help="PSE survivors K, capped at each size (default: default_k, 1%%)")
     ap.add_argument("--R", type=int, default=100)
     ap.add_argument("--V", type=int, default=10)
-    ap.add_argument("--verify-frames", type=int, default=1500)
+    ap.add_argument("--query-frames", type=int, default=4500,
+                    help="query length in frames (4,500: 3.5 min, a typical song); the real queries' "
+                         "CQTs and hash sequences are cut or tiled to it")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="100k entries, batch 64, fewer repeats")
     args = ap.parse_args()
@@ -133,8 +143,10 @@ def main() -> None:
     t_bits = time.perf_counter()
     bits = bit_frequencies(words, offsets)
     t_bits = time.perf_counter() - t_bits
+    Qs, Ds = Store(args.queries), Store(args.store)
+    nets = dhs_nets(Qs, Ds, args.models, _model_names(Qs, Ds, args.models)[1])
     Q = QE[np.arange(args.batch) % len(QE)]
-    QWb = [QW[i % len(QW)] for i in range(args.batch)]
+    QWb = [_tile(QW[i % len(QW)], -(-args.query_frames // nets["downsample"])) for i in range(args.batch)]
     print(f"# synthesised {n_max:,} entries in {time.perf_counter() - t0:.0f} s; real PSE dim-std "
           f"{E_real.std(0).mean():.3f} vs synthetic {E[:100_000].std(0).mean():.3f}; real hash length "
           f"{np.mean([len(w) for w in W_real]):.1f} vs synthetic {np.diff(offsets[:100_001]).mean():.1f} words")
@@ -146,14 +158,17 @@ def main() -> None:
     topk_sq_euclidean(Q[:4], E[:20_000], k=100)
     rows = []
     prune_at = {}
+    def k_at(n: int) -> int:
+        return min(n, args.prune_k) if args.prune_k else default_k(n)
+
     for n in args.sizes:
-        k = default_k(n)
+        k = k_at(n)
         cpu, wall, (_, idx) = best(lambda n=n, k=k: topk_sq_euclidean(Q, E[:n], k=k, db_sq_norms=norms[:n]),
                                    args.repeats)
         prune_at[n] = (cpu / args.batch, wall / args.batch, idx)
         rows.append((f"PSE prune, n={n:,}, K={k:,}, batch {args.batch}", cpu / args.batch, wall / args.batch))
     n = max(args.sizes)
-    k = default_k(n)
+    k = k_at(n)
     idx = prune_at[n][2]
 
     rerank(QWb[0], idx[0][:200], words, offsets, bits, 10)  # compile
@@ -162,12 +177,10 @@ def main() -> None:
     for q in range(nrq):
         c, w, _ = best(lambda q=q: rerank(QWb[q], idx[q], words, offsets, bits, args.R), args.repeats)
         c_rr, w_rr = c_rr + c / nrq, w_rr + w / nrq
-    rows.append((f"DHS rerank, K={k:,} -> R={args.R} (mean of {nrq} queries)", c_rr, w_rr))
+    rows.append((f"DHS rerank, K={k:,} -> R={args.R}, {len(QWb[0])} query steps ({nrq} queries)", c_rr, w_rr))
 
-    qf = unit_frames(np.concatenate([QF[0]] * (1 + args.verify_frames // len(QF[0])))[: args.verify_frames])
+    qf = unit_frames(_tile(QF[0], args.query_frames))
     prev = [unit_frames(F_real[i % len(F_real)]) for i in range(args.V)]
-    Qs, Ds = Store(args.queries), Store(args.store)
-    nets = dhs_nets(Qs, Ds, args.models, _model_names(Qs, Ds, args.models)[1])
     cosine_dtw(qf[:100], prev[0][:50], return_path=False)
     verify_scores(qf[:100], prev[:2], nets=nets)
 
