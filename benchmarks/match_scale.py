@@ -158,6 +158,7 @@ def main() -> None:
     topk_sq_euclidean(Q[:4], E[:20_000], k=100)
     rows = []
     prune_at = {}
+
     def k_at(n: int) -> int:
         return min(n, args.prune_k) if args.prune_k else default_k(n)
 
