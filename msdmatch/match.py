@@ -151,7 +151,7 @@ def verify_scores(X: np.ndarray, Ys: list[np.ndarray], *, nets: dict, threads: i
         the DHS nets' real-valued outputs (column 2); ``inf`` where a
         sequence is empty.
     """
-    from .dtw import cosine_dtw
+    from .dtw import cosine_dtw, cosine_dtw_pair
     from .embed import embed_sequences
     from .features import standardize_bins, unit_frames
 
@@ -164,8 +164,7 @@ def verify_scores(X: np.ndarray, Ys: list[np.ndarray], *, nets: dict, threads: i
     Yh = embed_sequences([Ys[n] for n in ok], nets["db"], downsample=ds, threads=threads)
     Xs, Xh = standardize_bins(X), unit_frames(Xh)
     for n, yh in zip(ok, Yh, strict=True):
-        s[n, 0] = cosine_dtw(X, Ys[n], gully=VERIFY_GULLY, return_path=False)
-        s[n, 1] = cosine_dtw(Xs, standardize_bins(Ys[n]), gully=VERIFY_GULLY, return_path=False)
+        s[n, :2] = cosine_dtw_pair(X, Ys[n], Xs, standardize_bins(Ys[n]), gully=VERIFY_GULLY)
         s[n, 2] = cosine_dtw(Xh, unit_frames(yh), gully=VERIFY_GULLY, return_path=False)
     return s
 

@@ -408,3 +408,27 @@ def test_hamming_matrix_mean_equals_mean_of_popcount_matrix(rng) -> None:
         hamming_matrix_mean(freq[0, :16], freq)
     with pytest.raises(ParameterError, match="non-decreasing"):
         bit_frequencies(words, np.array([0, 20, 10]))
+
+
+def test_cosine_dtw_pair_equals_two_calls(rng: np.random.Generator) -> None:
+    # The interleaved pair kernel is the single kernel twice, bit for bit.
+    from msdmatch.dtw import cosine_dtw_pair
+    from msdmatch.features import standardize_bins
+
+    X = unit_rows(rng, 90)
+    for Y in (X[np.sort(rng.integers(10, 80, 40))], unit_rows(rng, 130), unit_rows(rng, 1)):
+        for gully in (0.0, 0.5, 0.96, 1.0):
+            Xs, Ys = standardize_bins(X), standardize_bins(Y)
+            want = (cosine_dtw(X, Y, gully=gully, return_path=False),
+                    cosine_dtw(Xs, Ys, gully=gully, return_path=False))
+            assert cosine_dtw_pair(X, Y, Xs, Ys, gully=gully) == want
+            assert cosine_dtw_pair(Y, X, Ys, Xs, gully=gully) == (
+                cosine_dtw(Y, X, gully=gully, return_path=False), cosine_dtw(Ys, Xs, gully=gully, return_path=False))
+
+
+def test_cosine_dtw_pair_refuses_views_of_different_lengths(rng: np.random.Generator) -> None:
+    from msdmatch.dtw import cosine_dtw_pair
+
+    X, Y = unit_rows(rng, 20), unit_rows(rng, 10)
+    with pytest.raises(ParameterError, match="same numbers of frames"):
+        cosine_dtw_pair(X, Y, X[:19], Y)
