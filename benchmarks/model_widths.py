@@ -21,7 +21,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 
@@ -35,6 +34,7 @@ from msdmatch.dtw import bit_frequencies  # noqa: E402
 from msdmatch.embed import embed_sequences, pack_bits  # noqa: E402
 from msdmatch.match import DbShard, shard_rerank  # noqa: E402
 from msdmatch.modelfile import check_compatible, load_model, run_net  # noqa: E402
+from msdmatch.models.pairs import read_truth  # noqa: E402
 from msdmatch.store import Store  # noqa: E402
 
 
@@ -80,9 +80,8 @@ def main() -> None:
     Q, D = Store(args.queries), Store(args.db)
     qi = {q: i for i, q in enumerate(Q.ids)}
     di = {d: i for i, d in enumerate(D.ids)}
-    with open(args.truth, newline="") as f:
-        pairs = [(qi[r["query_id"]], di[r["track_id"]]) for r in csv.DictReader(f)
-                 if r["split"] == args.split and r["query_id"] in qi and r["track_id"] in di]
+    pairs = [(qi[q], di[t]) for q, t, s in read_truth(args.truth)
+             if s == args.split and q in qi and t in di]
     print(f"# {len(pairs)} {args.split} queries from {args.queries} against {D.n} previews of {args.db}")
     print(f"{'model':50s} {'params':>9s} {'MB':>6s} {'ms/preview':>10s} {'BC':>6s}  recall")
     for mdir in args.models:
