@@ -39,8 +39,7 @@ def torch_net(info, onnx_path):
 
     from msdmatch.models.nets import NetConfig, build_net
 
-    arch = {k: tuple(v) if isinstance(v, list) else v for k, v in info.raw["architecture"].items()}
-    net = build_net(NetConfig(**arch)).eval()
+    net = build_net(NetConfig.from_dict(info.raw["architecture"])).eval()
     inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(onnx_path)).graph.initializer}
     sd = {k: v for k, v in net.state_dict().items() if not k.startswith("aux.")}  # aux: training only
     hit = {k: torch.as_tensor(inits.pop(k).copy()) for k, v in list(sd.items())

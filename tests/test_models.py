@@ -88,8 +88,8 @@ def test_shipped_models_have_the_default_architecture(name):
 
     info = json.loads((shipped_model_dir() / name / "model.json").read_text())
     kind, modality = name.split("-", 1)
-    expected = dataclasses.asdict(default_config(kind, midi_modality=modality))
-    assert info["architecture"] == json.loads(json.dumps(expected))
+    # fields added after a model was trained take their defaults, as at load time
+    assert NetConfig.from_dict(info["architecture"]) == default_config(kind, midi_modality=modality)
 
 
 def test_config_rejects_bad_dhs_depth():
@@ -97,10 +97,10 @@ def test_config_rejects_bad_dhs_depth():
         NetConfig(kind="dhs", filters=(8, 8))
 
 
-@pytest.mark.parametrize("kind", ["dhs", "pse", "pse-plain"])
+@pytest.mark.parametrize("kind", ["dhs", "pse", "pse-plain", "pse-synth"])
 def test_batch_independence(kind, rng):
     torch.manual_seed(0)
-    cfg = TINY["pse"] if kind == "pse-plain" else default_config(kind)
+    cfg = {"pse-plain": TINY["pse"], "pse-synth": default_config("pse", "midi-synth")}.get(kind) or default_config(kind)
     kind = kind.split("-")[0]
     net = build_net(cfg).eval()
     seqs = _seqs(rng, [61, 8, 130, 17])
@@ -209,7 +209,8 @@ def test_shared_nets_train_one_set_of_weights_with_their_own_statistics(aligned)
     kept, _ = aligned
     train = [p for p in kept if p.split == "train"]
     valid = [p for p in kept if p.split == "valid"]
-    hp = default_hparams("pse", lr=3e-3, batch=8, aux_crop=48, audio_frames=96, midi_frames=160)
+    hp = default_hparams("pse", "midi-synth", lr=3e-3, batch=8, aux_crop=48, audio_frames=96,
+                         midi_frames=160, negatives=4)  # the synthesized-CQT recipe, extra negatives included
     cfg = dataclasses.replace(TINY["pse-shipped-shape"], shared=True)
     res = fit("pse", train, valid, config=cfg, hparams=hp, seed=1, max_steps=40, eval_every=20, patience=10)
     fs, gs = res.f.state_dict(), res.g.state_dict()
@@ -223,6 +224,37 @@ def test_nce_loss_prefers_matched_rows():
     x = torch.eye(4)
     assert nce_loss(x, x, temperature=0.1) < nce_loss(x, x.roll(1, 0), temperature=0.1)
     assert nce_loss(x, x, temperature=0.1) < 1e-6
+
+
+def test_nce_loss_extra_previews_are_negatives_for_the_midi_side_only():
+    gy = torch.eye(4)[:2]
+    far = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    base = nce_loss(gy, gy, temperature=0.5)
+    # a far extra preview barely matters; one equal to MIDI row 0 halves its odds
+    assert nce_loss(torch.cat([gy, far]), gy, temperature=0.5) > base
+    confusable = nce_loss(torch.cat([gy, gy[:1]]), gy, temperature=0.5)
+    logits = -torch.cdist(gy, torch.cat([gy, gy[:1]])) ** 2 / 0.5
+    labels = torch.arange(2)
+    ce = torch.nn.functional.cross_entropy
+    expect = 0.5 * (ce(logits, labels) + ce(logits[:, :2].T, labels))
+    assert torch.allclose(confusable, expect) and confusable > base + 0.15  # ~ log(2) / 4
+
+
+def test_sequence_batch_extra_previews_come_from_other_pairs(aligned):
+    kept, _ = aligned
+    xa, ma, xm, mm = sequence_batch(kept, rng=np.random.default_rng(3), batch=2, audio_frames=10**4,
+                                    midi_frames=10**4, extra_audio=3)
+    assert xa.shape[0] == ma.shape[0] == 5 and xm.shape[0] == mm.shape[0] == 2
+
+    def which(x, m):  # index of the pair whose whole preview this row is
+        n = int(m.sum())
+        return next(i for i, p in enumerate(kept) if len(p.audio) == n and np.array_equal(x[:n], p.audio))
+
+    batch = {which(xa[i], ma[i]) for i in range(2)}
+    assert all(which(xa[i], ma[i]) not in batch for i in range(2, 5))
+    # a batch that holds every pair has no other previews to add
+    xa, *_ = sequence_batch(kept[:1], rng=np.random.default_rng(3), batch=2, extra_audio=3)
+    assert xa.shape[0] == 2
 
 
 def test_transposition_shifts_both_sides_alike(aligned, rng):
@@ -253,10 +285,11 @@ def test_seed_reproducibility(aligned):
     assert not all(torch.equal(sa[k], other[k]) for k in sa)
 
 
-@pytest.mark.parametrize("kind", ["dhs", "pse"])
+@pytest.mark.parametrize("kind", ["dhs", "pse", "pse-synth"])
 def test_onnx_parity(kind, tmp_path, rng, corpus):
     torch.manual_seed(0)
-    net = build_net(default_config(kind))
+    kind, _, modality = kind.partition("-")
+    net = build_net(default_config(kind, f"midi-{modality}" if modality else None))
     net.front.set_stats(np.full(48, 0.1), np.full(48, 0.05))
     path = export_onnx(net, tmp_path / "net.onnx")
     qs, _, _ = corpus

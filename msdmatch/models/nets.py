@@ -71,6 +71,11 @@ class NetConfig:
         (aligned frames of both modalities are pulled together as in DHS,
         which teaches the front end timbre-invariant pitch content); 0 for
         none.  It is not exported.
+    pool_std : bool
+        PSE: also pool the attention-weighted standard deviation of the step
+        features, ``sqrt(sum_t a_t h_t^2 - (sum_t a_t h_t)^2)``, concatenated
+        to the weighted mean (so the dense layers see how the song varies,
+        not only its average).
     normalize : bool
         PSE: L2-normalise the embedding (unit sphere) instead of ``tanh``.
     shared : bool
@@ -94,6 +99,7 @@ class NetConfig:
     time_pool: int = 1
     step_dim: int = 0
     aux_bits: int = 0
+    pool_std: bool = False
     normalize: bool = False
     shared: bool = False
 
@@ -107,10 +113,12 @@ class NetConfig:
             )
         if not self.filters or any(int(f) < 1 for f in self.filters):
             raise ParameterError(f"filters={self.filters!r} must be positive widths")
-        if self.kind == "dhs" and (self.time_pool, self.step_dim, self.aux_bits, self.normalize) != (1, 0, 0, False):
+        if self.kind == "dhs" and (self.time_pool, self.step_dim, self.aux_bits, self.pool_std, self.normalize) != (
+            1, 0, 0, False, False
+        ):
             raise ParameterError(
-                "time_pool, step_dim, aux_bits and normalize are PSE options; a DHS net needs "
-                "time_pool=1, step_dim=0, aux_bits=0, normalize=False"
+                "time_pool, step_dim, aux_bits, pool_std and normalize are PSE options; a DHS net needs "
+                "time_pool=1, step_dim=0, aux_bits=0, pool_std=False, normalize=False"
             )
         if self.time_pool < 1 or self.step_dim < 0 or self.aux_bits < 0:
             raise ParameterError(
@@ -259,7 +267,8 @@ class PSENet(nn.Module):
     """Embedding net: conv front end, per-step dense, feed-forward attention, dense.
 
     Attention weights are ``softmax_t(v^T tanh(W h_t + b))`` over valid steps
-    only; the attended vector is ``sum_t a_t h_t``.  The output is
+    only; the attended vector is ``sum_t a_t h_t`` (with ``cfg.pool_std``,
+    followed by the weighted standard deviation).  The output is
     L2-normalised (``cfg.normalize``) or ``tanh``.
     ``forward(features, mask) -> embedding``: ``(B, T, 48), (B, T) -> (B, dim)``.
     """
@@ -276,7 +285,7 @@ class PSENet(nn.Module):
         self.att_w = _dense(width, cfg.attention_dim, relu=False)
         self.att_v = nn.Linear(cfg.attention_dim, 1, bias=False)
         nn.init.normal_(self.att_v.weight, std=1.0 / math.sqrt(cfg.attention_dim))
-        widths = [width, *cfg.dense]
+        widths = [width * (2 if cfg.pool_std else 1), *cfg.dense]
         self.hidden = nn.ModuleList(
             _dense(a, b, relu=True) for a, b in zip(widths[:-1], widths[1:], strict=False)
         )
@@ -306,6 +315,9 @@ class PSENet(nn.Module):
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h, a = self.attention(features, mask)
         x = torch.bmm(a.unsqueeze(1), h).squeeze(1)
+        if self.cfg.pool_std:
+            x2 = torch.bmm(a.unsqueeze(1), h * h).squeeze(1)
+            x = torch.cat([x, torch.sqrt((x2 - x * x).clamp_min(0.0) + 1e-6)], dim=-1)
         for layer in self.hidden:
             x = torch.relu(layer(x))
         y = self.out(x)
@@ -348,7 +360,9 @@ def default_config(kind: str, midi_modality: str | None = None, **overrides: Any
     30 s preview in a few ms through onnxruntime; pass ``filters``,
     ``convs_per_group`` and ``dense`` to get the thesis sizes.  The PSE net
     averages 4 frames before its convs, pools attention over 256-d per-step
-    features and outputs a unit vector (see :class:`NetConfig`).
+    features and outputs a unit vector (see :class:`NetConfig`); the shared
+    synthesized-CQT PSE also pools the steps' weighted standard deviation
+    (``pool_std``), which the piano-roll PSE did not gain from.
     """
     if kind not in ("dhs", "pse"):
         raise ParameterError(f"kind={kind!r} must be 'dhs' or 'pse'")
@@ -359,7 +373,7 @@ def default_config(kind: str, midi_modality: str | None = None, **overrides: Any
         if kind == "dhs"
         else dict(kind="pse", filters=(16, 32), convs_per_group=1, pool_freq=True,
                   dense=(256,), out_dim=128, attention_dim=128, time_pool=4, step_dim=256,
-                  aux_bits=32, normalize=True)
+                  aux_bits=32, normalize=True, pool_std=shared)
     )
     base["shared"] = shared
     base.update(overrides)

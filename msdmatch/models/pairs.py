@@ -367,6 +367,7 @@ def sequence_batch(
     audio_frames: int = 646,
     midi_frames: int = 1500,
     transpose: int = 0,
+    extra_audio: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Unaligned random crops for PSE: ``(audio, audio_mask, midi, midi_mask)``.
 
@@ -375,6 +376,9 @@ def sequence_batch(
     is placed to contain the aligned region when it fits, so that the crop
     and the preview share content, with a random extension on each side.
     ``transpose`` shifts both sides of a pair as in :func:`aligned_batch`.
+    ``extra_audio`` appends that many previews of pairs outside the batch
+    (negatives only; none if the batch holds every pair), so the audio
+    arrays have ``batch + extra_audio`` rows.
     """
     if not pairs:
         raise ParameterError("sequence_batch got no pairs; is the split empty?")
@@ -385,6 +389,11 @@ def sequence_batch(
         k = _key(rng, transpose)
         a.append(transpose_bins(p.audio[_crop(len(p.audio), audio_frames, rng)], k))
         m.append(transpose_bins(p.midi[_midi_crop(p, midi_frames, rng)], k))
+    others = np.setdiff1d(np.arange(len(pairs)), idx) if extra_audio else idx[:0]
+    if others.size:
+        for i in rng.choice(others, size=extra_audio, replace=others.size < extra_audio):
+            p = pairs[int(i)]
+            a.append(transpose_bins(p.audio[_crop(len(p.audio), audio_frames, rng)], _key(rng, transpose)))
     n_bins = a[0].shape[1]
     xa, ma = pad_batch(a, n_bins=n_bins)
     xm, mm = pad_batch(m, n_bins=n_bins)
