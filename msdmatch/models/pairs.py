@@ -389,8 +389,8 @@ def sequence_batch(
         k = _key(rng, transpose)
         a.append(transpose_bins(p.audio[_crop(len(p.audio), audio_frames, rng)], k))
         m.append(transpose_bins(p.midi[_midi_crop(p, midi_frames, rng)], k))
-    others = np.setdiff1d(np.arange(len(pairs)), idx) if extra_audio else idx[:0]
-    if others.size:
+    others = np.setdiff1d(np.arange(len(pairs)), idx)
+    if extra_audio and others.size:
         for i in rng.choice(others, size=extra_audio, replace=others.size < extra_audio):
             p = pairs[int(i)]
             a.append(transpose_bins(p.audio[_crop(len(p.audio), audio_frames, rng)], _key(rng, transpose)))
