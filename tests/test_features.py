@@ -121,3 +121,41 @@ def test_standardize_bins_removes_a_static_eq(rng):
     assert a.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
     assert not features.standardize_bins(np.ones((5, 48))).any()  # constant bins map to 0
+
+
+@pytest.fixture(scope="module")
+def rendered_song():
+    from msdmatch.synth import render
+
+    return render(make_midi(5, seconds=20.0), sr=22050)
+
+
+def _played_sharp(y: np.ndarray, cents: float, sr: int = 22050) -> np.ndarray:
+    """``y`` played 2^(cents/1200) times faster, as a fast tape or disc transfer is."""
+    import librosa
+
+    return librosa.resample(y, orig_sr=sr * 2 ** (cents / 1200), target_sr=sr, res_type="soxr_hq")
+
+
+@pytest.mark.parametrize("cents", [-40, -15, 0, 25, 45])
+def test_estimate_tuning_finds_a_transfer_speed_offset(rendered_song, cents):
+    got = features.estimate_tuning(_played_sharp(rendered_song, cents), 22050, step=0.01)
+    assert got == pytest.approx(cents / 100, abs=0.04)
+    assert features.estimate_tuning(_played_sharp(rendered_song, cents), 22050) in np.round(
+        np.arange(-5, 6) * 0.1, 10)
+
+
+def test_estimate_tuning_of_short_audio_is_zero(rng):
+    assert features.estimate_tuning(rng.standard_normal(1000), 22050) == 0.0
+
+
+def test_audio_cqt_centres_its_bins_on_a_detuned_recording(rendered_song):
+    """A recording 40 cents sharp: with its tuning estimated, its pitch profile is the in-tune one."""
+    sharp = _played_sharp(rendered_song, 40)
+    profile = {name: features.audio_cqt(y, 22050, tuning=t).mean(axis=0)
+               for name, y, t in [("in tune", rendered_song, 0.0), ("sharp, estimated", sharp, None),
+                                  ("sharp, uncorrected", sharp, 0.0)]}
+    ref = profile["in tune"]
+    corr = {k: float(np.corrcoef(ref, v)[0, 1]) for k, v in profile.items() if k != "in tune"}
+    assert corr["sharp, estimated"] > 0.99
+    assert corr["sharp, estimated"] > corr["sharp, uncorrected"] + 0.02
