@@ -214,6 +214,10 @@ class Store:
             )
 
 
+#: How audio stores place the CQT bins (attribute ``tuning``); stores without it assumed A4 = 440 Hz.
+AUDIO_TUNING = "estimated per recording, 10-cent steps"
+
+
 def check_format(attrs: dict, url: str) -> None:
     """Refuse stores that are not msdmatch stores of this format version."""
     if "msdmatch_format" not in attrs:
@@ -257,6 +261,8 @@ def init_store(
         "plan": plan,
         "complete": False,
     }
+    if modality == "audio":
+        attrs["tuning"] = AUDIO_TUNING
     exists = True
     try:
         g = open_group(url, mode="r", storage_options=storage_options)
@@ -269,6 +275,12 @@ def init_store(
             raise StoreError(
                 f"{url!r} already holds {old.get('modality')!r} features, not {modality!r}; "
                 "choose another --out or pass --overwrite"
+            )
+        if old.get("tuning") != attrs.get("tuning"):
+            raise FormatMismatchError(
+                f"{url!r} was featurized by an earlier msdmatch that assumed A4 = 440 Hz for every "
+                "recording; this one centres the CQT on each recording's tuning. Featurize into a "
+                "new --out or pass --overwrite"
             )
         diff = FeatureParams.from_dict(old["params"]).diff(params)
         if diff:

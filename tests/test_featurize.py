@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from msdmatch import featurize as stage
-from msdmatch.errors import ParameterError, StoreError
+from msdmatch.errors import FormatMismatchError, ParameterError, StoreError
 from msdmatch.sources import Item
 from msdmatch.store import Store
 
@@ -66,6 +66,20 @@ def test_resume_refuses_other_inputs(tiny_corpus, tmp_path, cluster_client):
         stage.run(str(tiny_corpus / "audio" / "TRTINY00000000000[0-2].mp3"), out, partition_size=2, **kw)
     with pytest.raises(StoreError, match="already holds 'audio'"):
         stage.run(str(tiny_corpus / "midi"), out, kind="midi", client=cluster_client, progress=False)
+
+
+def test_resume_refuses_an_audio_store_that_assumed_440_hz(tiny_corpus, tmp_path, cluster_client):
+    import zarr
+
+    out = str(tmp_path / "x.zarr")
+    kw = dict(client=cluster_client, kind="audio", partition_size=2, progress=False)
+    stage.run(str(tiny_corpus / "audio"), out, max_parts=1, **kw)
+    g = zarr.open_group(out, mode="r+")
+    assert g.attrs["tuning"].startswith("estimated")
+    del g.attrs["tuning"]  # as written before tuning was estimated
+    with pytest.raises(FormatMismatchError, match="assumed A4 = 440 Hz.*--overwrite"):
+        stage.run(str(tiny_corpus / "audio"), out, **kw)
+    assert stage.run(str(tiny_corpus / "audio"), out, overwrite=True, **kw).parts_run == 3
 
 
 def _wav(path, y, sr=22050, *, float_=False):
