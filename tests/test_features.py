@@ -145,8 +145,11 @@ def test_estimate_tuning_finds_a_transfer_speed_offset(rendered_song, cents):
         np.arange(-5, 6) * 0.1, 10)
 
 
-def test_estimate_tuning_of_short_audio_is_zero(rng):
+def test_estimate_tuning_of_short_odd_or_broken_audio_is_zero(rng):
     assert features.estimate_tuning(rng.standard_normal(1000), 22050) == 0.0
+    assert features.estimate_tuning(np.full(22050, np.nan), 22050) == 0.0
+    for sr in (3000, 1_000_000):  # analysis band (80 Hz - 2 kHz) clipped to what the rate can hold
+        assert -0.5 <= features.estimate_tuning(rng.standard_normal(20000), sr) <= 0.5
 
 
 def test_audio_cqt_centres_its_bins_on_a_detuned_recording(rendered_song):
