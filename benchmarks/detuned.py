@@ -58,13 +58,12 @@ def main() -> None:
     n = detuned_copy(demo, work / "audio", args.cents)
     ms = str(Path(sys.executable).with_name("msdmatch"))
     db, matches = str(work / "db.zarr"), str(work / "matches.parquet")
-    for cmd in (["featurize", "audio", str(work / "audio"), "--out", db],
-                ["embed", db],
-                ["match", str(demo / "queries-synth.zarr"), db, "--out", matches],
+    for cmd in (["featurize", "audio", str(work / "audio"), "--out", db, "--quiet"],
+                ["embed", db, "--quiet"],
+                ["match", str(demo / "queries-synth.zarr"), db, "--out", matches, "--quiet"],
                 ["report", matches, "--truth", str(demo / "truth_test.csv"), "--out", str(work / "report"),
                  "--queries", str(demo / "queries-synth.zarr"), "--db", db]):
-        subprocess.run([ms, *cmd, "--quiet"] if cmd[0] != "report" else [ms, *cmd],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([ms, *cmd], check=True, stdout=subprocess.DEVNULL)
     m = json.loads((work / "report" / "metrics.json").read_text())
     singles = ", ".join(f"{k} {v:.3f}" for k, v in m["top1_by_score"].items())
     print(f"{n} test previews played {args.cents:+g} cents: top-1 {m['top_1']:.3f}, MRR {m['mrr']:.3f}, "

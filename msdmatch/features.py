@@ -163,9 +163,10 @@ def estimate_tuning(y: np.ndarray, sr: int, *, n_fft: int = 4096, max_frames: in
     mag = np.abs(np.fft.rfft(frames, axis=1))
     lo = max(1, int(80.0 * n_fft / sr))
     hi = min(mag.shape[1] - 1, int(2000.0 * n_fft / sr) + 1)
+    band = mag[:, lo:hi]
     logm = np.log(mag[:, lo - 1 : hi + 1] + 1e-12)
     a, b, c = logm[:, :-2], logm[:, 1:-1], logm[:, 2:]
-    peak = (b > a) & (b >= c) & (mag[:, lo:hi] > 0.05 * mag.max(axis=1, keepdims=True))
+    peak = (b > a) & (b >= c) & (band > 0.05 * mag.max(axis=1, keepdims=True))
     if hi <= lo or not peak.any():
         return 0.0
     curv = np.where(peak, a - 2 * b + c, -1.0)
@@ -174,8 +175,9 @@ def estimate_tuning(y: np.ndarray, sr: int, *, n_fft: int = 4096, max_frames: in
     freq = (lo + k[1] + delta[k]) * sr / n_fft
     semis = 12.0 * np.log2(freq / 440.0)
     offset = semis - np.round(semis)
-    z = np.sum(mag[:, lo:hi][k] * np.exp(2j * np.pi * offset))
-    if not np.isfinite(z) or abs(z) < 0.1 * np.sum(mag[:, lo:hi][k]):
+    w = band[k]
+    z = np.sum(w * np.exp(2j * np.pi * offset))
+    if not np.isfinite(z) or abs(z) < 0.1 * np.sum(w):
         return 0.0
     tuning = np.angle(z) / (2 * np.pi)
     return float(np.clip(np.round(tuning / step) * step, -0.5, 0.5))

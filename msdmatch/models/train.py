@@ -422,13 +422,12 @@ def fit(
         else:
             xa, ma, xm, mm = sequence_batch(train_pairs, rng=rng, batch=hp.batch, audio_frames=hp.audio_frames,
                                             midi_frames=hp.midi_frames, transpose=hp.transpose,
-                                            extra_audio=hp.negatives)
+                                            extra_audio=hp.negatives if hp.loss == "nce" else 0)
             fa = f(torch.from_numpy(xa).to(dev), torch.from_numpy(ma).to(dev))
             gm = g(torch.from_numpy(xm).to(dev), torch.from_numpy(mm).to(dev))
             if hp.loss == "nce":
                 loss = nce_loss(fa, gm, temperature=hp.temperature)
             else:  # every swap within the batch is a negative: B(B-1) of them per step
-                fa = fa[: hp.batch]
                 i, j = torch.meshgrid(torch.arange(hp.batch), torch.arange(hp.batch), indexing="ij")
                 off = i != j
                 loss = pair_loss(fa, gm, fa[i[off]], gm[j[off]], alpha=hp.alpha, margin=hp.margin)
