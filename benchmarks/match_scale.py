@@ -18,8 +18,8 @@ It times, on one core (BLAS and numba limited to one thread; best of
 * the verify per query: :func:`msdmatch.match.verify_scores` of a real
   query's CQT (cut or tiled to ``--query-frames``) against V real previews,
   as the match stage runs it: the DHS nets on the query and the previews,
-  then three cosine DTWs per preview (features as stored, bin-standardised,
-  and the DHS nets' real-valued outputs);
+  then four cosine DTWs per preview (features as stored, bin-standardised,
+  the DHS nets' real-valued outputs, and the top octave bin-standardised);
 * the prune + rerank of a batch on 1 and 2 worker processes, each running
   :func:`msdmatch.match.shard_topk` and :func:`msdmatch.match.shard_rerank`
   on its own half of the database, for the 2-worker speed-up.
@@ -123,7 +123,7 @@ def main() -> None:
 
     from msdmatch.dtw import bit_frequencies, cosine_dtw
     from msdmatch.features import unit_frames
-    from msdmatch.match import _model_names, dhs_nets, verify_scores
+    from msdmatch.match import VERIFY_COLUMNS, _model_names, dhs_nets, verify_scores
     from msdmatch.prune import default_k, topk_sq_euclidean
 
     threadpool_limits(1)
@@ -186,7 +186,7 @@ def main() -> None:
     verify_scores(qf[:100], prev[:2], nets=nets)
 
     c_v, w_v, _ = best(lambda: verify_scores(qf, prev, nets=nets), args.repeats)
-    rows.append((f"verify, V={args.V} x 3 cosine DTW {len(qf)} x {len(prev[0])} frames", c_v, w_v))
+    rows.append((f"verify, V={args.V} x {len(VERIFY_COLUMNS)} cosine DTW {len(qf)} x {len(prev[0])} frames", c_v, w_v))
     c_tot = prune_at[n][0] + c_rr + c_v
     w_tot = prune_at[n][1] + w_rr + w_v
     rows.append((f"total per query at n={n:,}", c_tot, w_tot))

@@ -2,11 +2,12 @@
 
 Conventions
 -----------
-* A candidate carries five scores, all "lower is better": ``verify_score``
+* A candidate carries six scores, all "lower is better": ``verify_score``
   (the thesis's cosine-DTW score s), ``verify_std_score`` (the same on
   features standardised per bin, which ignores a recording's static
   equalisation), ``verify_dhs_score`` (the same on the DHS nets' real-valued
-  outputs), ``dhs_score`` (Hamming-DTW cost / path length) and
+  outputs), ``verify_high_score`` (as ``verify_std_score`` on the top
+  octave of bins only), ``dhs_score`` (Hamming-DTW cost / path length) and
   ``pse_distance`` (Euclidean embedding distance); and ``dhs_matrix_mean``,
   the mean of the Hamming distance matrix, which turns the DHS score into
   the ratio :func:`dhs_ratio`.
@@ -25,6 +26,7 @@ Conventions
   7      ``1`` if ``verify_score`` was missing, else ``0``
   8-10   ``verify_std_score``, its gap to the best and its margin, as 0, 3, 6
   11-13  ``verify_dhs_score``, its gap to the best and its margin
+  14-16  ``verify_high_score``, its gap to the best and its margin
   =====  ==========================================================
 
   Raw verify scores live in [0, ~1.5] and are used as is; DHS ratios and PSE
@@ -63,7 +65,8 @@ __all__ = [
 
 #: 2: adds the bin-standardised verify score; DHS enters as a ratio to the matrix mean.
 #: 3: adds the verify score on the DHS nets' real-valued outputs.
-FORMAT_VERSION = 3
+#: 4: adds the verify score on the top octave of bins.
+FORMAT_VERSION = 4
 
 FEATURE_NAMES = (
     "verify_score",
@@ -80,6 +83,9 @@ FEATURE_NAMES = (
     "verify_dhs_score",
     "verify_dhs_gap_to_best",
     "verify_dhs_margin_to_second",
+    "verify_high_score",
+    "verify_high_gap_to_best",
+    "verify_high_margin_to_second",
 )
 
 _EPS = 1e-6
@@ -173,7 +179,8 @@ def _column(candidates: Mapping, name: str, n: int | None) -> np.ndarray:
     if name not in candidates:
         raise ParameterError(
             f"candidates lack the column {name!r}; have {sorted(candidates)}; "
-            "expected verify_score, verify_std_score, verify_dhs_score, dhs_score, pse_distance, dhs_matrix_mean "
+            "expected verify_score, verify_std_score, verify_dhs_score, verify_high_score, dhs_score, "
+            "pse_distance, dhs_matrix_mean "
             "(written by this "
             "version of `msdmatch match`)"
         )
@@ -205,7 +212,7 @@ def features_for(candidates: Mapping, *, groups: np.ndarray | None = None) -> np
     ----------
     candidates : mapping of str to np.ndarray [shape=(n,)]
         Columns ``verify_score``, ``verify_std_score``, ``verify_dhs_score``,
-        ``dhs_score``, ``pse_distance``, ``dhs_matrix_mean`` (NaN where a stage did not score
+        ``verify_high_score``, ``dhs_score``, ``pse_distance``, ``dhs_matrix_mean`` (NaN where a stage did not score
         a candidate) and, unless ``groups`` is given, ``query_id``.
     groups : np.ndarray [shape=(n,)] or None
         Query of each candidate; defaults to ``candidates["query_id"]``, or
@@ -213,13 +220,14 @@ def features_for(candidates: Mapping, *, groups: np.ndarray | None = None) -> np
 
     Returns
     -------
-    X : np.ndarray [shape=(n, 14), dtype=float64]
+    X : np.ndarray [shape=(n, 17), dtype=float64]
         Columns as in :data:`FEATURE_NAMES`.
     """
     v = _column(candidates, "verify_score", None)
     n = v.shape[0]
     vs = _column(candidates, "verify_std_score", n)
     vh = _column(candidates, "verify_dhs_score", n)
+    vt = _column(candidates, "verify_high_score", n)
     h = dhs_ratio(_column(candidates, "dhs_score", n), _column(candidates, "dhs_matrix_mean", n))
     p = _column(candidates, "pse_distance", n)
     if groups is None:
@@ -238,6 +246,7 @@ def features_for(candidates: Mapping, *, groups: np.ndarray | None = None) -> np
     lh = np.log(np.maximum(h, 0.0) + _EPS)
     vs = _fill_missing(vs, inv, ng)
     vh = _fill_missing(vh, inv, ng)
+    vt = _fill_missing(vt, inv, ng)
     return np.column_stack([
         v,
         lh,
@@ -253,6 +262,9 @@ def features_for(candidates: Mapping, *, groups: np.ndarray | None = None) -> np
         vh,
         vh - _group_min(vh, inv, ng),
         _margin(vh, inv, ng),
+        vt,
+        vt - _group_min(vt, inv, ng),
+        _margin(vt, inv, ng),
     ])
 
 
@@ -296,17 +308,18 @@ def single_scores(candidates: Mapping) -> dict[str, np.ndarray]:
     Parameters
     ----------
     candidates : mapping of str to np.ndarray [shape=(n,)]
-        MATCHES columns; ``verify_std_score``, ``verify_dhs_score`` and
-        ``dhs_matrix_mean`` may be absent.
+        MATCHES columns; ``verify_std_score``, ``verify_dhs_score``,
+        ``verify_high_score`` and ``dhs_matrix_mean`` may be absent.
 
     Returns
     -------
     scores : dict of str to np.ndarray [shape=(n,)]
         ``verify_score``, ``dhs_score``, ``pse_distance``, then
-        ``verify_std_score``, ``verify_dhs_score`` and ``dhs_ratio`` when
-        their columns are there.
+        ``verify_std_score``, ``verify_dhs_score``, ``verify_high_score``
+        and ``dhs_ratio`` when their columns are there.
     """
-    names = ("verify_score", "dhs_score", "pse_distance", "verify_std_score", "verify_dhs_score")
+    names = ("verify_score", "dhs_score", "pse_distance", "verify_std_score", "verify_dhs_score",
+             "verify_high_score")
     scores = {c: np.asarray(candidates[c], dtype=np.float64) for c in names if c in candidates}
     if "dhs_matrix_mean" in candidates:
         scores["dhs_ratio"] = dhs_ratio(candidates["dhs_score"], candidates["dhs_matrix_mean"])

@@ -11,17 +11,20 @@ Conventions
   Hamming distance matrix (:func:`msdmatch.dtw.hamming_matrix_mean`), the
   same normalisation the verify score applies to its cost matrix: it stops
   candidates whose bits resemble everything from crowding out the match.
-- Verify runs cosine DTW three times (:func:`verify_scores`): on the
+- Verify runs cosine DTW four times (:func:`verify_scores`): on the
   features as stored (the thesis's ``verify_score``), on features
   standardised per bin over each sequence (``verify_std_score``,
   :func:`msdmatch.features.standardize_bins`), which takes out a
-  recording's static equalisation, and on the DHS nets' real-valued outputs
-  before their sign is taken (``verify_dhs_score``): the learned frame
-  features the hash bits come from, without the loss of binarising them.
-  The fusion uses all three.
+  recording's static equalisation, on the same for the top octave of bins
+  only (``verify_high_score``, from :data:`HIGH_BIN`: where melodies sit,
+  above the bass and accompaniment that recordings and transcriptions most
+  often disagree on), and on the DHS nets' real-valued outputs before their
+  sign is taken (``verify_dhs_score``): the learned frame features the hash
+  bits come from, without the loss of binarising them.  The fusion uses all
+  four.
 - Output: one row per (query, candidate) with ``query_id, rank, track_id,
   confidence, verify_score, dhs_score, pse_distance, dhs_matrix_mean,
-  verify_std_score, verify_dhs_score, stage``; ``stage`` is ``verify`` for
+  verify_std_score, verify_dhs_score, verify_high_score, stage``; ``stage`` is ``verify`` for
   the top V (ranked by the fused confidence), ``rerank`` for ranks V+1..R
   (by normalised DHS score) and ``prune`` beyond (by PSE distance, only with
   ``keep='all'``).  Unverified rows have NaN ``confidence``.
@@ -39,6 +42,10 @@ from .errors import ModelError, ParameterError
 DHS_PENALTY = 15
 DHS_GULLY = 0.9
 VERIFY_GULLY = 0.96
+#: First bin of ``verify_high_score``: 36 bins above MIDI note 36, i.e. C5 (523 Hz) and up.
+HIGH_BIN = 36
+#: The verify scores, in the order of :func:`verify_scores`' columns.
+VERIFY_COLUMNS = ("verify_score", "verify_std_score", "verify_dhs_score", "verify_high_score")
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,7 @@ def shard_rerank(data: dict, qwords: list[np.ndarray],
 
 
 def verify_scores(X: np.ndarray, Ys: list[np.ndarray], *, nets: dict, threads: int = 1) -> np.ndarray:
-    """The three verify DTW scores of one query against its candidates.
+    """The four verify DTW scores of one query against its candidates.
 
     Parameters
     ----------
@@ -145,27 +152,29 @@ def verify_scores(X: np.ndarray, Ys: list[np.ndarray], *, nets: dict, threads: i
 
     Returns
     -------
-    scores : np.ndarray [shape=(len(Ys), 3), dtype=float64]
+    scores : np.ndarray [shape=(len(Ys), 4), dtype=float64]
         Raffel's normalised cosine-DTW score (lower is better) on the features
-        as stored (column 0), on them standardised per bin (column 1) and on
-        the DHS nets' real-valued outputs (column 2); ``inf`` where a
-        sequence is empty.
+        as stored (column 0), on them standardised per bin (column 1), on
+        the DHS nets' real-valued outputs (column 2) and on bins
+        ``HIGH_BIN:`` standardised per bin (column 3), as
+        :data:`VERIFY_COLUMNS`; ``inf`` where a sequence is empty.
     """
     from .dtw import cosine_dtw, cosine_dtw_pair
     from .embed import embed_sequences
     from .features import standardize_bins, unit_frames
 
-    s = np.full((len(Ys), 3), np.inf)
+    s = np.full((len(Ys), len(VERIFY_COLUMNS)), np.inf)
     ok = [n for n, Y in enumerate(Ys) if len(Y)]
     if not len(X) or not ok:
         return s
     ds = nets["downsample"]
     (Xh,) = embed_sequences([X], nets["query"], downsample=ds, threads=threads)
     Yh = embed_sequences([Ys[n] for n in ok], nets["db"], downsample=ds, threads=threads)
-    Xs, Xh = standardize_bins(X), unit_frames(Xh)
+    Xs, Xh, Xt = standardize_bins(X), unit_frames(Xh), standardize_bins(X[:, HIGH_BIN:])
     for n, yh in zip(ok, Yh, strict=True):
         s[n, :2] = cosine_dtw_pair(X, Ys[n], Xs, standardize_bins(Ys[n]), gully=VERIFY_GULLY)
         s[n, 2] = cosine_dtw(Xh, unit_frames(yh), gully=VERIFY_GULLY, return_path=False)
+        s[n, 3] = cosine_dtw(Xt, standardize_bins(Ys[n][:, HIGH_BIN:]), gully=VERIFY_GULLY, return_path=False)
     return s
 
 
@@ -179,7 +188,7 @@ def verify_batch(jobs: list[tuple[int, list[int]]], *, q_url: str, db_url: str, 
 
     Returns
     -------
-    scores : list of np.ndarray [shape=(n_candidates, 3), float64]
+    scores : list of np.ndarray [shape=(n_candidates, 4), float64]
     """
     from .cluster import worker_threads
     from .store import Store
@@ -338,7 +347,7 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
     batches = [jobs[i::nb] for i in range(nb)]
     vf = [client.submit(verify_batch, b, q_url=queries, db_url=db, nets=nets, storage_options=storage_options,
                         key=f"match-verify-{i}-{time.time_ns()}") for i, b in enumerate(batches)]
-    vscore = np.full((Q.n, V, 3), np.inf)
+    vscore = np.full((Q.n, V, len(VERIFY_COLUMNS)), np.inf)
     for b, f in zip(batches, vf):
         for (q, _), s in zip(b, f.result()):
             vscore[q, : len(s)] = s
@@ -405,38 +414,38 @@ def _assemble(Q, D, pidx, pdist, dhs_score, dhs_mean, order, vscore, *, R, V, ke
 
     cols: dict[str, list] = {c: [] for c in ("query_id", "rank", "track_id", "confidence", "verify_score",
                                              "dhs_score", "pse_distance", "dhs_matrix_mean",
-                                             "verify_std_score", "verify_dhs_score", "stage")}
+                                             *VERIFY_COLUMNS[1:], "stage")}
     dbids = D.ids
+    unverified = np.full(len(VERIFY_COLUMNS), np.nan)
     for q in range(Q.n):
         if not q_ok[q]:
             continue
         o = order[q]
-        vs, vstd, vdhs = vscore[q, :, 0], vscore[q, :, 1], vscore[q, :, 2]
+        vs = vscore[q]
         pse_d = np.sqrt(np.maximum(pdist[q], 0.0))
         if fusion_model is not None:
             from .fusion import features_for, predict_proba
 
             conf = predict_proba(fusion_model, features_for(
-                {"verify_score": vs, "dhs_score": dhs_score[q, o[:V]], "pse_distance": pse_d[o[:V]],
-                 "dhs_matrix_mean": dhs_mean[q, o[:V]], "verify_std_score": vstd, "verify_dhs_score": vdhs}))
+                {"dhs_score": dhs_score[q, o[:V]], "pse_distance": pse_d[o[:V]],
+                 "dhs_matrix_mean": dhs_mean[q, o[:V]], **dict(zip(VERIFY_COLUMNS, vs.T, strict=True))}))
         else:
-            conf = dtw_confidence(vs)
-        vorder = np.lexsort((vs, -conf))
-        rows = [(o[j], conf[j], vs[j], vstd[j], vdhs[j], "verify") for j in vorder]
-        rows += [(o[j], np.nan, np.nan, np.nan, np.nan, "rerank") for j in range(V, R)]
+            conf = dtw_confidence(vs[:, 0])
+        vorder = np.lexsort((vs[:, 0], -conf))
+        rows = [(o[j], conf[j], vs[j], "verify") for j in vorder]
+        rows += [(o[j], np.nan, unverified, "rerank") for j in range(V, R)]
         if keep == "all":
             rest = np.sort(o[R:])  # pidx is sorted by pse distance already
-            rows += [(j, np.nan, np.nan, np.nan, np.nan, "prune") for j in rest]
-        for rank, (j, c, v, v2, v3, st) in enumerate(rows, start=1):
+            rows += [(j, np.nan, unverified, "prune") for j in rest]
+        for rank, (j, c, v, st) in enumerate(rows, start=1):
             cols["query_id"].append(Q.ids[q])
             cols["rank"].append(rank)
             cols["track_id"].append(dbids[int(pidx[q, j])])
             cols["confidence"].append(float(c))
-            cols["verify_score"].append(float(v))
             cols["dhs_score"].append(float(dhs_score[q, j]))
             cols["pse_distance"].append(float(pse_d[j]))
             cols["dhs_matrix_mean"].append(float(dhs_mean[q, j]))
-            cols["verify_std_score"].append(float(v2))
-            cols["verify_dhs_score"].append(float(v3))
+            for name, x in zip(VERIFY_COLUMNS, v, strict=True):
+                cols[name].append(float(x))
             cols["stage"].append(st)
     return {k: np.asarray(v) for k, v in cols.items()}

@@ -34,10 +34,12 @@ def make_candidates(rng: np.random.Generator, n_queries: int, n_cand: int = 10) 
     pse = np.exp(1.5 - 0.5 * y + rng.normal(0, 0.5, q.size))
     verify_std = 0.7 - 0.15 * y + shift + rng.normal(0, 0.15, q.size)
     verify_dhs = 0.8 - 0.15 * y + shift + rng.normal(0, 0.15, q.size)
+    verify_high = 0.8 - 0.12 * y + shift + rng.normal(0, 0.15, q.size)
     missing = rng.random(q.size) < 0.02  # a few unverified candidates
-    verify[missing] = verify_std[missing] = verify_dhs[missing] = np.nan
+    verify[missing] = verify_std[missing] = verify_dhs[missing] = verify_high[missing] = np.nan
     return {"query_id": q, "verify_score": verify, "dhs_score": dhs, "pse_distance": pse,
-            "dhs_matrix_mean": matrix_mean, "verify_std_score": verify_std, "verify_dhs_score": verify_dhs}, y
+            "dhs_matrix_mean": matrix_mean, "verify_std_score": verify_std, "verify_dhs_score": verify_dhs,
+            "verify_high_score": verify_high}, y
 
 
 def top1(score: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
@@ -60,7 +62,8 @@ def test_fusion_beats_single_scores_and_is_calibrated(rng):
     p = predict_proba(model, features_for(test))
     fused_top1 = top1(-p, y_te, test["query_id"])
     fused_auc = auc(-p, y_te)
-    for name in ("verify_score", "verify_std_score", "verify_dhs_score", "dhs_score", "pse_distance"):
+    for name in ("verify_score", "verify_std_score", "verify_dhs_score", "verify_high_score", "dhs_score",
+                 "pse_distance"):
         assert fused_top1 > top1(test[name], y_te, test["query_id"]) + 0.02, name
         assert fused_auc > auc(test[name], y_te), name
     assert expected_calibration_error(p, y_te) < 0.05
@@ -94,7 +97,8 @@ def test_features_are_per_query():
              "pse_distance": np.array([1.0, 2.0, 4.0, 8.0]),
              "dhs_matrix_mean": np.array([5.0, 5.0, 5.0, 5.0]),
              "verify_std_score": np.array([0.4, 0.6, 0.7, 0.2]),
-             "verify_dhs_score": np.array([0.9, np.nan, 0.5, 0.3])}
+             "verify_dhs_score": np.array([0.9, np.nan, 0.5, 0.3]),
+             "verify_high_score": np.array([0.6, 0.2, np.nan, 0.4])}
     X = features_for(cands)
     assert X.shape == (4, len(FEATURE_NAMES))
     np.testing.assert_allclose(X[:, 0], [0.5, 0.3, 0.5, 0.9])  # NaN -> query's worst
@@ -106,7 +110,8 @@ def test_features_are_per_query():
     np.testing.assert_array_equal(X[:, 7], [0, 0, 1, 0])
     np.testing.assert_allclose(X[:, 8:11], [[0.4, 0.0, -0.2], [0.6, 0.2, 0.2], [0.7, 0.3, 0.3], [0.2, 0, 0]])
     # NaN -> the query's worst (0.9), so candidate 2 is best by 0.4
-    np.testing.assert_allclose(X[:, 11:], [[0.9, 0.4, 0.4], [0.9, 0.4, 0.4], [0.5, 0.0, -0.4], [0.3, 0, 0]])
+    np.testing.assert_allclose(X[:, 11:14], [[0.9, 0.4, 0.4], [0.9, 0.4, 0.4], [0.5, 0.0, -0.4], [0.3, 0, 0]])
+    np.testing.assert_allclose(X[:, 14:], [[0.6, 0.4, 0.4], [0.2, 0.0, -0.4], [0.6, 0.4, 0.4], [0.4, 0, 0]])
 
 
 def test_dhs_ratio():
@@ -133,4 +138,4 @@ def test_errors():
         expected_calibration_error(np.array([3.0]), np.array([1]))
     with pytest.raises(ParameterError, match="lack the column 'dhs_score'"):
         features_for({"verify_score": np.zeros(2), "verify_std_score": np.zeros(2), "verify_dhs_score": np.zeros(2),
-                      "pse_distance": np.zeros(2)})
+                      "verify_high_score": np.zeros(2), "pse_distance": np.zeros(2)})

@@ -51,9 +51,9 @@ def test_sharded_equals_single_process(embedded, cluster_client):
         assert (v == "verify").sum() == 2 and (v == "rerank").sum() == 2 and (v == "prune").sum() == 2
 
 
-def test_verify_dhs_score_is_cosine_dtw_on_the_dhs_nets_outputs(embedded, cluster_client):
+def test_verify_dhs_and_high_scores_are_cosine_dtws_of_their_views(embedded, cluster_client):
     from msdmatch.dtw import cosine_dtw
-    from msdmatch.features import unit_frames
+    from msdmatch.features import standardize_bins, unit_frames
     from msdmatch.modelfile import run_net
     from msdmatch.store import Store
 
@@ -72,6 +72,9 @@ def test_verify_dhs_score_is_cosine_dtw_on_the_dhs_nets_outputs(embedded, cluste
         want = cosine_dtw(outputs(Q.sequence(qrow[q]), nets["query"]), outputs(D.sequence(drow[d]), nets["db"]),
                           gully=match.VERIFY_GULLY, return_path=False)
         assert t["verify_dhs_score"][k] == pytest.approx(want, abs=1e-5)
+        top = [standardize_bins(s.sequence(r)[:, 36:]) for s, r in ((Q, qrow[q]), (D, drow[d]))]
+        want = cosine_dtw(*top, gully=match.VERIFY_GULLY, return_path=False)
+        assert t["verify_high_score"][k] == pytest.approx(want, abs=1e-6)
     # on the tiny corpus each MIDI file's own recording scores best
     for k in range(6):
         sel = t["query_id"] == f"song{k}"
@@ -126,7 +129,8 @@ def test_db_on_s3(embedded, s3, cluster_client, tmp_path):
     write_matches(remote, f"s3://{b}/out/m.csv", storage_options=so)
     for name in ("m.zarr", "m.parquet", "m.csv"):
         back = read_matches(f"s3://{b}/out/{name}", storage_options=so)
-        assert list(back) == COLUMNS + ["dhs_matrix_mean", "verify_std_score", "verify_dhs_score", "stage"], name
+        assert list(back) == COLUMNS + ["dhs_matrix_mean", "verify_std_score", "verify_dhs_score",
+                                        "verify_high_score", "stage"], name
         assert back["track_id"].tolist() == remote["track_id"].tolist(), name
         np.testing.assert_array_equal(back["confidence"], remote["confidence"])
         np.testing.assert_array_equal(back["rank"], remote["rank"])
@@ -153,7 +157,7 @@ def test_query_store_with_failures_and_tiny_sequences(tiny_corpus, tmp_path, clu
     s = match.run(q, embedded["audio"], client=cluster_client, rerank=3, verify=3, progress=False)
     t = s["table"]
     assert sorted(set(t["query_id"].tolist())) == ["blip", "short"]
-    for c in ("dhs_score", "verify_score", "verify_std_score", "verify_dhs_score"):
+    for c in ("dhs_score", *match.VERIFY_COLUMNS):
         assert np.all(np.isfinite(t[c])), c
 
 

@@ -25,7 +25,7 @@ def test_demo_runs_the_whole_cascade(tmp_path):
 
 def _matches(rng, n_queries=40, v=5):
     rows = {k: [] for k in ("query_id", "track_id", "verify_score", "verify_std_score", "verify_dhs_score",
-                            "dhs_score", "dhs_matrix_mean", "pse_distance", "stage")}
+                            "verify_high_score", "dhs_score", "dhs_matrix_mean", "pse_distance", "stage")}
     truth = {"query_id": [], "track_id": []}
     for q in range(n_queries):
         truth["query_id"].append(f"q{q}")
@@ -37,6 +37,7 @@ def _matches(rng, n_queries=40, v=5):
             rows["verify_score"].append(rng.normal(0.45 if true else 0.8, 0.08))
             rows["verify_std_score"].append(rng.normal(0.5 if true else 0.8, 0.1))
             rows["verify_dhs_score"].append(rng.normal(0.5 if true else 0.8, 0.1))
+            rows["verify_high_score"].append(rng.normal(0.55 if true else 0.8, 0.1))
             rows["dhs_matrix_mean"].append(rng.uniform(14, 17))
             rows["dhs_score"].append(rng.normal(9 if true else 13, 1.5))
             rows["pse_distance"].append(rng.normal(1.0 if true else 1.6, 0.3))
