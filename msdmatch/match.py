@@ -17,8 +17,8 @@ Conventions
   :func:`msdmatch.features.standardize_bins`), which takes out a
   recording's static equalisation, on the same for the top octave of bins
   only (``verify_high_score``, from :data:`HIGH_BIN`: where melodies sit,
-  above the bass and accompaniment that recordings and transcriptions most
-  often disagree on), and on the DHS nets' real-valued outputs before their
+  above a bass part or a high-pass that a recording and its transcription
+  may disagree on), and on the DHS nets' real-valued outputs before their
   sign is taken (``verify_dhs_score``): the learned frame features the hash
   bits come from, without the loss of binarising them.  The fusion uses all
   four.
