@@ -72,7 +72,7 @@ def test_verify_dhs_and_high_scores_are_cosine_dtws_of_their_views(embedded, clu
         want = cosine_dtw(outputs(Q.sequence(qrow[q]), nets["query"]), outputs(D.sequence(drow[d]), nets["db"]),
                           gully=match.VERIFY_GULLY, return_path=False)
         assert t["verify_dhs_score"][k] == pytest.approx(want, abs=1e-5)
-        top = [standardize_bins(s.sequence(r)[:, 36:]) for s, r in ((Q, qrow[q]), (D, drow[d]))]
+        top = [standardize_bins(s.sequence(r)[:, 36:]) for s, r in ((Q, qrow[q]), (D, drow[d]))]  # C5-B5
         want = cosine_dtw(*top, gully=match.VERIFY_GULLY, return_path=False)
         assert t["verify_high_score"][k] == pytest.approx(want, abs=1e-6)
     # on the tiny corpus each MIDI file's own recording scores best
