@@ -59,7 +59,7 @@ def unit_frames(X: np.ndarray) -> np.ndarray:
     return Y
 
 
-def standardize_bins(X: np.ndarray, *, eps: float = 1e-3) -> np.ndarray:
+def standardize_bins(X: np.ndarray, *, eps: float = 1e-3, normalize: bool = True) -> np.ndarray:
     """Standardise each bin over the sequence, then L2-normalise the frames.
 
     A recording's equalisation, a high-pass, or an instrument brighter than
@@ -73,14 +73,18 @@ def standardize_bins(X: np.ndarray, *, eps: float = 1e-3) -> np.ndarray:
         Features as stored (any float dtype).
     eps : float > 0
         Added to each bin's standard deviation (bins that never change map to 0).
+    normalize : bool
+        L2-normalise the frames (``False``: return the standardised bins, e.g.
+        to normalise a subset of them with :func:`unit_frames`).
 
     Returns
     -------
     Z : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
-        Unit-norm frames (all-zero frames stay zero).
+        Unit-norm frames (all-zero frames stay zero), unless ``normalize`` is false.
     """
     X = np.asarray(X, dtype=np.float32)
-    return unit_frames((X - X.mean(axis=0)) / (X.std(axis=0) + np.float32(eps)))
+    Z = (X - X.mean(axis=0)) / (X.std(axis=0) + np.float32(eps))
+    return unit_frames(Z) if normalize else Z
 
 
 def _hashable(v):

@@ -244,9 +244,10 @@ def features_for(candidates: Mapping, *, groups: np.ndarray | None = None) -> np
     h = _fill_missing(h, inv, ng)
     lp = np.log(np.maximum(_fill_missing(p, inv, ng), 0.0) + _EPS)
     lh = np.log(np.maximum(h, 0.0) + _EPS)
-    vs = _fill_missing(vs, inv, ng)
-    vh = _fill_missing(vh, inv, ng)
-    vt = _fill_missing(vt, inv, ng)
+    other_verify = []
+    for x in (vs, vh, vt):  # each: the score, its gap to the best and its margin
+        x = _fill_missing(x, inv, ng)
+        other_verify += [x, x - _group_min(x, inv, ng), _margin(x, inv, ng)]
     return np.column_stack([
         v,
         lh,
@@ -256,15 +257,7 @@ def features_for(candidates: Mapping, *, groups: np.ndarray | None = None) -> np
         lp - _group_min(lp, inv, ng),
         _margin(v, inv, ng),
         v_missing.astype(np.float64),
-        vs,
-        vs - _group_min(vs, inv, ng),
-        _margin(vs, inv, ng),
-        vh,
-        vh - _group_min(vh, inv, ng),
-        _margin(vh, inv, ng),
-        vt,
-        vt - _group_min(vt, inv, ng),
-        _margin(vt, inv, ng),
+        *other_verify,
     ])
 
 

@@ -161,7 +161,7 @@ def verify_scores(X: np.ndarray, Ys: list[np.ndarray], *, nets: dict, threads: i
     """
     from .dtw import cosine_dtw, cosine_dtw_pair
     from .embed import embed_sequences
-    from .features import standardize_bins, unit_frames
+    from .features import unit_frames
 
     s = np.full((len(Ys), len(VERIFY_COLUMNS)), np.inf)
     ok = [n for n, Y in enumerate(Ys) if len(Y)]
@@ -170,12 +170,34 @@ def verify_scores(X: np.ndarray, Ys: list[np.ndarray], *, nets: dict, threads: i
     ds = nets["downsample"]
     (Xh,) = embed_sequences([X], nets["query"], downsample=ds, threads=threads)
     Yh = embed_sequences([Ys[n] for n in ok], nets["db"], downsample=ds, threads=threads)
-    Xs, Xh, Xt = standardize_bins(X), unit_frames(Xh), standardize_bins(X[:, HIGH_BIN:])
+    (Xs, Xt), Xh = standardized_views(X), unit_frames(Xh)
     for n, yh in zip(ok, Yh, strict=True):
-        s[n, :2] = cosine_dtw_pair(X, Ys[n], Xs, standardize_bins(Ys[n]), gully=VERIFY_GULLY)
+        Ys_, Yt = standardized_views(Ys[n])
+        s[n, :2] = cosine_dtw_pair(X, Ys[n], Xs, Ys_, gully=VERIFY_GULLY)
         s[n, 2] = cosine_dtw(Xh, unit_frames(yh), gully=VERIFY_GULLY, return_path=False)
-        s[n, 3] = cosine_dtw(Xt, standardize_bins(Ys[n][:, HIGH_BIN:]), gully=VERIFY_GULLY, return_path=False)
+        s[n, 3] = cosine_dtw(Xt, Yt, gully=VERIFY_GULLY, return_path=False)
     return s
+
+
+def standardized_views(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bin-standardised frames of verify: all bins, and bins ``HIGH_BIN:`` alone.
+
+    Parameters
+    ----------
+    X : np.ndarray [shape=(n_frames, n_bins)]
+
+    Returns
+    -------
+    all_bins : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
+        :func:`msdmatch.features.standardize_bins` of ``X``.
+    high : np.ndarray [shape=(n_frames, n_bins - HIGH_BIN), dtype=float32]
+        The same of ``X[:, HIGH_BIN:]``: each bin is standardised on its own,
+        so only the frames' normalisation differs.
+    """
+    from .features import standardize_bins, unit_frames
+
+    Z = standardize_bins(X, normalize=False)
+    return unit_frames(Z), unit_frames(Z[:, HIGH_BIN:])
 
 
 def verify_batch(jobs: list[tuple[int, list[int]]], *, q_url: str, db_url: str, nets: dict,
