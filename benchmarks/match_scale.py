@@ -15,6 +15,9 @@ It times, on one core (BLAS and numba limited to one thread; best of
   means (:func:`msdmatch.dtw.hamming_matrix_mean`), as the match stage runs
   them: every candidate scored exactly (early abandoning by the raw score,
   ``top_r``, would be wrong for a ranking by the ratio), top R by ratio;
+* the screen per query: :func:`msdmatch.screen.screen_scores` of the
+  query's screen frames (from its CQT cut or tiled to ``--query-frames``)
+  against R real previews' screen frames, and :func:`msdmatch.screen.screen_order`;
 * the verify per query: :func:`msdmatch.match.verify_scores` of a real
   query's CQT (cut or tiled to ``--query-frames``) against V real previews,
   as the match stage runs it: the DHS nets on the query and the previews,
@@ -108,7 +111,7 @@ def main() -> None:
     ap.add_argument("--rerank-queries", type=int, default=8)
     ap.add_argument("--prune-k", type=int, default=None,
                     help="PSE survivors K, capped at each size (default: default_k, 1%%)")
-    ap.add_argument("--R", type=int, default=100)
+    ap.add_argument("--R", type=int, default=300)
     ap.add_argument("--V", type=int, default=10)
     ap.add_argument("--query-frames", type=int, default=4500,
                     help="query length in frames (4,500: 3.5 min, a typical song); the real queries' "
@@ -125,6 +128,7 @@ def main() -> None:
     from msdmatch.features import unit_frames
     from msdmatch.match import VERIFY_COLUMNS, _model_names, dhs_nets, verify_scores
     from msdmatch.prune import default_k, topk_sq_euclidean
+    from msdmatch.screen import screen_frames, screen_order, screen_scores
 
     threadpool_limits(1)
     rng = np.random.default_rng(0)
@@ -154,6 +158,9 @@ def main() -> None:
     print(f"# memory per {n_max:,} entries: embeddings+norms {mem_e / 2**20:.0f} MiB, "
           f"hashes+offsets {mem_w / 2**20:.0f} MiB, bit frequencies {bits.nbytes / 2**20:.0f} MiB "
           f"(computed in {t_bits:.1f} s, once per shard load)")
+    screen_bytes = n_max * np.mean([-(-len(f) // 8) for f in F_real]) * F_real[0].shape[1]
+    print(f"# screen frames (int8) per {n_max:,} entries: {screen_bytes / 2**20:.0f} MiB, from the real "
+          "previews' lengths (held by the shards; not synthesised here, the screen reads R of them)")
 
     topk_sq_euclidean(Q[:4], E[:20_000], k=100)
     rows = []
@@ -180,6 +187,13 @@ def main() -> None:
         c_rr, w_rr = c_rr + c / nrq, w_rr + w / nrq
     rows.append((f"DHS rerank, K={k:,} -> R={args.R}, {len(QWb[0])} query steps ({nrq} queries)", c_rr, w_rr))
 
+    qs = screen_frames(_tile(QF[0], args.query_frames))
+    cands = [screen_frames(F_real[i % len(F_real)]) for i in range(args.R)]
+    ratio = rng.random(args.R)
+    screen_scores(qs[:10], cands[:2])  # compile
+    c_s, w_s, _ = best(lambda: screen_order(screen_scores(qs, cands), ratio), args.repeats)
+    rows.append((f"screen, R={args.R} x cosine DTW {len(qs)} x {len(cands[0])} screen frames", c_s, w_s))
+
     qf = unit_frames(_tile(QF[0], args.query_frames))
     prev = [unit_frames(F_real[i % len(F_real)]) for i in range(args.V)]
     cosine_dtw(qf[:100], prev[0][:50], return_path=False)
@@ -187,8 +201,8 @@ def main() -> None:
 
     c_v, w_v, _ = best(lambda: verify_scores(qf, prev, nets=nets), args.repeats)
     rows.append((f"verify, V={args.V} x {len(VERIFY_COLUMNS)} cosine DTW {len(qf)} x {len(prev[0])} frames", c_v, w_v))
-    c_tot = prune_at[n][0] + c_rr + c_v
-    w_tot = prune_at[n][1] + w_rr + w_v
+    c_tot = prune_at[n][0] + c_rr + c_s + c_v
+    w_tot = prune_at[n][1] + w_rr + w_s + w_v
     rows.append((f"total per query at n={n:,}", c_tot, w_tot))
 
     print(f"\n{'stage (one core)':<62} {'cpu ms/q':>10} {'wall ms/q':>10}")

@@ -180,8 +180,8 @@ def embed(store, models, partition_size, scheduler, workers, storage_options, qu
 @click.option("--fusion", default=None, metavar="JSON", help="Fusion model (default: shipped).")
 @click.option("--prune-k", type=click.IntRange(min=1), default=None,
               help="PSE survivors K (default: max(1% of DB, 1000)).")
-@click.option("--rerank", type=click.IntRange(min=1), default=100, show_default=True,
-              help="DHS survivors R.")
+@click.option("--rerank", type=click.IntRange(min=1), default=300, show_default=True,
+              help="DHS survivors R, screened with a coarse DTW.")
 @click.option("--verify", type=click.IntRange(min=1), default=10, show_default=True,
               help="Candidates verified with full DTW (V).")
 @click.option("--keep", type=click.Choice(["rerank", "all"]), default="rerank", show_default=True,
@@ -192,7 +192,7 @@ def embed(store, models, partition_size, scheduler, workers, storage_options, qu
 @quiet_opt
 def match(queries, db, out, models, fusion, prune_k, rerank, verify, keep, scheduler, workers,
           storage_options, quiet):
-    """Find each MIDI query's recording in DB: prune, rerank, verify."""
+    """Find each MIDI query's recording in DB: prune, rerank, screen, verify."""
     from . import match as stage
 
     s = stage.run(queries, db, out, models=models, fusion=fusion, prune_k=prune_k, rerank=rerank,
@@ -265,7 +265,8 @@ def demo(out, songs, distractors, seed, mode, brute_force, scheduler, workers):
     click.echo(f"\ntest split of the demo corpus ({m['n_queries']} queries, {m.get('db_size', '?')} previews):")
     click.echo(rank_table(m) + _comparison_lines(m), nl=False)
     click.echo(f"time per query on {m['match_threads']} threads: prune {pq['prune'] * 1e3:.1f} ms, "
-               f"rerank {pq['rerank'] * 1e3:.1f} ms, verify {pq['verify'] * 1e3:.1f} ms, "
+               f"rerank {pq['rerank'] * 1e3:.1f} ms, screen {pq['screen'] * 1e3:.1f} ms, "
+               f"verify {pq['verify'] * 1e3:.1f} ms, "
                f"total {pq['total'] * 1e3:.1f} ms")
     click.echo(f"demo finished in {time.perf_counter() - t0:.0f} s; report in {out}/report")
 

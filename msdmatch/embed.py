@@ -5,7 +5,10 @@ Writes, for each model, into the store:
 - ``pse/<model>``: (n, embedding_dim) float32, one row per item;
 - ``dhs/<model>/words``: flat uint32 hash words, one per downsampled step
   (bit k of a word is output unit k > 0), and ``dhs/<model>/offsets``
-  (n + 1,) int64, with ``ceil(n_frames / downsample)`` words per item.
+  (n + 1,) int64, with ``ceil(n_frames / downsample)`` words per item;
+- ``screen/frames``: flat int8 screen frames (:func:`msdmatch.screen.screen_frames`,
+  ``ceil(n_frames / 8)`` rows of n_bins per item), and ``screen/offsets``
+  (n + 1,) int64; they depend on no model.
 
 Shards are contiguous item ranges.  Each shard is one Dask task: it reads its
 frames with one read, batches sequences of similar length (padding is masked
@@ -164,6 +167,12 @@ def embed_shard(shard: Shard, *, url: str, models: list[dict], storage_options: 
                 counts.append(len(words[-1]))
             arrays[f"{m['name']}__words"] = np.concatenate(words) if words else np.zeros(0, np.uint32)
             arrays[f"{m['name']}__counts"] = np.asarray(counts, np.int64)
+    from .screen import screen_frames
+
+    frames = [screen_frames(x) for x in seqs]
+    arrays["screen__frames"] = (np.concatenate(frames) if frames
+                                else np.zeros((0, store.params.n_bins), np.int8))
+    arrays["screen__counts"] = np.asarray([len(f) for f in frames], np.int64)
     srcs = store.strings("sources", shard.start, shard.stop) if bad else []
     write_part(url, STAGE, shard.pid, arrays,
                {"fail_id": list(bad), "fail_reason": list(bad.values()),
@@ -245,10 +254,8 @@ def run(url: str, *, models: list[str] | None = None, client=None, scheduler: st
 def _run(url, store, specs, *, client, partition_size, storage_options, progress, max_parts) -> dict:
     from .cluster import run_shards, total_threads
     from .store import (
-        ITEM_CHUNK,
         _read_str,
         committed_parts,
-        concat_parts,
         delete_path,
         open_group,
         read_part,
@@ -256,7 +263,10 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
     )
 
     t0 = time.perf_counter()
-    key = "|".join(f"{s['name']}:{s['digest']}" for s in specs) + f"|{partition_size}"
+    from . import screen
+
+    key = ("|".join(f"{s['name']}:{s['digest']}" for s in specs)
+           + f"|screen:{screen.FORMAT_VERSION}:{screen.POOL}|{partition_size}")
     g = open_group(url, mode="r+", storage_options=storage_options)
     shards = plan(store.n, partition_size=partition_size)
     state = dict(g.attrs.get("embed_state", {}))
@@ -293,14 +303,14 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
             if s["kind"] != "dhs":
                 continue
             counts = [np.asarray(p[f"{s['name']}__counts"][:], np.int64) for p in parts]
-            concat_parts(client, url, stage=STAGE, name=f"dhs/{s['name']}/words",
-                         source=f"{s['name']}__words", part_rows=[int(c.sum()) for c in counts],
-                         row_shape=(), dtype="uint32", chunk=1 << 20,
-                         storage_options=storage_options, progress=progress)
-            allc = np.concatenate(counts) if counts else np.zeros(0, np.int64)
-            off = np.concatenate([[0], np.cumsum(allc)]).astype(np.int64)
-            g.create_array(f"dhs/{s['name']}/offsets", shape=off.shape, dtype="int64",
-                           chunks=(min(off.size, ITEM_CHUNK),), overwrite=True)[:] = off
+            _consolidate(client, url, g, f"dhs/{s['name']}/words", f"{s['name']}__words", counts,
+                         row_shape=(), dtype="uint32", chunk=1 << 20, storage_options=storage_options,
+                         progress=progress)
+        counts = [np.asarray(p["screen__counts"][:], np.int64) for p in parts]
+        _consolidate(client, url, g, "screen/frames", "screen__frames", counts, row_shape=(store.params.n_bins,),
+                     dtype="int8", chunk=1 << 16, storage_options=storage_options, progress=progress)
+        g["screen/frames"].attrs.update({"format_version": screen.FORMAT_VERSION, "pool": screen.POOL,
+                                         "complete": True})
         write_failures(g, fails)
         for s in specs:
             path = f"pse/{s['name']}" if s["kind"] == "pse" else f"dhs/{s['name']}"
@@ -310,3 +320,22 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
     return {"items": store.n, "failures": n_fail, "models": [s["name"] for s in specs],
             "seconds": time.perf_counter() - t0, "threads": total_threads(client),
             "parts_run": len(todo), "parts_skipped": skipped, "complete": bool(complete)}
+
+
+def _consolidate(client, url, g, name, source, counts, *, row_shape, dtype, chunk, storage_options, progress):
+    """Concatenate a ragged staged array into ``<dir>/<leaf>`` and write ``<dir>/offsets`` beside it.
+
+    Parameters
+    ----------
+    counts : list of np.ndarray [shape=(n_items_in_part,), int64]
+        Rows per item, per part.
+    """
+    from .store import ITEM_CHUNK, concat_parts
+
+    concat_parts(client, url, stage=STAGE, name=name, source=source, part_rows=[int(c.sum()) for c in counts],
+                 row_shape=row_shape, dtype=dtype, chunk=chunk, storage_options=storage_options,
+                 progress=progress)
+    allc = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+    off = np.concatenate([[0], np.cumsum(allc)]).astype(np.int64)
+    g.create_array(f"{name.rsplit('/', 1)[0]}/offsets", shape=off.shape, dtype="int64",
+                   chunks=(min(off.size, ITEM_CHUNK),), overwrite=True)[:] = off

@@ -302,17 +302,17 @@ def single_scores(candidates: Mapping) -> dict[str, np.ndarray]:
     ----------
     candidates : mapping of str to np.ndarray [shape=(n,)]
         MATCHES columns; ``verify_std_score``, ``verify_dhs_score``,
-        ``verify_high_score`` and ``dhs_matrix_mean`` may be absent.
+        ``verify_high_score``, ``screen_score`` and ``dhs_matrix_mean`` may be absent.
 
     Returns
     -------
     scores : dict of str to np.ndarray [shape=(n,)]
         ``verify_score``, ``dhs_score``, ``pse_distance``, then
-        ``verify_std_score``, ``verify_dhs_score``, ``verify_high_score``
-        and ``dhs_ratio`` when their columns are there.
+        ``verify_std_score``, ``verify_dhs_score``, ``verify_high_score``,
+        ``screen_score`` and ``dhs_ratio`` when their columns are there.
     """
     names = ("verify_score", "dhs_score", "pse_distance", "verify_std_score", "verify_dhs_score",
-             "verify_high_score")
+             "verify_high_score", "screen_score")
     scores = {c: np.asarray(candidates[c], dtype=np.float64) for c in names if c in candidates}
     if "dhs_matrix_mean" in candidates:
         scores["dhs_ratio"] = dhs_ratio(candidates["dhs_score"], candidates["dhs_matrix_mean"])

@@ -105,7 +105,7 @@ _ARGS: dict[str, dict[str, _Field]] = {
         "models": _Field((str,), nullable=True),
         "fusion": _Field((str,), nullable=True),
         "prune_k": _Field((int,), minimum=1, nullable=True),
-        "rerank": _Field((int,), default=100, minimum=1),
+        "rerank": _Field((int,), default=300, minimum=1),
         "verify": _Field((int,), default=10, minimum=1),
         "keep": _Field((str,), default="rerank", choices=("rerank", "all")),
     },
@@ -253,7 +253,7 @@ def _n_match_tasks(n_queries: int | None, threads: int) -> dict:
         merges += level
     verify = min(n_queries, 4 * threads) if n_queries is not None else 4 * threads
     return {"match-load-shard": shards, "match-prune": shards, "match-merge": merges,
-            "match-rerank": shards, "match-verify": max(verify, 1)}
+            "match-rerank": shards, "match-screen": shards, "match-verify": max(verify, 1)}
 
 
 def plan(spec: JobSpec) -> dict:
@@ -281,7 +281,7 @@ def plan(spec: JobSpec) -> dict:
     elif spec.stage == "embed":
         parts = math.ceil(n / a["partition_size"]) if n is not None else None
         tasks = {"embed": parts}
-        inputs, outputs = [a["store"]], [f"{a['store']} (pse/<model>, dhs/<model>)"]
+        inputs, outputs = [a["store"]], [f"{a['store']} (pse/<model>, dhs/<model>, screen)"]
     elif spec.stage == "match":
         parts = 2 * spec.workers
         tasks = dict(_n_match_tasks(n, spec.workers))

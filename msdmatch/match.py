@@ -1,4 +1,4 @@
-"""Match stage: PSE prune -> DHS Hamming-DTW rerank -> cosine-DTW verify -> fusion.
+"""Match stage: PSE prune -> DHS Hamming-DTW rerank -> screen -> cosine-DTW verify -> fusion.
 
 Conventions
 -----------
@@ -11,6 +11,9 @@ Conventions
   Hamming distance matrix (:func:`msdmatch.dtw.hamming_matrix_mean`), the
   same normalisation the verify score applies to its cost matrix: it stops
   candidates whose bits resemble everything from crowding out the match.
+- The screen (:mod:`msdmatch.screen`) runs a coarse cosine DTW on the top R
+  candidates' screen frames, held by the shards beside the hash words, and
+  picks the V that verify sees by the sum of its z-score and the DHS ratio's.
 - Verify runs cosine DTW four times (:func:`verify_scores`): on the
   features as stored (the thesis's ``verify_score``), on features
   standardised per bin over each sequence (``verify_std_score``,
@@ -24,10 +27,11 @@ Conventions
   four.
 - Output: one row per (query, candidate) with ``query_id, rank, track_id,
   confidence, verify_score, dhs_score, pse_distance, dhs_matrix_mean,
-  verify_std_score, verify_dhs_score, verify_high_score, stage``; ``stage`` is ``verify`` for
-  the top V (ranked by the fused confidence), ``rerank`` for ranks V+1..R
-  (by normalised DHS score) and ``prune`` beyond (by PSE distance, only with
-  ``keep='all'``).  Unverified rows have NaN ``confidence``.
+  verify_std_score, verify_dhs_score, verify_high_score, screen_score, stage``;
+  ``stage`` is ``verify`` for the top V (ranked by the fused confidence),
+  ``rerank`` for ranks V+1..R (by the screen's combined score) and ``prune``
+  beyond (by PSE distance, only with ``keep='all'``).  Unverified rows have
+  NaN ``confidence``; ``screen_score`` is the screen DTW's score, NaN beyond R.
 """
 from __future__ import annotations
 
@@ -78,8 +82,11 @@ def load_shard(shard: DbShard, *, url: str, pse: str, dhs: str, storage_options:
     words = np.asarray(g[f"dhs/{dhs}/words"][off[0] : off[-1]], dtype=np.uint32)
     ok = np.all(np.isfinite(E), axis=1) & (np.diff(off) > 0)
     E[~ok] = 1e6  # failed items: far from everything
+    soff = np.asarray(g["screen/offsets"][shard.start : shard.stop + 1], dtype=np.int64)
     return {"shard": shard, "E": E, "norms": np.einsum("ij,ij->i", E, E), "words": words,
-            "offsets": off - off[0], "ok": ok, "bits": bit_frequencies(words, off - off[0])}
+            "offsets": off - off[0], "ok": ok, "bits": bit_frequencies(words, off - off[0]),
+            "screen": np.asarray(g["screen/frames"][soff[0] : soff[-1]], dtype=np.int8),
+            "screen_offsets": soff - soff[0]}
 
 
 def shard_topk(data: dict, queries: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -133,6 +140,27 @@ def shard_rerank(data: dict, qwords: list[np.ndarray],
         qfreq = bit_frequencies(qw, np.array([0, len(qw)]))[0]
         out.append((scores, hamming_matrix_mean(qfreq, data["bits"][local])))
     return out
+
+
+def shard_screen(data: dict, qframes: list[np.ndarray], cands: list[np.ndarray]) -> list[np.ndarray]:
+    """Screen DTW scores of each query against its candidates that live in this shard.
+
+    Parameters
+    ----------
+    qframes : list of np.ndarray [shape=(m_q, n_bins), int8]
+        The queries' screen frames.
+    cands : list of np.ndarray [shape=(c_q,), int64]
+        Global database rows, all inside this shard.
+
+    Returns
+    -------
+    scores : list of np.ndarray [shape=(c_q,), float64]
+        :func:`msdmatch.screen.screen_scores` per query.
+    """
+    from .screen import screen_scores
+
+    s0, off, F = data["shard"].start, data["screen_offsets"], data["screen"]
+    return [screen_scores(qf, [F[off[j - s0] : off[j - s0 + 1]] for j in c]) for qf, c in zip(qframes, cands)]
 
 
 def verify_scores(X: np.ndarray, Ys: list[np.ndarray], *, nets: dict, threads: int = 1) -> np.ndarray:
@@ -262,11 +290,27 @@ def _model_names(Q, D, models: str | None) -> tuple[str, str]:
                 raise ParameterError(
                     f"{role} store {S.url!r} has no complete {path!r}; run `msdmatch embed {S.url}` first"
                 )
+    for S, role in ((Q, "QUERIES"), (D, "DB")):
+        _require_screen(S, role)
     return names["pse"], names["dhs"]
 
 
+def _require_screen(S, role: str) -> None:
+    """Refuse a store whose screen frames are missing or of another definition."""
+    from . import screen
+
+    a = S.group["screen/frames"].attrs if "screen/frames" in S.group else {}
+    want = {"format_version": screen.FORMAT_VERSION, "pool": screen.POOL}
+    got = {k: a.get(k) for k in want}
+    if not a.get("complete") or got != want:
+        raise ParameterError(
+            f"{role} store {S.url!r} has no screen frames of format {want} (found {got if a else 'none'}); "
+            f"re-run `msdmatch embed {S.url}` to write them"
+        )
+
+
 def run(queries: str, db: str, out: str | None = None, *, models: str | None = None,
-        fusion: str | None = None, prune_k: int | None = None, rerank: int = 100, verify: int = 10,
+        fusion: str | None = None, prune_k: int | None = None, rerank: int = 300, verify: int = 10,
         keep: str = "rerank", client=None, scheduler: str | None = None, n_workers: int | None = None,
         n_shards: int | None = None, storage_options: dict | None = None, progress: bool = True) -> dict:
     """Match every query of ``queries`` against ``db``.
@@ -286,7 +330,7 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
     prune_k : int, optional
         PSE survivors (default ``max(1% of db, 1000)``, capped at the db size).
     rerank, verify : int
-        DHS survivors R and verified candidates V.
+        DHS survivors R (all screened) and verified candidates V.
     keep : {'rerank', 'all'}
         Rows written per query: the R reranked, or all K pruned.
 
@@ -325,6 +369,9 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
     t = {"start": time.perf_counter(), "warm_up": time.perf_counter() - t0}
     K = min(D.n, prune_k or default_k(D.n))
     R, V = min(rerank, K), min(verify, rerank, K)
+    qsoff = np.asarray(Q.group["screen/offsets"][:], np.int64)
+    qs_all = np.asarray(Q.group["screen/frames"][:], np.int8)
+    qframes = [qs_all[a:b] for a, b in zip(qsoff[:-1], qsoff[1:])]
     qE = np.asarray(Q.group[f"pse/{pse}"][:], dtype=np.float32)
     q_ok = np.all(np.isfinite(qE), axis=1)
     qE[~q_ok] = 0.0
@@ -337,6 +384,8 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
     # 1. PSE prune, tree-reduced
     # a task, not scattered data: if a worker dies, Dask can recompute it
     qE_f = client.submit(np.array, qE, pure=False, key=f"match-queries-{time.time_ns()}")
+    qwords_f = client.submit(list, qwords, pure=False, key=f"match-query-words-{time.time_ns()}")
+    qframes_f = client.submit(list, qframes, pure=False, key=f"match-query-screen-{time.time_ns()}")
     parts = [client.submit(shard_topk, d, qE_f, k=K, key=f"match-prune-{i}-{time.time_ns()}")
              for i, d in enumerate(data)]
     while len(parts) > 1:
@@ -349,7 +398,7 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
     futs = []
     for sid, d in enumerate(data):
         cands = [pidx[q][owner[q] == sid] for q in range(Q.n)]
-        futs.append(client.submit(shard_rerank, d, qwords, cands, key=f"match-rerank-{sid}-{time.time_ns()}"))
+        futs.append(client.submit(shard_rerank, d, qwords_f, cands, key=f"match-rerank-{sid}-{time.time_ns()}"))
     dhs_score = np.full(pidx.shape, np.inf)
     dhs_mean = np.full(pidx.shape, np.nan)
     for sid, f in enumerate(futs):
@@ -357,13 +406,28 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
             dhs_score[q, owner[q] == sid] = s
             dhs_mean[q, owner[q] == sid] = m
     t["rerank"] = time.perf_counter()
-    # order by (normalised dhs score, pse distance); top R survive, top V are verified
+    # order by (normalised dhs score, pse distance); the top R survive
     from .fusion import dhs_ratio
+    from .screen import screen_order
 
     ratio = dhs_ratio(dhs_score, dhs_mean)
     order = (np.stack([np.lexsort((pdist[q], ratio[q])) for q in range(Q.n)])
              if Q.n else np.zeros((0, K), np.int64))
-    # 3. verify
+    # 3. screen the top R on the workers holding them; its order picks the V verified
+    top = pidx[np.arange(Q.n)[:, None], order[:, :R]]
+    towner = np.searchsorted([s.stop for s in shards], top, side="right")
+    futs = [client.submit(shard_screen, d, qframes_f, [top[q][towner[q] == sid] for q in range(Q.n)],
+                          key=f"match-screen-{sid}-{time.time_ns()}") for sid, d in enumerate(data)]
+    sscore = np.full((Q.n, R), np.inf)
+    for sid, f in enumerate(futs):
+        for q, s in enumerate(f.result()):
+            sscore[q, towner[q] == sid] = s
+    for q in range(Q.n):
+        so, _ = screen_order(sscore[q], ratio[q, order[q, :R]])
+        sscore[q] = sscore[q, so]
+        order[q, :R] = order[q, so]
+    t["screen"] = time.perf_counter()
+    # 4. verify
     jobs = [(q, [int(pidx[q, j]) for j in order[q, :V]]) for q in range(Q.n)]
     nb = max(1, min(len(jobs), 4 * total_threads(client)))
     batches = [jobs[i::nb] for i in range(nb)]
@@ -376,7 +440,7 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
     t["verify"] = time.perf_counter()
     for f in data:
         f.release()
-    table = _assemble(Q, D, pidx, pdist, dhs_score, dhs_mean, order, vscore, R=R, V=V, keep=keep,
+    table = _assemble(Q, D, pidx, pdist, dhs_score, dhs_mean, order, sscore, vscore, R=R, V=V, keep=keep,
                       fusion_model=fusion_model, q_ok=q_ok)
     if out:
         from .report import write_matches
@@ -387,7 +451,7 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
     return {"table": table, "queries": Q.n, "db": D.n, "K": K, "R": R, "V": V,
             "threads": total_threads(client), "seconds": t["end"] - t["start"],
             "per_query": {"prune": (t["prune"] - t["start"]) / nq, "rerank": (t["rerank"] - t["prune"]) / nq,
-                          "verify": (t["verify"] - t["rerank"]) / nq, "total": (t["end"] - t["start"]) / nq},
+                          "screen": (t["screen"] - t["rerank"]) / nq, "verify": (t["verify"] - t["screen"]) / nq, "total": (t["end"] - t["start"]) / nq},
             "warm_up_seconds": t["warm_up"], "fusion": fusion_model is not None, "out": out}
 
 
@@ -396,7 +460,8 @@ def summary_line(s: dict) -> str:
     pq = s["per_query"]
     return (f"matched {s['queries']} queries against {s['db']} previews (K={s['K']}, R={s['R']}, "
             f"V={s['V']}) in {s['seconds']:.1f} s on {s['threads']} threads: per query "
-            f"prune {pq['prune'] * 1e3:.1f} ms, rerank {pq['rerank'] * 1e3:.1f} ms, verify "
+            f"prune {pq['prune'] * 1e3:.1f} ms, rerank {pq['rerank'] * 1e3:.1f} ms, screen "
+            f"{pq['screen'] * 1e3:.1f} ms, verify "
             f"{pq['verify'] * 1e3:.1f} ms, total {pq['total'] * 1e3:.1f} ms -> {s['out']}")
 
 
@@ -430,13 +495,13 @@ def _load_fusion(path: str | None, modality: str):
     return FusionModel.load(str(p))
 
 
-def _assemble(Q, D, pidx, pdist, dhs_score, dhs_mean, order, vscore, *, R, V, keep, fusion_model,
+def _assemble(Q, D, pidx, pdist, dhs_score, dhs_mean, order, sscore, vscore, *, R, V, keep, fusion_model,
               q_ok) -> dict:
     from .dtw import dtw_confidence
 
     cols: dict[str, list] = {c: [] for c in ("query_id", "rank", "track_id", "confidence", "verify_score",
                                              "dhs_score", "pse_distance", "dhs_matrix_mean",
-                                             *VERIFY_COLUMNS[1:], "stage")}
+                                             *VERIFY_COLUMNS[1:], "screen_score", "stage")}
     dbids = D.ids
     unverified = np.full(len(VERIFY_COLUMNS), np.nan)
     for q in range(Q.n):
@@ -454,12 +519,12 @@ def _assemble(Q, D, pidx, pdist, dhs_score, dhs_mean, order, vscore, *, R, V, ke
         else:
             conf = dtw_confidence(vs[:, 0])
         vorder = np.lexsort((vs[:, 0], -conf))
-        rows = [(o[j], conf[j], vs[j], "verify") for j in vorder]
-        rows += [(o[j], np.nan, unverified, "rerank") for j in range(V, R)]
+        rows = [(o[j], conf[j], vs[j], sscore[q, j], "verify") for j in vorder]
+        rows += [(o[j], np.nan, unverified, sscore[q, j], "rerank") for j in range(V, R)]
         if keep == "all":
             rest = np.sort(o[R:])  # pidx is sorted by pse distance already
-            rows += [(j, np.nan, unverified, "prune") for j in rest]
-        for rank, (j, c, v, st) in enumerate(rows, start=1):
+            rows += [(j, np.nan, unverified, np.nan, "prune") for j in rest]
+        for rank, (j, c, v, sc, st) in enumerate(rows, start=1):
             cols["query_id"].append(Q.ids[q])
             cols["rank"].append(rank)
             cols["track_id"].append(dbids[int(pidx[q, j])])
@@ -469,5 +534,6 @@ def _assemble(Q, D, pidx, pdist, dhs_score, dhs_mean, order, vscore, *, R, V, ke
             cols["dhs_matrix_mean"].append(float(dhs_mean[q, j]))
             for name, x in zip(VERIFY_COLUMNS, v, strict=True):
                 cols[name].append(float(x))
+            cols["screen_score"].append(float(sc))
             cols["stage"].append(st)
     return {k: np.asarray(v) for k, v in cols.items()}

@@ -9,6 +9,7 @@ import pytest
 from msdmatch import embed as stage
 from msdmatch.errors import FormatMismatchError
 from msdmatch.modelfile import load_model, run_net
+from msdmatch.screen import screen_frames
 from msdmatch.store import Store
 
 
@@ -30,12 +31,16 @@ def test_embed_equals_unbatched_onnx(tiny_stores, copy_store, cluster_client, na
     off = g[f"dhs/{dhs}/offsets"][:]
     words = g[f"dhs/{dhs}/words"][:]
     assert E.shape == (store.n, 128) and np.all(np.isfinite(E))
+    soff = g["screen/offsets"][:]
+    np.testing.assert_array_equal(soff, off)  # one screen frame per hash word
+    assert g["screen/frames"].attrs["pool"] == 8 and g["screen/frames"].attrs["complete"]
     np.testing.assert_array_equal(np.diff(off), -(-np.diff(store.offsets) // 8))
     for i in range(store.n):
         X = store.sequence(i)
         np.testing.assert_allclose(E[i], _direct(pse, store.modality, X), atol=1e-4, rtol=0)
         np.testing.assert_array_equal(words[off[i] : off[i + 1]],
                                       stage.pack_bits(_direct(dhs, store.modality, X)))
+        np.testing.assert_array_equal(g["screen/frames"][soff[i] : soff[i + 1]], screen_frames(X))
     if name == "audio":  # an audio store gets every shipped model
         assert {"pse-midi-synth", "pse-midi-pianoroll"} <= set(g["pse"].array_keys())
 
@@ -52,7 +57,7 @@ def test_resume_after_interruption(tiny_stores, copy_store, cluster_client):
     assert third["parts_run"] == 0
     a, b = Store(full_dir).group, Store(part).group
     for path in ("pse/pse-midi-synth", "dhs/dhs-midi-synth/words", "dhs/dhs-midi-synth/offsets",
-                 "pse/pse-midi-pianoroll"):
+                 "pse/pse-midi-pianoroll", "screen/frames", "screen/offsets"):
         np.testing.assert_array_equal(a[path][:], b[path][:])
 
 

@@ -198,8 +198,8 @@ def test_worker_killed_mid_embed(reference, fragile_client, copy_store):
 
 def test_worker_killed_mid_match(reference, fragile_client):
     _wait_workers(fragile_client)
-    # Killed while it prunes, reranks or verifies: its loaded DB shards are lost and recomputed.
-    killer = WorkerKiller(fragile_client, ("match-prune", "match-rerank", "match-verify"))
+    # Killed while it prunes, reranks, screens or verifies: its loaded DB shards are lost and recomputed.
+    killer = WorkerKiller(fragile_client, ("match-prune", "match-rerank", "match-screen", "match-verify"))
     killer.start()
     s = match.run(reference["emb-midi"], reference["emb-audio"], client=fragile_client, rerank=8,
                   verify=4, progress=False)

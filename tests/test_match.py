@@ -51,10 +51,11 @@ def test_sharded_equals_single_process(embedded, cluster_client):
         assert (v == "verify").sum() == 2 and (v == "rerank").sum() == 2 and (v == "prune").sum() == 2
 
 
-def test_verify_dhs_and_high_scores_are_cosine_dtws_of_their_views(embedded, cluster_client):
+def test_verify_and_screen_scores_are_cosine_dtws_of_their_views(embedded, cluster_client):
     from msdmatch.dtw import cosine_dtw
     from msdmatch.features import standardize_bins, unit_frames
     from msdmatch.modelfile import run_net
+    from msdmatch.screen import screen_frames, unpack
     from msdmatch.store import Store
 
     t = _table(match.run(embedded["midi-synth"], embedded["audio"], client=cluster_client, rerank=6,
@@ -75,6 +76,9 @@ def test_verify_dhs_and_high_scores_are_cosine_dtws_of_their_views(embedded, clu
         top = [standardize_bins(s.sequence(r)[:, 36:]) for s, r in ((Q, qrow[q]), (D, drow[d]))]  # C5-B5
         want = cosine_dtw(*top, gully=match.VERIFY_GULLY, return_path=False)
         assert t["verify_high_score"][k] == pytest.approx(want, abs=1e-6)
+        want = cosine_dtw(*[unpack(screen_frames(s.sequence(r))) for s, r in ((Q, qrow[q]), (D, drow[d]))],
+                          gully=0.96, return_path=False)
+        assert t["screen_score"][k] == pytest.approx(want, abs=1e-9)
     # on the tiny corpus each MIDI file's own recording scores best
     for k in range(6):
         sel = t["query_id"] == f"song{k}"
@@ -111,6 +115,15 @@ def test_match_refuses_swapped_and_unembedded(embedded, tiny_stores, cluster_cli
         match.run(tiny_stores["midi-synth"], embedded["audio"], client=cluster_client, progress=False)
 
 
+def test_match_refuses_a_store_embedded_before_the_screen(embedded, copy_store, cluster_client):
+    import shutil
+
+    old = copy_store(embedded["audio"])
+    shutil.rmtree(f"{old}/screen")
+    with pytest.raises(ParameterError, match=r"no screen frames .* re-run `msdmatch embed"):
+        match.run(embedded["midi-synth"], old, client=cluster_client, progress=False)
+
+
 def test_db_on_s3(embedded, s3, cluster_client, tmp_path):
     import shutil
 
@@ -130,7 +143,7 @@ def test_db_on_s3(embedded, s3, cluster_client, tmp_path):
     for name in ("m.zarr", "m.parquet", "m.csv"):
         back = read_matches(f"s3://{b}/out/{name}", storage_options=so)
         assert list(back) == COLUMNS + ["dhs_matrix_mean", "verify_std_score", "verify_dhs_score",
-                                        "verify_high_score", "stage"], name
+                                        "verify_high_score", "screen_score", "stage"], name
         assert back["track_id"].tolist() == remote["track_id"].tolist(), name
         np.testing.assert_array_equal(back["confidence"], remote["confidence"])
         np.testing.assert_array_equal(back["rank"], remote["rank"])
