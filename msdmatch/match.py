@@ -72,7 +72,7 @@ def plan(n_db: int, *, n_shards: int) -> list[DbShard]:
 
 
 def load_shard(shard: DbShard, *, url: str, pse: str, dhs: str, storage_options: dict | None = None) -> dict:
-    """Load one database shard's embeddings, packed hash sequences and bit frequencies into memory."""
+    """Load one database shard's embeddings, hash sequences, bit frequencies and screen frames."""
     from .dtw import bit_frequencies
     from .store import open_group
 
