@@ -451,7 +451,8 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
     return {"table": table, "queries": Q.n, "db": D.n, "K": K, "R": R, "V": V,
             "threads": total_threads(client), "seconds": t["end"] - t["start"],
             "per_query": {"prune": (t["prune"] - t["start"]) / nq, "rerank": (t["rerank"] - t["prune"]) / nq,
-                          "screen": (t["screen"] - t["rerank"]) / nq, "verify": (t["verify"] - t["screen"]) / nq, "total": (t["end"] - t["start"]) / nq},
+                          "screen": (t["screen"] - t["rerank"]) / nq, "verify": (t["verify"] - t["screen"]) / nq,
+                          "total": (t["end"] - t["start"]) / nq},
             "warm_up_seconds": t["warm_up"], "fusion": fusion_model is not None, "out": out}
 
 
