@@ -134,7 +134,8 @@ def _stage_ranks(matches: dict, truth: dict) -> dict | None:
     t = dict(zip(truth["query_id"], truth["track_id"]))
     qids = np.unique(truth["query_id"])
     out = {"query_id": qids, "pse_rank": np.full(len(qids), np.nan),
-           "dhs_rank": np.full(len(qids), np.nan), "final_rank": np.full(len(qids), np.nan)}
+           "dhs_rank": np.full(len(qids), np.nan), "screen_rank": np.full(len(qids), np.nan),
+           "final_rank": np.full(len(qids), np.nan)}
     has_prune = bool(np.any(matches["stage"] == "prune"))
     for n, q in enumerate(qids):
         sel = (matches["query_id"] == q) & (matches["track_id"] == t[q])
@@ -144,6 +145,8 @@ def _stage_ranks(matches: dict, truth: dict) -> dict | None:
         out["pse_rank"][n] = rank
         if stage in ("verify", "rerank"):
             out["dhs_rank"][n] = rank
+        if stage == "verify":
+            out["screen_rank"][n] = rank
         out["final_rank"][n] = rank
     if not has_prune:
         del out["pse_rank"]  # rows beyond R were not written: PSE survival is unknown

@@ -47,6 +47,8 @@ __all__ = [
 MATCH_COLUMNS = ("query_id", "rank", "track_id", "confidence", "verify_score", "dhs_score",
                  "pse_distance")
 #: Written after MATCH_COLUMNS when present; other tools' tables may lack them.
+#: The cascade's stages, in order, for the per-stage recall.
+STAGES = ("pse", "dhs", "screen", "final")
 OPTIONAL_COLUMNS = ("dhs_matrix_mean", "verify_std_score", "verify_dhs_score", "verify_high_score",
                     "screen_score", "stage")
 RANK_CUTOFFS = (1, 10, 100, 1000, 10000)
@@ -258,8 +260,9 @@ def evaluate(
         The MATCHES table.
     truth : mapping with ``query_id`` and ``track_id`` arrays [shape=(n_queries,)]
     stage_ranks : mapping or None
-        ``query_id`` plus any of ``pse_rank``, ``dhs_rank``, ``final_rank``:
-        the true track's rank after each stage (NaN or absent = pruned).
+        ``query_id`` plus any of ``pse_rank``, ``dhs_rank``, ``screen_rank``,
+        ``final_rank``: the true track's rank after each stage (NaN or absent
+        = pruned; ``screen_rank`` is finite when it was among those verified).
     n_bins : int
         Bins of the reliability curve and the ECE.
 
@@ -268,7 +271,7 @@ def evaluate(
     metrics : dict
         ``n_queries``; ``top_1`` ... ``top_10000`` (fraction of queries with
         the true match at rank <= N); ``mrr``; ``ranks`` (per query, inf for
-        misses); ``recall_pse``/``recall_dhs``/``recall_final`` when
+        misses); ``recall_pse``/``recall_dhs``/``recall_screen``/``recall_final`` when
         ``stage_ranks`` is given; ``ece`` and ``reliability`` of
         ``confidence``; ``top1_by_score``: each score of
         :func:`msdmatch.fusion.single_scores` present in the table, and
@@ -313,7 +316,7 @@ def evaluate(
     if stage_ranks is not None:
         sq = _as_str(stage_ranks["query_id"])
         pos = {q: i for i, q in enumerate(sq.tolist())}
-        for stage in ("pse", "dhs", "final"):
+        for stage in STAGES:
             key = f"{stage}_rank"
             if key not in stage_ranks:
                 continue
@@ -349,7 +352,7 @@ def rank_table(metrics: Mapping) -> str:
     for c in RANK_CUTOFFS:
         lines.append(f"| rank <= {c:,} | {metrics[f'top_{c}']:.4f} |")
     lines.append(f"| MRR | {metrics['mrr']:.4f} |")
-    for stage in ("pse", "dhs", "final"):
+    for stage in STAGES:
         if f"recall_{stage}" in metrics:
             lines.append(f"| recall after {stage} | {metrics[f'recall_{stage}']:.4f} |")
     for s, v in metrics.get("top1_by_score", {}).items():

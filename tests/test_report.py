@@ -42,13 +42,15 @@ TRUTH = {"query_id": np.array(["q1", "q2", "q3", "q4"]), "track_id": np.array(["
 
 def test_exact_metrics():
     stage = {"query_id": np.array(["q1", "q2", "q3"]), "pse_rank": np.array([3.0, 40.0, np.nan]),
-             "dhs_rank": np.array([1.0, 7.0, np.nan]), "final_rank": np.array([1.0, 3.0, np.nan])}
+             "dhs_rank": np.array([1.0, 7.0, np.nan]), "screen_rank": np.array([1.0, np.nan, np.nan]),
+             "final_rank": np.array([1.0, 3.0, np.nan])}
     m = evaluate(tiny_matches(), TRUTH, stage_ranks=stage)
     assert m["n_queries"] == 4
     assert m["top_1"] == 0.25 and m["top_10"] == 0.5 and m["top_10000"] == 0.5
     assert m["mrr"] == pytest.approx((1 + 1 / 3) / 4)
     assert m["ranks"] == {"q1": 1.0, "q2": 3.0, "q3": None, "q4": None}
     assert m["recall_pse"] == 0.5 and m["recall_dhs"] == 0.5 and m["recall_final"] == 0.25
+    assert m["recall_screen"] == 0.25
     # verify_score ranks T5 first in q2 -> 2 of 4; dhs: q1's T1 is 2nd -> 0; pse: q1 only
     assert m["top1_by_score"] == {"verify_score": 0.5, "dhs_score": 0.0, "pse_distance": 0.25,
                                   "fusion": 0.25}
