@@ -290,8 +290,6 @@ def _model_names(Q, D, models: str | None) -> tuple[str, str]:
                 raise ParameterError(
                     f"{role} store {S.url!r} has no complete {path!r}; run `msdmatch embed {S.url}` first"
                 )
-    for S, role in ((Q, "QUERIES"), (D, "DB")):
-        _require_screen(S, role)
     return names["pse"], names["dhs"]
 
 
@@ -355,6 +353,8 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
         raise ParameterError(f"QUERIES store {queries!r} holds audio; expected a MIDI store (swapped arguments?)")
     Q.require(params=D.params)  # names the differing parameter and how to fix it
     pse, dhs = _model_names(Q, D, models)
+    for S, role in ((Q, "QUERIES"), (D, "DB")):
+        _require_screen(S, role)
     nets = dhs_nets(Q, D, models, dhs)
     fusion_model = _load_fusion(fusion, Q.modality)
     if client is None:
