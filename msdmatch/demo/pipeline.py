@@ -57,7 +57,7 @@ def run_demo(out_dir: str, *, songs: int = 200, distractors: int = 800, seed: in
         embed.run(db, client=client)
         embed.run(q, client=client)
         t["embed"] = time.perf_counter() - t0
-        say("[4/5] match: PSE prune -> DHS rerank -> DTW verify -> fusion")
+        say("[4/5] match: PSE prune -> DHS rerank -> screen -> DTW verify -> fusion")
         t0 = time.perf_counter()
         m = match.run(q, db, str(out / "matches.parquet"), client=client, keep="all")
         t["match"] = time.perf_counter() - t0
