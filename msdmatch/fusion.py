@@ -180,9 +180,7 @@ def _column(candidates: Mapping, name: str, n: int | None) -> np.ndarray:
         raise ParameterError(
             f"candidates lack the column {name!r}; have {sorted(candidates)}; "
             "expected verify_score, verify_std_score, verify_dhs_score, verify_high_score, dhs_score, "
-            "pse_distance, dhs_matrix_mean "
-            "(written by this "
-            "version of `msdmatch match`)"
+            "pse_distance, dhs_matrix_mean (written by this version of `msdmatch match`)"
         )
     col = np.asarray(candidates[name], dtype=np.float64).ravel()
     if n is not None and col.shape[0] != n:
@@ -212,8 +210,9 @@ def features_for(candidates: Mapping, *, groups: np.ndarray | None = None) -> np
     ----------
     candidates : mapping of str to np.ndarray [shape=(n,)]
         Columns ``verify_score``, ``verify_std_score``, ``verify_dhs_score``,
-        ``verify_high_score``, ``dhs_score``, ``pse_distance``, ``dhs_matrix_mean`` (NaN where a stage did not score
-        a candidate) and, unless ``groups`` is given, ``query_id``.
+        ``verify_high_score``, ``dhs_score``, ``pse_distance``,
+        ``dhs_matrix_mean`` (NaN where a stage did not score a candidate)
+        and, unless ``groups`` is given, ``query_id``.
     groups : np.ndarray [shape=(n,)] or None
         Query of each candidate; defaults to ``candidates["query_id"]``, or
         one query for all rows if there is no such column.

@@ -499,10 +499,9 @@ def _load_fusion(path: str | None, modality: str):
 def _assemble(Q, D, pidx, pdist, dhs_score, dhs_mean, order, sscore, vscore, *, R, V, keep, fusion_model,
               q_ok) -> dict:
     from .dtw import dtw_confidence
+    from .report import MATCH_COLUMNS, OPTIONAL_COLUMNS
 
-    cols: dict[str, list] = {c: [] for c in ("query_id", "rank", "track_id", "confidence", "verify_score",
-                                             "dhs_score", "pse_distance", "dhs_matrix_mean",
-                                             *VERIFY_COLUMNS[1:], "screen_score", "stage")}
+    cols: dict[str, list] = {c: [] for c in MATCH_COLUMNS + OPTIONAL_COLUMNS}
     dbids = D.ids
     unverified = np.full(len(VERIFY_COLUMNS), np.nan)
     for q in range(Q.n):

@@ -6,8 +6,9 @@ Conventions
   (query, candidate): ``query_id, rank, track_id, confidence, verify_score,
   dhs_score, pse_distance`` and, as written by ``msdmatch match``, the
   optional ``dhs_matrix_mean`` (it adds the single score ``dhs_ratio``),
-  ``verify_std_score``, ``verify_dhs_score``, ``verify_high_score``, ``screen_score`` and ``stage`` (it gives the
-  per-stage recall); ranks start at 1.  Scores are "lower is better"; NaN means the stage did not
+  ``verify_std_score``, ``verify_dhs_score``, ``verify_high_score``,
+  ``screen_score`` and ``stage`` (it gives the per-stage recall); ranks
+  start at 1.  Scores are "lower is better"; NaN means the stage did not
   score the candidate.
 * TRUTH maps each query id to its true track id (columns ``query_id,
   track_id``).
@@ -47,10 +48,10 @@ __all__ = [
 MATCH_COLUMNS = ("query_id", "rank", "track_id", "confidence", "verify_score", "dhs_score",
                  "pse_distance")
 #: Written after MATCH_COLUMNS when present; other tools' tables may lack them.
-#: The cascade's stages, in order, for the per-stage recall.
-STAGES = ("pse", "dhs", "screen", "final")
 OPTIONAL_COLUMNS = ("dhs_matrix_mean", "verify_std_score", "verify_dhs_score", "verify_high_score",
                     "screen_score", "stage")
+#: The cascade's stages, in order, for the per-stage recall.
+STAGES = ("pse", "dhs", "screen", "final")
 RANK_CUTOFFS = (1, 10, 100, 1000, 10000)
 _SCORES = ("verify_score", "dhs_score", "pse_distance")
 
