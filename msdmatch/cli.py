@@ -316,7 +316,9 @@ def align(query_midi, track_audio, out, soundfont):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--align-with", default=None, metavar="STORE",
               help="Synth-CQT store of the same MIDI, to align DHS pairs when QUERIES is a piano roll.")
-def train(queries, db, truth, out, kind, search, minutes, seed, align_with):
+@click.option("--dhs", "dhs_dir", default=None, metavar="MODELDIR",
+              help="With --kind pse: the DHS model the PSE is built on [default: OUT/dhs-<modality>].")
+def train(queries, db, truth, out, kind, search, minutes, seed, align_with, dhs_dir):
     """Train the DHS and PSE nets (torch) and export them to ONNX."""
     try:
         from .models.train import train_models
@@ -325,7 +327,7 @@ def train(queries, db, truth, out, kind, search, minutes, seed, align_with):
 
         raise ParameterError(f"training needs torch: pip install 'msdmatch[train]' ({e})") from None
     dirs = train_models(queries, db, truth, out_dir=out, kind=kind, seed=seed, max_minutes=minutes,
-                        search=search, align_store=align_with,
+                        search=search, align_store=align_with, dhs_dir=dhs_dir,
                         progress=lambda m: click.echo(m, err=True))
     for k, d in dirs.items():
         click.echo(f"{k}: {d}")

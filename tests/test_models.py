@@ -41,6 +41,9 @@ TINY = {
     "pse": NetConfig(kind="pse", filters=(4,), dense=(32, 32), out_dim=128, attention_dim=16),
     "pse-shipped-shape": NetConfig(kind="pse", filters=(4, 8), dense=(32,), out_dim=128, attention_dim=16,
                                    time_pool=4, step_dim=32, aux_bits=32, normalize=True),
+    # a pooled-hash PSE whose front end is TINY["dhs"]
+    "pse-pooled": NetConfig(kind="pse", filters=(4, 4, 8), convs_per_group=1, dense=(32,), out_dim=128,
+                            step_dim=32, attention_dim=8, lags=(1, 3), normalize=True),
 }
 
 
@@ -191,12 +194,12 @@ def test_loss_decreases(kind, aligned):
 
 
 def test_pse_contrastive_loss_with_auxiliary_head_decreases(aligned):
-    """The shipped PSE recipe: NCE + auxiliary aligned hash loss + transposition, 4x time pooling."""
+    """The conv PSE recipe: NCE + auxiliary aligned hash loss + transposition, 4x time pooling."""
     kept, _ = aligned
     train = [p for p in kept if p.split == "train"]
     valid = [p for p in kept if p.split == "valid"]
     hp = default_hparams("pse", lr=3e-3, batch=8, aux_crop=48, transpose=2, audio_frames=96,
-                         midi_frames=160)
+                         midi_frames=160, negatives=0)
     assert hp.loss == "nce" and hp.aux > 0
     res = fit("pse", train, valid, config=TINY["pse-shipped-shape"], hparams=hp, seed=1, max_steps=120,
               eval_every=40, patience=10)
@@ -358,9 +361,31 @@ def test_random_search_writes_trials(corpus, tmp_path):
     qs, ds, truth = corpus
     out = train_models(qs, ds, truth, out_dir=tmp_path, kind="pse", max_steps=2, eval_every=2,
                        search=2, hparams={"pse": HParams(batch=4, audio_frames=64, midi_frames=96)},
-                       report=False)
+                       configs={"pse": TINY["pse"]}, report=False)
     rows = (out["pse"] / "trials.csv").read_text().splitlines()
     assert rows[0].startswith("trial,bc,lr,alpha,margin") and len(rows) == 3
+
+
+def test_pooled_pse_trains_on_an_exported_dhs_and_searches_its_head(corpus, tmp_path):
+    """`msdmatch train --kind pse` builds the PSE on the DHS model already in OUT (its weights.npz)."""
+    from msdmatch.modelfile import load_model
+
+    qs, ds, truth = corpus
+    with pytest.raises(ModelError, match="needs a DHS model|model.json"):
+        train_models(qs, ds, truth, out_dir=tmp_path, kind="pse", configs={"pse": TINY["pse-pooled"]},
+                     report=False)
+    dhs = train_models(qs, ds, truth, out_dir=tmp_path, kind="dhs", max_steps=4, eval_every=2,
+                       configs=TINY, hparams={"dhs": HParams(batch=6, crop=32)}, report=False)["dhs"]
+    assert (dhs / "weights.npz").is_file()
+    out = train_models(qs, ds, truth, out_dir=tmp_path, kind="pse", max_steps=4, eval_every=2, search=2,
+                       configs={"pse": TINY["pse-pooled"]}, hparams={"pse": HParams(batch=4, loss="nce",
+                                                                                    negatives=2, pca_dims=6)},
+                       report=False)
+    rows = (out["pse"] / "trials.csv").read_text().splitlines()
+    assert rows[0].split(",")[-5:] == ["attention", "pca_dims", "shrink", "steps", "seconds"] and len(rows) == 3
+    info = load_model(out["pse"])
+    assert info.embedding_dim == 128 and info.raw["architecture"]["lags"] == [1, 3]
+    assert info.raw["parity"]["midi"]["max_abs_diff"] <= 1e-4
 
 
 def test_train_models_refuses_swapped_stores(corpus, tmp_path):
@@ -380,3 +405,104 @@ def test_attention_toy_learns_addition():
     mean = train_toy("addition", length=1000, attention=False, hidden=32, steps=250, batch=32)
     assert att["test_mse"] < 0.05 * att["baseline_mse"]
     assert mean["test_mse"] > 5 * att["test_mse"]
+
+
+def test_pooled_pse_pools_the_hand_worked_statistics():
+    """Uniform attention: the mean step and, per lag, the symmetrised mean lagged product."""
+    torch.manual_seed(0)
+    net = build_net(TINY["pse-pooled"]).eval()
+    h = np.random.default_rng(1).uniform(-1, 1, (1, 6, 32)).astype(np.float32)
+    m = np.ones((1, 6), np.float32)
+    padded = np.concatenate([h, np.zeros((1, 3, 32), np.float32)], 1)  # what a batch adds
+    with torch.no_grad():
+        got = net.pooled(torch.from_numpy(h), torch.from_numpy(m)).numpy()[0]
+        got_padded = net.pooled(torch.from_numpy(padded), torch.from_numpy(np.pad(m, ((0, 0), (0, 3))))).numpy()[0]
+    x = h[0].astype(np.float64)
+    iu = np.triu_indices(32)
+    expect = [x.mean(0)]
+    for lag in (1, 3):
+        c = sum(np.outer(x[t], x[t + lag]) for t in range(6 - lag)) / (6 - lag)
+        expect.append(((c + c.T) / 2)[iu])
+    expect = np.concatenate(expect)
+    assert got.shape == (TINY["pse-pooled"].pooled_dim,) == (32 + 2 * 528,)
+    np.testing.assert_allclose(got, expect, atol=1e-5)
+    np.testing.assert_allclose(got_padded, expect, atol=1e-5)
+
+
+def test_closed_form_head_is_the_discriminant_of_matched_differences():
+    """fit_head: per output, (matched-difference variance) / (preview variance) is minimal, ascending.
+
+    In the whitened space the j-th output's ratio is the j-th smallest
+    eigenvalue of the matched differences' covariance, so no direction of
+    the pooled statistics has a smaller ratio than the first output's.
+    """
+    from msdmatch.models.train import fit_head
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(2)
+    net = build_net(TINY["pse-pooled"]).eval()
+    songs = [np.sign(rng.standard_normal((12, 32))).astype(np.float32) for _ in range(60)]
+    noisy = [np.where(rng.random(s.shape) < 0.15, -s, s) for s in songs]  # 15% of bits flipped
+    fit_head(net, songs, noisy, dims=30, shrink=1.0)
+    with torch.no_grad():
+        pa = torch.cat([net.pooled(*map(torch.from_numpy, pad_batch([s], n_bins=32))) for s in songs]).numpy()
+        pm = torch.cat([net.pooled(*map(torch.from_numpy, pad_batch([s], n_bins=32))) for s in noisy]).numpy()
+    w, b = net.out.weight.detach().numpy().astype(np.float64), net.out.bias.detach().numpy()
+    ya, ym = pa @ w.T + b, pm @ w.T + b
+
+    def ratio(a, m):  # per column
+        return ((m - a) ** 2).mean(0) / a.var(0)
+
+    np.testing.assert_allclose(ya.mean(0), 0.0, atol=1e-3)
+    r = ratio(ya[:, :30], ym[:, :30])
+    assert np.all(np.diff(r) >= -1e-6 * r.max())
+    assert np.all(w[30:] == 0)  # 30 PCA dimensions: the other outputs are unused
+    z = rng.standard_normal((pa.shape[1], 200))  # random directions of the pooled statistics
+    assert r[0] <= ratio(pa @ z, pm @ z).min() + 1e-6
+
+
+def test_fit_pooled_keeps_the_dhs_front_and_shares_one_head(aligned):
+    kept, _ = aligned
+    train = [p for p in kept if p.split == "train"]
+    valid = [p for p in kept if p.split == "valid"]
+    dhs = fit("dhs", train, valid, config=TINY["dhs"], hparams=HParams(batch=6, crop=32), seed=1,
+              max_steps=4, eval_every=2)
+    before = {k: v.clone() for k, v in dhs.f.state_dict().items()}
+    hp = default_hparams("pse", batch=4, negatives=2, pca_dims=6, lr=1e-3)
+    runs = [fit("pse", train, valid, config=TINY["pse-pooled"], hparams=hp, seed=3, max_steps=6,
+                eval_every=3, patience=5, dhs=(dhs.f, dhs.g)) for _ in range(2)]
+    res = runs[0]
+    assert res.history["val_step"][0] == 0 and 0.0 <= res.metrics["bc"] <= 1.0  # the closed form is scored
+    assert res.g.out is res.f.out and res.g.att_v is res.f.att_v
+    assert all(torch.equal(res.f.dhs.state_dict()[k], v) for k, v in before.items())
+    sa, sb = runs[0].f.state_dict(), runs[1].f.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)  # same seed and steps: same nets
+    with pytest.raises(ParameterError, match="front end"):
+        fit("pse", train, valid, config=dataclasses.replace(TINY["pse-pooled"], dense=(16,)), hparams=hp,
+            max_steps=2, dhs=(dhs.f, dhs.g))
+    with pytest.raises(ParameterError, match="trained DHS nets"):
+        fit("pse", train, valid, config=TINY["pse-pooled"], hparams=hp, max_steps=2)
+
+
+def test_load_nets_round_trips_dhs_weights(tmp_path, corpus):
+    from msdmatch.models.export import load_nets
+    from msdmatch.params import DEFAULT_PARAMS
+
+    torch.manual_seed(0)
+    f, g = build_net(TINY["dhs"]), build_net(TINY["dhs"])
+    f.front.set_stats(np.full(48, 0.1), np.full(48, 0.05))
+    stats = {"audio": (np.zeros(48), np.ones(48)), "midi": (np.zeros(48), np.ones(48))}
+    export_model(f, g, out_dir=tmp_path / "d", name="dhs-test", midi_modality="midi-synth",
+                 params=DEFAULT_PARAMS, stats=stats, metrics={"bc": 0.4}, config=TINY["dhs"])
+    lf, lg = load_nets(tmp_path / "d", modality="midi-synth", params=DEFAULT_PARAMS)
+    x, m = pad_batch(_seqs(np.random.default_rng(0), [40]))
+    with torch.no_grad():
+        for a, b in ((f, lf), (g, lg)):
+            assert torch.equal(a(torch.from_numpy(x), torch.from_numpy(m)), b(torch.from_numpy(x), torch.from_numpy(m)))
+    from msdmatch.errors import FormatMismatchError
+
+    with pytest.raises(FormatMismatchError, match="midi-pianoroll"):
+        load_nets(tmp_path / "d", modality="midi-pianoroll", params=DEFAULT_PARAMS)
+    (tmp_path / "d" / "weights.npz").unlink()
+    with pytest.raises(ModelError, match="weights.npz is missing"):
+        load_nets(tmp_path / "d", modality="midi-synth", params=DEFAULT_PARAMS)

@@ -8,6 +8,9 @@ Layout of a model directory::
                        z-score statistics, bits/downsampling/embedding size,
                        validation metrics, training description, I/O names,
                        parity numbers
+    <dir>/weights.npz  DHS only: the torch weights of f and g, which a
+                       pooled-hash PSE trained later starts from (read by
+                       :func:`load_nets`; matching needs only the ONNX files)
 
 ONNX files use the legacy TorchScript exporter (opset 17) with dynamic batch
 and time axes and are single files.  :func:`check_parity` compares
@@ -26,15 +29,16 @@ import torch
 
 from ..errors import ModelError
 from ..params import FORMAT_VERSION, FeatureParams
-from .nets import NetConfig, n_parameters
+from .nets import NetConfig, build_net, n_parameters
 from .pairs import pad_batch
 
-__all__ = ["export_onnx", "check_parity", "export_model", "PSE_TOL", "DHS_MIN_AGREEMENT"]
+__all__ = ["export_onnx", "check_parity", "export_model", "load_nets", "PSE_TOL", "DHS_MIN_AGREEMENT"]
 
 OPSET = 17
 PSE_TOL = 1e-4
 DHS_MIN_AGREEMENT = 0.999
 INPUTS = ("features", "mask")
+WEIGHTS = "weights.npz"
 
 
 def _output_name(kind: str) -> str:
@@ -207,7 +211,7 @@ def export_model(
         "embedding_dim": config.out_dim if kind == "pse" else None,
         "inputs": list(INPUTS),
         "output": _output_name(kind),
-        "files": {"audio": "audio.onnx", "midi": "midi.onnx"},
+        "files": {"audio": "audio.onnx", "midi": "midi.onnx"} | ({"weights": WEIGHTS} if kind == "dhs" else {}),
         "architecture": config.to_dict(),
         "n_parameters": n_parameters(f) + n_parameters(g),
         "metrics": {k: float(v) for k, v in metrics.items()},
@@ -215,6 +219,40 @@ def export_model(
         "parity": parity,
         "opset": OPSET,
     }
+    if kind == "dhs":
+        np.savez_compressed(out / WEIGHTS, **{f"{m}/{k}": v.cpu().numpy() for m, net in (("audio", f), ("midi", g))
+                                              for k, v in net.state_dict().items()})
     path = out / "model.json"
     path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def load_nets(model_dir: str | Path, *, modality: str, params: FeatureParams) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Torch nets (f, g) of an exported DHS model, from its ``weights.npz``.
+
+    Raises
+    ------
+    ModelError
+        Not a DHS model, or no weights (exported before they were saved).
+    FormatMismatchError
+        Another MIDI modality or other feature parameters than ``params``.
+    """
+    from ..modelfile import check_compatible, load_model
+
+    info = load_model(model_dir)
+    if info.kind != "dhs":
+        raise ModelError(f"{info.dir}: a pooled-hash PSE needs a DHS model, got kind={info.kind!r}")
+    check_compatible(info, store_params=params, store_modality=modality)
+    path = info.dir / WEIGHTS
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: the PSE is built on the DHS model's torch weights; "
+                         "train both models together (`msdmatch train --kind both`)")
+    cfg = NetConfig.from_dict(info.raw["architecture"])
+    with np.load(path) as z:
+        nets = []
+        for m in ("audio", "midi"):
+            net = build_net(cfg)
+            net.load_state_dict({k.split("/", 1)[1]: torch.from_numpy(z[k]) for k in z.files
+                                 if k.startswith(m + "/")})
+            nets.append(net.eval())
+    return nets[0], nets[1]

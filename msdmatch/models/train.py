@@ -72,7 +72,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SHARE = {"pse": 3.0, "dhs": 2.0}  # split of the wall-clock budget when training both kinds
+SHARE = {"dhs": 3.0, "pse": 1.0}  # split of the wall-clock budget when training both kinds
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,9 @@ class HParams:
     auxiliary loss on aligned crops of ``aux_crop`` frames; ``transpose`` is
     the largest random transposition in semitones (0: none); ``negatives``
     adds that many previews of other pairs to every PSE batch as extra
-    negatives for the MIDI side (see :func:`nce_loss`).
+    negatives for the MIDI side (see :func:`nce_loss`).  ``pca_dims`` and
+    ``shrink`` set the closed-form fit of a pooled-hash PSE's output layer
+    (see :func:`fit_pooled`).
     """
 
     lr: float = 1e-3
@@ -105,6 +107,8 @@ class HParams:
     aux_crop: int = 200
     transpose: int = 0
     negatives: int = 0
+    pca_dims: int = 384
+    shrink: float = 1.0
 
     def __post_init__(self) -> None:
         if self.loss not in ("hinge", "nce"):
@@ -116,21 +120,21 @@ class HParams:
 def default_hparams(kind: str, midi_modality: str | None = None, **overrides: Any) -> HParams:
     """Thesis loss constants for ``kind`` with practical batch/crop sizes.
 
-    For synthesized-CQT PSE (``midi_modality='midi-synth'``) every batch also
-    carries ``negatives=48`` extra previews: on the same 11.4-minute budget
-    the validation queries' true preview stayed in the top 1% for 0.766
-    against 0.680 without them (0.777 with ``pool_std`` as well), while the
-    piano-roll PSE did not gain (0.751 against 0.777; 0.711 with both), so
-    it keeps ``negatives=0``.
+    PSE settings serve the pooled-hash PSE (the shipped one): a fine-tuning
+    learning rate of 1e-4 for its attention and output layer, 48 extra
+    previews as negatives in every batch of 16, and the closed-form fit's
+    384 PCA dimensions and shrinkage 1.  The conv PSE (``lags=()``) also
+    uses ``aux``, ``aux_crop``, ``transpose`` and the crop lengths; it
+    trained with ``lr=1e-3``.  ``midi_modality`` is accepted for symmetry
+    with :func:`~msdmatch.models.nets.default_config`; no setting depends
+    on it now.
     """
     if kind == "dhs":
         hp = HParams(alpha=5.33, margin=4.0, beta=0.05, batch=32, crop=100, lr=1e-3)
     elif kind == "pse":
-        # whole previews against (nearly) whole songs, as PSE meets them when matching
-        hp = HParams(alpha=5.33, margin=4.0, beta=0.05, batch=16, lr=1e-3, loss="nce",
+        hp = HParams(alpha=5.33, margin=4.0, beta=0.05, batch=16, lr=1e-4, loss="nce",
                      temperature=0.1, aux=1.0, aux_crop=200, transpose=5,
-                     audio_frames=646, midi_frames=2000,
-                     negatives=48 if midi_modality == "midi-synth" else 0)
+                     audio_frames=646, midi_frames=2000, negatives=48)
     else:
         raise ParameterError(f"kind={kind!r} must be 'dhs' or 'pse'")
     return dataclasses.replace(hp, **overrides)
@@ -270,16 +274,8 @@ def validate(
     """
     rng = np.random.default_rng(seed)
     if kind == "pse":
-        ea = np.stack(_run(f, [p.audio for p in pairs], device=device))
-        em = np.stack(_run(g, [p.midi for p in pairs], device=device))
-        d = np.sqrt(((em[:, None, :] - ea[None, :, :]) ** 2).sum(-1))
-        n = len(pairs)
-        matched = np.diag(d).copy()
-        unmatched = d[~np.eye(n, dtype=bool)]
-        ranks = (d < matched[:, None]).sum(1) + 1
-        return dict(bc=bhattacharyya(matched, unmatched, bins=100), matched=matched,
-                    unmatched=unmatched, top1=float(np.mean(ranks == 1)),
-                    mrr=float(np.mean(1.0 / ranks)), n_pairs=n)
+        return _embedding_metrics(np.stack(_run(f, [p.audio for p in pairs], device=device)),
+                                  np.stack(_run(g, [p.midi for p in pairs], device=device)))
     ha = _run(f, [p.audio_w for p in pairs], device=device)
     hm = _run(g, [p.midi_w for p in pairs], device=device)
     ba = [h > 0 for h in ha]
@@ -294,6 +290,18 @@ def validate(
     return dict(bc=bhattacharyya(matched, unmatched, bins=np.arange(-0.5, 33.0)),
                 matched=matched, unmatched=unmatched,
                 bit_balance=float(np.concatenate(ba).mean()), n_pairs=len(pairs))
+
+
+def _embedding_metrics(ea: np.ndarray, em: np.ndarray) -> dict[str, Any]:
+    """PSE validation metrics of audio and MIDI embeddings ``(n, dim)``, row i matching row i."""
+    d = np.sqrt(((em[:, None, :] - ea[None, :, :]) ** 2).sum(-1))
+    n = len(ea)
+    matched = np.diag(d).copy()
+    unmatched = d[~np.eye(n, dtype=bool)]
+    ranks = (d < matched[:, None]).sum(1) + 1
+    return dict(bc=bhattacharyya(matched, unmatched, bins=100), matched=matched,
+                unmatched=unmatched, top1=float(np.mean(ranks == 1)),
+                mrr=float(np.mean(1.0 / ranks)), n_pairs=n)
 
 
 def _aligned_loss(f: torch.nn.Module, g: torch.nn.Module, pairs: Sequence[Pair], *,
@@ -356,6 +364,7 @@ def fit(
     eval_every: int = 100,
     patience: int = 5,
     device: str | None = None,
+    dhs: tuple[torch.nn.Module, torch.nn.Module] | None = None,
 ) -> FitResult:
     """Train one model pair with early stopping on validation BC.
 
@@ -377,6 +386,9 @@ def fit(
         validations without a lower BC.  The best nets are returned.
     device : str, optional
         Torch device; CUDA when available.
+    dhs : (DHSNet, DHSNet), optional
+        Trained DHS nets (f, g): the front end of a pooled-hash PSE
+        (``config.lags``), which :func:`fit_pooled` trains.
     """
     config = config or default_config(kind)
     hp = hparams or default_hparams(kind)
@@ -388,6 +400,15 @@ def fit(
             f"{len(valid_pairs)}; check the split column of the truth file"
         )
     dev = _device(device)
+    if config.lags:
+        if dhs is None:
+            raise ParameterError(
+                "a pooled-hash PSE (config.lags) is built on trained DHS nets; train DHS first "
+                "(kind='both') or pass the DHS model's directory"
+            )
+        return fit_pooled(train_pairs, valid_pairs, dhs=dhs, config=config, hparams=hp, seed=seed,
+                          max_steps=max_steps, max_seconds=max_seconds, eval_every=eval_every,
+                          patience=patience, device=dev)
     if stats is None:
         stats = dict(audio=zscore_stats(p.audio for p in train_pairs),
                      midi=zscore_stats(p.midi for p in train_pairs))
@@ -465,10 +486,175 @@ def fit(
     return FitResult(f.cpu(), g.cpu(), config, hp, best_metrics, hist, step, time.monotonic() - t0)
 
 
+def _pad_steps(hs: Sequence[np.ndarray], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x, m = pad_batch(hs, n_bins=hs[0].shape[1])
+    return torch.from_numpy(x).to(device), torch.from_numpy(m).to(device)
+
+
+def _embed_steps(net: torch.nn.Module, hs: Sequence[np.ndarray], device: str, chunk: int = 64) -> np.ndarray:
+    """Embeddings ``(n, dim)`` of step-hash sequences by a pooled-hash PSE's head."""
+    with torch.no_grad():
+        return np.concatenate([net.embed_steps(*_pad_steps(hs[i:i + chunk], device)).cpu().numpy()
+                               for i in range(0, len(hs), chunk)])
+
+
+def fit_head(net: torch.nn.Module, audio_steps: Sequence[np.ndarray], midi_steps: Sequence[np.ndarray],
+             *, dims: int, shrink: float, device: str = "cpu") -> None:
+    """Set a pooled-hash PSE's output layer in closed form from matched pairs.
+
+    With the current attention, the pooled statistics of the audio steps
+    are z-scored and whitened by PCA (``dims`` components); in that space,
+    the output keeps the directions along which matched MIDI and audio
+    differ least relative to how previews differ from each other: the
+    eigenvectors of ``S_w + shrink * I`` with the smallest eigenvalues, where
+    ``S_w`` is the covariance of the matched differences (linear
+    discriminant analysis with one class per pair; the preview covariance
+    is the identity after whitening).  Each is scaled by
+    ``1 / sqrt(eigenvalue)``.
+
+    Parameters
+    ----------
+    net : PooledHashPSENet
+    audio_steps, midi_steps : sequence of np.ndarray [shape=(T_i, step_dim)]
+        Step hashes of matched previews and MIDI sequences, pair i in row i.
+    dims : int
+        PCA dimensions kept before the discriminant step (capped by the
+        number of pairs).
+    shrink : float
+        Added to the whitened matched-difference covariance's diagonal.
+    """
+    with torch.no_grad():
+        pa = np.concatenate([net.pooled(*_pad_steps(audio_steps[i:i + 64], device)).cpu().numpy()
+                             for i in range(0, len(audio_steps), 64)]).astype(np.float64)
+        pm = np.concatenate([net.pooled(*_pad_steps(midi_steps[i:i + 64], device)).cpu().numpy()
+                             for i in range(0, len(midi_steps), 64)]).astype(np.float64)
+    mu, sd = pa.mean(0), pa.std(0) + 1e-6
+    za, zm = (pa - mu) / sd, (pm - mu) / sd
+    k = max(1, min(dims, len(za) - 1, za.shape[1]))
+    _, sv, vt = np.linalg.svd(za, full_matrices=False)
+    white = vt[:k].T / np.maximum(sv[:k] / np.sqrt(len(za)), 1e-6)[None]  # (pooled_dim, k)
+    diff = (zm - za) @ white
+    lam, vec = np.linalg.eigh(diff.T @ diff / len(diff) + shrink * np.eye(k))  # ascending
+    n_out = min(net.cfg.out_dim, k)
+    proj = np.zeros((za.shape[1], net.cfg.out_dim))
+    proj[:, :n_out] = white @ (vec[:, :n_out] / np.sqrt(lam[:n_out])[None])
+    weight = proj / sd[:, None]
+    with torch.no_grad():
+        net.out.weight.copy_(torch.from_numpy(weight.T.astype(np.float32)))
+        net.out.bias.copy_(torch.from_numpy((-(mu / sd) @ proj).astype(np.float32)))
+
+
+def fit_pooled(
+    train_pairs: Sequence[Pair],
+    valid_pairs: Sequence[Pair],
+    *,
+    dhs: tuple[torch.nn.Module, torch.nn.Module],
+    config: NetConfig,
+    hparams: HParams,
+    seed: int = 0,
+    max_steps: int = 3000,
+    max_seconds: float = 300.0,
+    eval_every: int = 100,
+    patience: int = 5,
+    device: str = "cpu",
+) -> FitResult:
+    """Train a pooled-hash PSE pair on trained DHS nets.
+
+    The DHS nets ``dhs = (f, g)`` become the front ends (frozen; with their
+    z-score statistics).  Their step hashes of every pair are computed once.
+    The attention starts uniform and the output layer is fitted in closed
+    form (:func:`fit_head`); then the attention and output layer, one set
+    for both modalities, are fine-tuned with the contrastive loss
+    (``hparams.loss`` must be 'nce'), ``hparams.negatives`` extra previews per
+    batch, and early stopping on validation BC, which is also measured
+    before the first step: the closed-form nets are kept unless fine-tuning
+    beats them.  Arguments are as for :func:`fit`.
+    """
+    if hparams.loss != "nce":
+        raise ParameterError(f"a pooled-hash PSE trains with loss='nce', got {hparams.loss!r}")
+    if dhs[0].cfg != config.dhs_config():
+        raise ParameterError(
+            f"the PSE's front end {config.dhs_config()} differs from the DHS nets' {dhs[0].cfg}; "
+            "give the PSE config the DHS model's filters, convs_per_group, pool_freq, dense, "
+            "step_dim = its bits, and shared"
+        )
+    torch.manual_seed(seed)
+    f, g = build_net(config), build_net(config)
+    f.dhs.load_state_dict(dhs[0].state_dict())
+    g.dhs.load_state_dict(dhs[1].state_dict())
+    for name in ("att_w", "att_v", "out"):  # one head: both modalities embed into one space
+        setattr(g, name, getattr(f, name))
+    for p in (*f.dhs.parameters(), *g.dhs.parameters()):
+        p.requires_grad_(False)
+    f.to(device)
+    g.to(device)
+    t0 = time.monotonic()
+    ha = _run(f.dhs, [p.audio for p in train_pairs], device=device)
+    hm = _run(g.dhs, [p.midi for p in train_pairs], device=device)
+    va = _run(f.dhs, [p.audio for p in valid_pairs], device=device)
+    vm = _run(g.dhs, [p.midi for p in valid_pairs], device=device)
+    fit_head(f, ha, hm, dims=hparams.pca_dims, shrink=hparams.shrink, device=device)
+    head = [*f.att_w.parameters(), *f.att_v.parameters(), *f.out.parameters()]
+    opt = torch.optim.Adam(head, lr=hparams.lr)
+    rng = np.random.default_rng(seed)
+    hist: dict[str, list[float]] = dict(step=[], loss=[], val_step=[], val_bc=[])
+    best_bc, best_state, best_metrics, bad, running = math.inf, None, None, 0, []
+    n, b = len(train_pairs), min(hparams.batch, len(train_pairs))
+    step = 0
+    while True:
+        out_of_time = time.monotonic() - t0 > max_seconds
+        if step % eval_every == 0 or step == max_steps or out_of_time:
+            if running:
+                hist["step"].append(step)
+                hist["loss"].append(float(np.mean(running)))
+                running = []
+            m = _embedding_metrics(_embed_steps(f, va, device), _embed_steps(g, vm, device))
+            hist["val_step"].append(step)
+            hist["val_bc"].append(m["bc"])
+            log.info("pse step %d val BC %.4f top-1 %.3f", step, m["bc"], m["top1"])
+            if m["bc"] < best_bc - 1e-6:
+                best_bc, best_metrics, bad = m["bc"], m, 0
+                best_state = copy.deepcopy(f.state_dict())
+            else:
+                bad += 1
+            if bad >= patience or out_of_time or step >= max_steps:
+                break
+        step += 1
+        idx = rng.choice(n, size=b, replace=False)
+        others = np.setdiff1d(np.arange(n), idx)
+        extra = rng.choice(others, size=hparams.negatives, replace=others.size < hparams.negatives) \
+            if hparams.negatives and others.size else np.zeros(0, int)
+        fa = f.embed_steps(*_pad_steps([ha[i] for i in (*idx, *extra)], device))
+        gm = g.embed_steps(*_pad_steps([hm[i] for i in idx], device))
+        loss = nce_loss(fa, gm, temperature=hparams.temperature)
+        for group in opt.param_groups:
+            group["lr"] = hparams.lr * _lr_scale(step, max_steps, time.monotonic() - t0, max_seconds)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head, hparams.grad_clip)
+        opt.step()
+        running.append(loss.item())
+    assert best_state is not None and best_metrics is not None
+    f.load_state_dict(best_state)  # g shares f's head and keeps its own DHS front end
+    f.eval()
+    g.eval()
+    return FitResult(f.cpu(), g.cpu(), config, hparams, best_metrics, hist, step, time.monotonic() - t0)
+
+
 def _sample_trial(
     kind: str, rng: np.random.Generator, base_cfg: NetConfig, base_hp: HParams
 ) -> tuple[NetConfig, HParams]:
-    """A random variation of the base settings (lr, alpha, m, depth, width)."""
+    """A random variation of the base settings (lr, alpha, m, depth, width).
+
+    For a pooled-hash PSE, whose depth and width are its DHS front end's:
+    the fine-tuning lr, the attention width, and the closed-form fit's PCA
+    dimensions and shrinkage.
+    """
+    if base_cfg.lags:
+        cfg = dataclasses.replace(base_cfg, attention_dim=int(rng.choice([16, 32, 64])))
+        return cfg, dataclasses.replace(base_hp, lr=float(10 ** rng.uniform(-4.5, -3.0)),
+                                        pca_dims=int(rng.choice([256, 384, 512])),
+                                        shrink=float(rng.choice([0.3, 1.0, 3.0])))
     lr = float(10 ** rng.uniform(-3.7, -2.5))
     width = int(rng.choice([256, 512, 768]))
     if kind == "dhs":
@@ -504,7 +690,8 @@ def random_search(
         res = fit(kind, train_pairs, valid_pairs, config=cfg, hparams=hp, seed=seed, **fit_kwargs)
         rows.append(dict(trial=t, bc=res.metrics["bc"], lr=hp.lr, alpha=hp.alpha,
                          margin=hp.margin, filters=" ".join(map(str, cfg.filters)),
-                         dense=" ".join(map(str, cfg.dense)), steps=res.steps,
+                         dense=" ".join(map(str, cfg.dense)), attention=cfg.attention_dim,
+                         pca_dims=hp.pca_dims, shrink=hp.shrink, steps=res.steps,
                          seconds=round(res.seconds, 1)))
         if best is None or res.metrics["bc"] < best.metrics["bc"]:
             best = res
@@ -537,6 +724,7 @@ def train_models(
     report: bool = True,
     progress: Callable[[str], None] | None = None,
     align_store: Any = None,
+    dhs_dir: str | Path | None = None,
 ) -> dict[str, Path]:
     """Train, validate and export DHS and/or PSE models for one MIDI modality.
 
@@ -554,9 +742,9 @@ def train_models(
     kind : {'both', 'dhs', 'pse'}
     seed : int
     max_minutes : float
-        Wall-clock budget for all training, split 3:2 between PSE and DHS
-        (PSE learns from one pair per sequence, DHS from every aligned step)
-        and evenly between trials.
+        Wall-clock budget for all training, split 3:1 between DHS and PSE
+        (a pooled-hash PSE trains only its head on the DHS nets' step
+        hashes) and evenly between trials.
     search : int
         Number of random-search trials per kind (0: train the defaults once).
     max_steps : int, optional
@@ -575,15 +763,20 @@ def train_models(
     align_store : store or URL, optional
         Another featurization of the same MIDI files (e.g. ``midi-synth``)
         used to align the DHS training pairs; for piano-roll models.
+    dhs_dir : path, optional
+        A trained DHS model of the same modality (its ``weights.npz``), the
+        front end of a pooled-hash PSE when ``kind='pse'``; default
+        ``<out_dir>/dhs-<midi modality>``.  With ``kind='both'`` the DHS
+        trained in the same call is used.
 
     Returns
     -------
     dirs : dict
         ``{'dhs': Path, 'pse': Path}`` for the kinds trained.
     """
-    from .export import export_model
+    from .export import export_model, load_nets
 
-    kinds = {"both": ["pse", "dhs"], "pse": ["pse"], "dhs": ["dhs"]}.get(kind)
+    kinds = {"both": ["dhs", "pse"], "pse": ["pse"], "dhs": ["dhs"]}.get(kind)
     if kinds is None:
         raise ParameterError(f"kind={kind!r} must be 'both', 'dhs' or 'pse'")
     say = progress or (lambda msg: log.info(msg))
@@ -611,6 +804,7 @@ def train_models(
     out = Path(out_dir)
     share = {k: SHARE[k] / sum(SHARE[j] for j in kinds) for k in kinds}
     result = {}
+    dhs_nets = None
     for k in kinds:
         if k == "dhs":
             tr = [p for p in kept if p.split == "train"]
@@ -619,17 +813,22 @@ def train_models(
             tr, va = train, valid
         mdir = out / f"{k}-{qs.modality}"
         budget = max_minutes * 60.0 * share[k] / max(search, 1)
-        fit_kw = dict(stats=stats, max_steps=max_steps or 20000, max_seconds=budget,
-                      eval_every=eval_every, patience=patience, device=device)
-        say(f"training {k} on {len(tr)} pairs (validation {len(va)}), budget {budget:.0f}s per run")
         cfg = (configs or {}).get(k) or default_config(k, midi_modality=qs.modality)
         hp = (hparams or {}).get(k) or default_hparams(k, midi_modality=qs.modality)
+        if cfg.lags and dhs_nets is None:
+            dhs_nets = load_nets(Path(dhs_dir) if dhs_dir else out / f"dhs-{qs.modality}",
+                                 modality=qs.modality, params=qs.params)
+        fit_kw = dict(stats=stats, max_steps=max_steps or 20000, max_seconds=budget,
+                      eval_every=eval_every, patience=patience, device=device, dhs=dhs_nets)
+        say(f"training {k} on {len(tr)} pairs (validation {len(va)}), budget {budget:.0f}s per run")
         if search:
             res = random_search(k, tr, va, n_trials=search, csv_path=mdir / "trials.csv",
                                 seed=seed, config=cfg, hparams=hp, **fit_kw)
         else:
             res = fit(k, tr, va, config=cfg, hparams=hp, seed=seed, **fit_kw)
         say(f"{k}: {res.steps} steps in {res.seconds:.0f}s, validation BC {res.metrics['bc']:.3f}")
+        if k == "dhs":
+            dhs_nets = (res.f, res.g)
         real = dict(audio=[p.audio for p in va[:3]], midi=[p.midi[:2000] for p in va[:3]])
         metrics = {key: v for key, v in res.metrics.items() if np.isscalar(v)}
         export_model(res.f, res.g, out_dir=mdir, name=f"{k}-{qs.modality}",
