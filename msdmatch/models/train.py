@@ -330,6 +330,18 @@ def _lr_scale(step: int, max_steps: int, elapsed: float, max_seconds: float) -> 
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
+def _optimise(opt: torch.optim.Optimizer, params: list, loss: torch.Tensor, *, lr: float,
+              grad_clip: float) -> float:
+    """One optimiser step on ``loss`` at learning rate ``lr``, gradients clipped; returns the loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    return float(loss.item())
+
+
 @dataclass
 class FitResult:
     """Outcome of :func:`fit`: best nets (by validation BC) and the history."""
@@ -455,13 +467,8 @@ def fit(
             if use_aux:
                 loss = loss + hp.aux * _aligned_loss(f, g, aligned, rng=rng, hp=hp, batch=32,
                                                      crop=hp.aux_crop, device=dev)
-        for group in opt.param_groups:
-            group["lr"] = hp.lr * _lr_scale(step, max_steps, time.monotonic() - t0, max_seconds)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
-        opt.step()
-        running.append(loss.item())
+        lr = hp.lr * _lr_scale(step, max_steps, time.monotonic() - t0, max_seconds)
+        running.append(_optimise(opt, params, loss, lr=lr, grad_clip=hp.grad_clip))
         out_of_time = time.monotonic() - t0 > max_seconds
         if step % eval_every == 0 or step == max_steps or out_of_time:
             hist["step"].append(step)
@@ -627,13 +634,8 @@ def fit_pooled(
         fa = f.embed_steps(*_pad_steps([ha[i] for i in (*idx, *extra)], device))
         gm = g.embed_steps(*_pad_steps([hm[i] for i in idx], device))
         loss = nce_loss(fa, gm, temperature=hparams.temperature)
-        for group in opt.param_groups:
-            group["lr"] = hparams.lr * _lr_scale(step, max_steps, time.monotonic() - t0, max_seconds)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(head, hparams.grad_clip)
-        opt.step()
-        running.append(loss.item())
+        lr = hparams.lr * _lr_scale(step, max_steps, time.monotonic() - t0, max_seconds)
+        running.append(_optimise(opt, head, loss, lr=lr, grad_clip=hparams.grad_clip))
     assert best_state is not None and best_metrics is not None
     f.load_state_dict(best_state)  # g shares f's head and keeps its own DHS front end
     f.eval()
