@@ -498,11 +498,16 @@ def _pad_steps(hs: Sequence[np.ndarray], device: str) -> tuple[torch.Tensor, tor
     return torch.from_numpy(x).to(device), torch.from_numpy(m).to(device)
 
 
-def _embed_steps(net: torch.nn.Module, hs: Sequence[np.ndarray], device: str, chunk: int = 64) -> np.ndarray:
-    """Embeddings ``(n, dim)`` of step-hash sequences by a pooled-hash PSE's head."""
+def _by_chunks(fn: Callable, hs: Sequence[np.ndarray], device: str, chunk: int = 64) -> np.ndarray:
+    """``fn(steps, mask)`` over padded chunks of step-hash sequences, rows concatenated."""
     with torch.no_grad():
-        return np.concatenate([net.embed_steps(*_pad_steps(hs[i:i + chunk], device)).cpu().numpy()
+        return np.concatenate([fn(*_pad_steps(hs[i:i + chunk], device)).cpu().numpy()
                                for i in range(0, len(hs), chunk)])
+
+
+def _embed_steps(net: torch.nn.Module, hs: Sequence[np.ndarray], device: str) -> np.ndarray:
+    """Embeddings ``(n, dim)`` of step-hash sequences by a pooled-hash PSE's head."""
+    return _by_chunks(net.embed_steps, hs, device)
 
 
 def fit_head(net: torch.nn.Module, audio_steps: Sequence[np.ndarray], midi_steps: Sequence[np.ndarray],
@@ -530,11 +535,8 @@ def fit_head(net: torch.nn.Module, audio_steps: Sequence[np.ndarray], midi_steps
     shrink : float
         Added to the whitened matched-difference covariance's diagonal.
     """
-    with torch.no_grad():
-        pa = np.concatenate([net.pooled(*_pad_steps(audio_steps[i:i + 64], device)).cpu().numpy()
-                             for i in range(0, len(audio_steps), 64)]).astype(np.float64)
-        pm = np.concatenate([net.pooled(*_pad_steps(midi_steps[i:i + 64], device)).cpu().numpy()
-                             for i in range(0, len(midi_steps), 64)]).astype(np.float64)
+    pa = _by_chunks(net.pooled, audio_steps, device).astype(np.float64)
+    pm = _by_chunks(net.pooled, midi_steps, device).astype(np.float64)
     mu, sd = pa.mean(0), pa.std(0) + 1e-6
     za, zm = (pa - mu) / sd, (pm - mu) / sd
     k = max(1, min(dims, len(za) - 1, za.shape[1]))
