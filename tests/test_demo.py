@@ -107,6 +107,16 @@ def test_plan_splits_and_music21_share():
     assert [s.query_id == "" for s in specs] == [i >= 300 for i in range(1000)]
 
 
+def test_plan_balanced_draws_collections_evenly():
+    works = [f"folk/{i}" for i in range(900)] + [f"bach/{i}" for i in range(60)] + [f"mass/{i}" for i in range(40)]
+    picked = [s.work for s in C.plan_corpus(songs=300, distractors=0, seed=0, works=works, balanced=True) if s.work]
+    counts = {c: sum(w.startswith(c + "/") for w in picked) for c in ("folk", "bach", "mass")}
+    assert counts == {"folk": 55, "bach": 55, "mass": 40}  # 150 works; the smallest collection runs out
+    assert [w for w in picked if w.startswith("bach/")] == [f"bach/{i}" for i in range(55)]
+    plain = [s.work for s in C.plan_corpus(songs=300, distractors=0, seed=0, works=works) if s.work]
+    assert plain == works[:150]
+
+
 def test_plan_rejects_bad_counts():
     with pytest.raises(ParameterError, match="songs=-1 must be a non-negative integer"):
         C.plan_corpus(songs=-1, distractors=2, seed=0)
