@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 W=${1:-data}
 M=${MINUTES:-12}
 MS=.venv/bin/msdmatch
-OUT=msdmatch/shipped
-$MS demo-data "$W/train_corpus" --songs 1200 --distractors 300 --seed 1
+OUT=${OUT:-msdmatch/shipped}
+$MS demo-data "$W/train_corpus" --songs 1200 --distractors 300 --seed 1 --balanced
 $MS featurize audio "$W/train_corpus/audio" --out "$W/train/db.zarr"
 for mode in synth pianoroll; do
   $MS featurize midi "$W/train_corpus/midi" --out "$W/train/q-$mode.zarr" --mode "$mode"
