@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the models shipped in msdmatch/shipped/ from the demo corpus generator.
-#   usage: scripts/train_shipped.sh [WORKDIR]      (make models)
-# The training corpus uses seed 1; music21 works keep their train/valid/test split
+#   usage: [OUT=MODELDIR] scripts/train_shipped.sh [WORKDIR]      (make models)
+# OUT (default msdmatch/shipped) is where the models and fusions are written.
+# The training corpus uses seed 1 and draws music21's collections evenly (--balanced); music21 works keep their train/valid/test split
 # in every corpus (the split is a hash of the work), so no test song of the demo
 # corpus (seed 0) is trained on.  Every step is resumable: a re-run skips finished work.
 # The two MIDI modalities train side by side, one core each, MINUTES (default 12) of
