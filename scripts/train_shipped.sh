@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the models shipped in msdmatch/shipped/ from the demo corpus generator.
-#   usage: [OUT=MODELDIR] scripts/train_shipped.sh [WORKDIR]      (make models)
+#   usage: [OUT=MODELDIR] scripts/train_shipped.sh [WORKDIR]
 # OUT (default msdmatch/shipped) is where the models and fusions are written.
 # The training corpus uses seed 1 and draws music21's collections evenly (--balanced); music21 works keep their train/valid/test split
 # in every corpus (the split is a hash of the work), so no test song of the demo
