@@ -2,9 +2,9 @@
 # Reproduce the models shipped in msdmatch/shipped/ from the demo corpus generator.
 #   usage: [OUT=MODELDIR] scripts/train_shipped.sh [WORKDIR]
 # OUT (default msdmatch/shipped) is where the models and fusions are written.
-# The training corpus uses seed 1 and draws music21's collections evenly (--balanced); music21 works keep their train/valid/test split
-# in every corpus (the split is a hash of the work), so no test song of the demo
-# corpus (seed 0) is trained on.  Every step is resumable: a re-run skips finished work.
+# The training corpus uses seed 1 and draws music21's collections evenly (--balanced);
+# music21 works keep their train/valid/test split in every corpus (the split is a hash
+# of the work), so no test song of the demo corpus (seed 0) is trained on.  Every step is resumable: a re-run skips finished work.
 # The two MIDI modalities train side by side, one core each, MINUTES (default 12) of
 # wall-clock time for DHS and PSE together (DHS 3/4, then the PSE built on it 1/4).
 set -euo pipefail

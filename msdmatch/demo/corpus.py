@@ -154,8 +154,9 @@ def _round_robin(works: list[str]) -> list[str]:
     groups: dict[str, list[str]] = {}
     for w in works:
         groups.setdefault(w.split("/", 1)[0], []).append(w)
-    lists = [groups[k] for k in sorted(groups)]
-    return [g[i] for i in range(max(map(len, lists), default=0)) for g in lists if i < len(g)]
+    from .songs import interleave
+
+    return interleave([groups[k] for k in sorted(groups)])
 
 
 def make_song(spec: SongSpec):

@@ -109,10 +109,12 @@ def music21_catalog() -> tuple[Work, ...]:
             else:
                 works.extend(Work(rel, n) for n in dict.fromkeys(numbers))
         lists.append(works)
-    out: list[Work] = []
-    for i in range(max(len(w) for w in lists)):
-        out.extend(w[i] for w in lists if i < len(w))
-    return tuple(out)
+    return tuple(interleave(lists))
+
+
+def interleave(lists: list[list]) -> list:
+    """Round-robin merge: the first item of each list, then the second of each, and so on."""
+    return [w[i] for i in range(max(map(len, lists), default=0)) for w in lists if i < len(w)]
 
 
 def _part_notes(part) -> list[tuple[float, float, int, int]]:
