@@ -14,8 +14,33 @@ import click
 
 
 def _fail(msg: str, code: int) -> None:
+    msg = msg.removeprefix("msdmatch: ").removeprefix("error: ")
     click.echo(f"msdmatch: error: {msg}", err=True)
     sys.exit(code)
+
+
+def _user_error(e: BaseException) -> str | None:
+    """The one line for an error that is the user's to fix (exit 2), or None.
+
+    Library errors carry their own exit code; these are the kinds raised by
+    the libraries underneath for a user's mistake: missing or unusable
+    credentials and endpoints, unreadable or non-UTF-8 inputs, unwritable
+    outputs.
+    """
+    name, mod = type(e).__name__, type(e).__module__.split(".")[0]
+    if mod in ("botocore", "aiobotocore") and ("Credentials" in name or "Region" in name
+                                                    or "Profile" in name):
+        return ("no usable S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass "
+                f"--storage-options): {e}")
+    if mod in ("botocore", "aiobotocore") and "Endpoint" in name:
+        return f"cannot reach the storage endpoint: {e}"
+    if isinstance(e, UnicodeDecodeError):
+        return f"an input file is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
+    if isinstance(e, PermissionError):
+        return f"permission denied: {e.filename or e}"
+    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)) and e.filename:
+        return f"{e.strerror.lower() if e.strerror else 'not found'}: {e.filename}"
+    return None
 
 
 class _Group(click.Group):
@@ -37,15 +62,28 @@ class _Group(click.Group):
         except click.UsageError as e:
             cmd = e.ctx.command_path if e.ctx else "msdmatch"
             _fail(f"{cmd}: {e.format_message()} (see `{cmd} --help`)", 2)
-        except click.Abort:
-            _fail("interrupted; re-run the same command to resume", 130)
-        except KeyboardInterrupt:
-            _fail("interrupted; re-run the same command to resume", 130)
+        except (click.Abort, KeyboardInterrupt):
+            _quiet_exit("interrupted; re-run the same command to resume", 130)
         except MsdmatchError as e:
             _fail(str(e), e.exit_code)
         except click.exceptions.Exit as e:
             sys.exit(e.exit_code)
+        except Exception as e:
+            msg = _user_error(e)
+            if msg is None:
+                raise
+            _fail(msg, 2)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _quiet_exit(msg: str, code: int) -> None:
+    """Print one line and leave at once: no shutdown noise from threads or workers."""
+    import os
+
+    click.echo(f"msdmatch: {msg}", err=True)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(code)
 
 
 def _storage_options(value: str | None) -> dict | None:
@@ -76,8 +114,15 @@ quiet_opt = click.option("--quiet", is_flag=True, help="No progress bar.")
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="msdmatch")
-def main() -> None:
+@click.option("--verbose", is_flag=True, help="Show library warnings (hidden by default).")
+def main(verbose: bool) -> None:
     """Match MIDI files to the audio recordings they transcribe (Raffel & Ellis cascade)."""
+    if not verbose:  # library warnings stay off the user's terminal, here and in the workers
+        import os
+        import warnings
+
+        warnings.simplefilter("ignore")
+        os.environ["PYTHONWARNINGS"] = "ignore"
 
 
 @main.group()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -16,7 +17,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from .errors import MsdmatchError, StageError
+from .errors import MsdmatchError, ParameterError, StageError
 
 #: Environment given to LocalCluster workers so that numba, BLAS and
 #: onnxruntime use one thread per worker thread.
@@ -116,7 +117,8 @@ def client_for(
         try:
             client = Client(address, timeout="20s")
         except OSError as e:
-            raise MsdmatchError(f"cannot reach Dask scheduler {address!r}: {e}") from None
+            raise ParameterError(f"cannot reach Dask scheduler {address!r}: {e}; is the address right and "
+                             "the scheduler running?") from None
         _say(f"dask: scheduler {address}  dashboard {client.dashboard_link}", quiet)
         try:
             yield client
@@ -124,16 +126,23 @@ def client_for(
             client.close()
         return
     n = n_workers or os.cpu_count() or 1
-    with dask.config.set({**WORKER_MALLOC, **MONITORING}):
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=threads_per_worker,
-            processes=True,
-            dashboard_address="127.0.0.1:0" if dashboard else None,
-            env=WORKER_ENV,
-            # task errors reach the user as one line from run_shards, not as worker log tracebacks
-            silence_logs=logging.CRITICAL,
-        )
+    # The workers ignore SIGINT (they inherit SIG_IGN): Ctrl-C in a terminal reaches the
+    # whole process group, and only this process should react, by closing the cluster.
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+    try:
+        with dask.config.set({**WORKER_MALLOC, **MONITORING}):
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                dashboard_address="127.0.0.1:0" if dashboard else None,
+                env=WORKER_ENV,
+                # task errors reach the user as one line from run_shards, not as worker log tracebacks
+                silence_logs=logging.CRITICAL,
+            )
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
     client = Client(cluster)
     client.register_plugin(QuietAsyncio())
     _say(f"dask: LocalCluster with {n} workers, scheduler {cluster.scheduler_address}  "
@@ -141,8 +150,34 @@ def client_for(
     try:
         yield client
     finally:
+        _close_quietly(client, cluster)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _close_quietly(client, cluster) -> None:
+    """Close the client and the cluster without letting shutdown noise reach the terminal."""
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    with contextlib.suppress(Exception):
         client.close()
+    with contextlib.suppress(Exception):
         cluster.close()
+
+
+@contextlib.contextmanager
+def using_client(client=None, *, scheduler: str | None = None, n_workers: int | None = None,
+                 quiet: bool = False) -> Iterator[Any]:
+    """The caller's client if it gave one, else a new one from :func:`client_for`, closed on exit."""
+    if client is not None:
+        yield client
+        return
+    with client_for(scheduler, n_workers=n_workers, quiet=quiet) as c:
+        yield c
 
 
 def worker_threads() -> int:
@@ -177,6 +212,7 @@ def run_shards(
     kwargs: dict | None = None,
     progress: bool = True,
     retries: int = 2,
+    check: Callable[[], None] | None = None,
 ) -> list:
     """Run ``fn(shard, **kwargs)`` for every shard as one task each.
 
@@ -186,6 +222,10 @@ def run_shards(
     stage at once: the tasks not yet finished are cancelled (what they
     committed stays), so a lasting storage outage costs one task's retry
     budget rather than every task's.
+
+    ``check()``, if given, is called as each task finishes (a store lease's
+    :meth:`~msdmatch.lock.Lease.check`); if it raises, the tasks not yet
+    finished are cancelled and its error ends the stage.
 
     Raises
     ------
@@ -214,6 +254,12 @@ def run_shards(
                 raise _task_error(exc, name=name, done=n_done, total=len(futures), retries=retries)
             results[index[fut.key]] = fut.result()[0]
             bar.update(1)
+            if check is not None:
+                try:
+                    check()
+                except MsdmatchError:
+                    client.cancel(futures)
+                    raise
     finally:
         bar.close()
     return results

@@ -132,13 +132,20 @@ def embed_sequences(seqs: list[np.ndarray], onnx_path: str, *, downsample: int |
     return outs
 
 
-def embed_shard(shard: Shard, *, url: str, models: list[dict], storage_options: dict | None = None) -> dict:
+def embed_shard(shard: Shard, *, url: str, models: list[dict], storage_options: dict | None = None,
+                lease: str | None = None) -> dict:
     """Embed one shard with every model; write PSE rows and stage DHS words.
+
+    A sequence shorter than :data:`msdmatch.params.MIN_SECONDS` (an item
+    featurized by an msdmatch without that minimum) gets no embedding and no
+    hashes, so it is never a candidate, and is recorded as a failure.
 
     Parameters
     ----------
     models : list of dict
         ``{'name', 'kind', 'onnx', 'downsample'}`` per model.
+    lease : str, optional
+        The writer's store-lease token; see :func:`msdmatch.store.write_part`.
     """
     from .cluster import worker_threads
     from .store import Store, write_part
@@ -149,6 +156,12 @@ def embed_shard(shard: Shard, *, url: str, models: list[dict], storage_options: 
     ids = store.strings("ids", shard.start, shard.stop)  # not all n ids in every task
     bad: dict[str, str] = {}
     arrays: dict[str, np.ndarray] = {}
+    from .params import MIN_SECONDS
+
+    short = [k for k, x in enumerate(seqs) if len(x) < int(MIN_SECONDS * store.params.frame_rate)]
+    for k in short:
+        bad[ids[k]] = (f"too short for DHS ({len(seqs[k]) * store.params.frame_seconds:.1f} s; "
+                       "re-run `msdmatch featurize`, which refuses items this short)")
     for m in models:
         outs = embed_sequences(seqs, m["onnx"], downsample=m["downsample"], threads=threads)
         if m["kind"] == "pse":
@@ -156,12 +169,15 @@ def embed_shard(shard: Shard, *, url: str, models: list[dict], storage_options: 
             for k in np.flatnonzero(~np.all(np.isfinite(E), axis=1)):
                 bad[ids[k]] = f"{m['name']}: non-finite embedding"
                 E[k] = np.nan
+            E[short] = np.nan
             store.group[f"pse/{m['name']}"][shard.start : shard.stop] = E
         else:
             words, counts = [], []
             for k, h in enumerate(outs):
                 if not np.all(np.isfinite(h)):
                     bad[ids[k]] = f"{m['name']}: non-finite hashes"
+                    h = h[:0]
+                if k in short:
                     h = h[:0]
                 words.append(pack_bits(h))
                 counts.append(len(words[-1]))
@@ -177,7 +193,7 @@ def embed_shard(shard: Shard, *, url: str, models: list[dict], storage_options: 
     write_part(url, STAGE, shard.pid, arrays,
                {"fail_id": list(bad), "fail_reason": list(bad.values()),
                 "fail_source": [srcs[ids.index(i)] for i in bad]},
-               storage_options=storage_options)
+               storage_options=storage_options, lease=lease)
     return {"items": len(seqs), "failures": len(bad)}
 
 
@@ -226,7 +242,7 @@ def run(url: str, *, models: list[str] | None = None, client=None, scheduler: st
     summary : dict
         ``items``, ``failures``, ``models``, ``seconds``, ``parts_run``, ``parts_skipped``.
     """
-    from .cluster import client_for
+    from .cluster import using_client
     from .modelfile import check_compatible
     from .store import Store
 
@@ -239,19 +255,18 @@ def run(url: str, *, models: list[str] | None = None, client=None, scheduler: st
               "digest": hashlib.sha256(json.dumps(i.raw, sort_keys=True).encode()).hexdigest()[:16],
               "onnx": str(check_compatible(i, store_params=store.params, store_modality=store.modality))}
              for i in infos]
-    if client is None:
-        with client_for(scheduler, n_workers=n_workers, quiet=not progress) as c:
-            return run(url, models=models, client=c, partition_size=partition_size,
-                       storage_options=storage_options, progress=progress, max_parts=max_parts)
     from .lock import store_lease
+    from .outputs import probe_writable
     from .store import access_errors
 
-    with access_errors(url), store_lease(url, stage="embed", storage_options=storage_options):
-        return _run(url, store, specs, client=client, partition_size=partition_size,
-                    storage_options=storage_options, progress=progress, max_parts=max_parts)
+    probe_writable(url, storage_options=storage_options)  # a read-only store is refused before any work
+    with using_client(client, scheduler=scheduler, n_workers=n_workers, quiet=not progress) as c, \
+            access_errors(url), store_lease(url, stage="embed", storage_options=storage_options) as lease:
+        return _run(url, store, specs, client=c, partition_size=partition_size,
+                    storage_options=storage_options, progress=progress, max_parts=max_parts, lease=lease)
 
 
-def _run(url, store, specs, *, client, partition_size, storage_options, progress, max_parts) -> dict:
+def _run(url, store, specs, *, client, partition_size, storage_options, progress, max_parts, lease) -> dict:
     from .cluster import run_shards, total_threads
     from .store import (
         _read_str,
@@ -282,8 +297,8 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
     skipped = len(shards) - len(todo)
     if max_parts is not None:
         todo = todo[:max_parts]
-    run_shards(client, embed_shard, todo, name="embed", progress=progress,
-               kwargs={"url": url, "models": specs, "storage_options": storage_options})
+    run_shards(client, embed_shard, todo, name="embed", progress=progress, check=lease.check,
+               kwargs={"url": url, "models": specs, "storage_options": storage_options, "lease": lease.token})
     missing = 0 if g.attrs["embed_state"].get("complete") else len(shards) - len(committed_parts(g, STAGE))
     complete = not missing
     if missing and max_parts is None:
@@ -293,6 +308,7 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
         )
     n_fail = 0
     if complete and not g.attrs["embed_state"].get("complete"):
+        lease.check()
         parts = [read_part(g, STAGE, s.pid) for s in shards]
         fails = [f for f in store.failures() if f["stage"] != STAGE]
         for p in parts:

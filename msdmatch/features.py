@@ -263,7 +263,7 @@ def _beat_sync(S: np.ndarray, y: np.ndarray, params: FeatureParams) -> np.ndarra
 
 
 def midi_duration_check(pm, params: FeatureParams = DEFAULT_PARAMS) -> None:
-    """Refuse MIDI with no notes, only drums, or longer than ``max_frames``.
+    """Refuse MIDI with no notes, only drums, notes spanning less than ``MIN_SECONDS``, or longer than ``max_frames``.
 
     Parameters
     ----------
@@ -279,6 +279,22 @@ def midi_duration_check(pm, params: FeatureParams = DEFAULT_PARAMS) -> None:
     if not np.isfinite(end) or end <= 0:
         raise InputError(f"MIDI end time is {end!r} s; is the tempo map corrupt?")
     _check_length(int(np.ceil(end * params.frame_rate)), params)
+    span = max(n.end for i in pitched for n in i.notes) - min(n.start for i in pitched for n in i.notes)
+    check_min_seconds(span, what="MIDI notes")
+
+
+def check_min_seconds(seconds: float, *, what: str = "audio") -> None:
+    """Refuse an item shorter than :data:`msdmatch.params.MIN_SECONDS`.
+
+    Raises
+    ------
+    InputError
+        ``too short (X s, need >= Y s)``.
+    """
+    from .params import MIN_SECONDS
+
+    if not seconds >= MIN_SECONDS:
+        raise InputError(f"too short ({seconds:.1f} s of {what}, need >= {MIN_SECONDS:g} s)")
 
 
 def midi_cqt(pm, *, params: FeatureParams = DEFAULT_PARAMS, soundfont: str | None = None) -> np.ndarray:

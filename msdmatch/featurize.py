@@ -152,6 +152,7 @@ def featurize_item(
     if modality == "audio":
         data = decode.read_bytes(item.source, max_bytes=decode.MAX_AUDIO_BYTES, storage_options=storage_options)
         y, sr = decode.decode_audio(data, max_seconds=params.max_frames * params.frame_seconds)
+        features.check_min_seconds(y.shape[0] / sr)
         return features.audio_cqt(y, sr, params=params)
     data = decode.read_bytes(item.source, max_bytes=decode.MAX_MIDI_BYTES, storage_options=storage_options)
     pm = decode.decode_midi(data)
@@ -169,8 +170,12 @@ def featurize_shard(
     soundfont: str | None = None,
     storage_options: dict | None = None,
     input_options: dict | None = None,
+    lease: str | None = None,
 ) -> dict:
     """Featurize one shard and commit it as a staging part of the store.
+
+    ``lease`` is the token of the writer's store lease: the part is committed
+    only while that lease still holds (:func:`msdmatch.store.write_part`).
 
     Returns
     -------
@@ -206,7 +211,7 @@ def featurize_shard(
         {"ids": ids, "sources": sources,
          "fail_id": [f[0] for f in fails], "fail_source": [f[1] for f in fails],
          "fail_reason": [f[2] for f in fails]},
-        storage_options=storage_options,
+        storage_options=storage_options, lease=lease,
     )
     return {"items": len(ids), "failures": len(fails), "frames": int(lengths.sum())}
 
@@ -280,9 +285,8 @@ def run(
     out : str
         Store path or URL.
     client : distributed.Client, optional
-        Run on this client; otherwise one is made by
-        :func:`msdmatch.cluster.client_for` from ``scheduler`` and
-        ``n_workers`` once the inputs have been checked.
+        Run on this client; otherwise one is made from ``scheduler`` and
+        ``n_workers`` once the inputs and ``out`` have been checked.
     kind : {'audio', 'midi'}
     mode : {'synth', 'pianoroll'}
         MIDI features; ignored for audio.
@@ -294,7 +298,9 @@ def run(
     storage_options : dict, optional
         fsspec options for ``src`` and ``out``.
     overwrite : bool
-        Start ``out`` afresh instead of resuming.
+        Replace an msdmatch store at ``out`` instead of resuming it.  Nothing
+        that msdmatch did not make is ever replaced
+        (:func:`msdmatch.outputs.check_store_out`).
     max_parts : int, optional
         Stop after this many new partitions (leaves the store incomplete;
         used to test resuming).
@@ -303,47 +309,58 @@ def run(
     -------
     Summary
     """
-    from .cluster import client_for
-
-    if client is None:
-        # Check the inputs before paying for a cluster.
-        modality_of(kind, mode)
-        exts = AUDIO_EXTENSIONS if kind == "audio" else MIDI_EXTENSIONS
-        if not resolve_sources(src, extensions=exts, storage_options=storage_options):
-            raise ParameterError(f"SRC {src!r} holds no {kind} files (looked for {', '.join(exts)})")
-        with client_for(scheduler, n_workers=n_workers, quiet=not progress) as c:
-            return run(src, out, client=c, kind=kind, mode=mode, params=params, soundfont=soundfont,
-                       partition_size=partition_size, storage_options=storage_options,
-                       overwrite=overwrite, progress=progress, max_parts=max_parts)
-    from .lock import store_lease
+    from .cluster import using_client
+    from .lock import holds, store_lease
+    from .outputs import check_store_out
     from .store import access_errors
 
-    with access_errors(out), store_lease(out, stage="featurize", storage_options=storage_options):
-        return _run(src, out, client=client, kind=kind, mode=mode, params=params, soundfont=soundfont,
-                    partition_size=partition_size, storage_options=storage_options,
-                    overwrite=overwrite, progress=progress, max_parts=max_parts)
-
-
-def _run(src, out, *, client, kind, mode, params, soundfont, partition_size, storage_options,
-         overwrite, progress, max_parts) -> Summary:
-    from .cluster import run_shards, total_threads
-    from .store import committed_parts, init_store, open_group
-
-    t0 = time.perf_counter()
+    # Everything the user can get wrong is checked before a cluster starts.
     modality = modality_of(kind, mode)
     if modality == "midi-synth":
-        from .synth import resolve_soundfont
+        from .synth import check_soundfont, resolve_soundfont
 
         soundfont = resolve_soundfont(soundfont)
+        check_soundfont(soundfont)
+    state = check_store_out(out, src=src, overwrite=overwrite, storage_options=storage_options)
     exts = AUDIO_EXTENSIONS if kind == "audio" else MIDI_EXTENSIONS
     items = resolve_sources(src, extensions=exts, storage_options=storage_options)
     if not items:
         raise ParameterError(f"SRC {src!r} holds no {kind} files (looked for {', '.join(exts)})")
+    with using_client(client, scheduler=scheduler, n_workers=n_workers, quiet=not progress) as c, \
+            access_errors(out), store_lease(out, stage="featurize", storage_options=storage_options) as lease:
+        try:
+            return _run(items, src, out, client=c, modality=modality, params=params, soundfont=soundfont,
+                        partition_size=partition_size, storage_options=storage_options,
+                        replace=state == "replace", progress=progress, max_parts=max_parts, lease=lease)
+        except BaseException:
+            if state != "resume" and holds(out, lease.token, storage_options=storage_options):
+                _discard_if_empty(out, storage_options)  # never a store that another writer now holds
+            raise
+
+
+def _discard_if_empty(out: str, storage_options: dict | None) -> None:
+    """Remove a store this run created if no partition was committed (a failed start leaves nothing)."""
+    import contextlib
+
+    from .store import committed_parts, delete_path, open_group
+
+    with contextlib.suppress(Exception):
+        g = open_group(out, storage_options=storage_options)
+        if not g.attrs.get("complete") and not committed_parts(g, STAGE):
+            delete_path(out, "", storage_options=storage_options)
+
+
+def _run(items, src, out, *, client, modality, params, soundfont, partition_size, storage_options,
+         replace, progress, max_parts, lease) -> Summary:
+    from .cluster import run_shards, total_threads
+    from .store import committed_parts, init_store, open_group
+
+    t0 = time.perf_counter()
     shards, rejected = plan(items, partition_size=partition_size)
     sf_name = soundfont.rsplit("/", 1)[-1] if soundfont else ""
     digest = plan_digest(shards, modality=modality, params=params, extra=sf_name)
     group = init_store(
-        out, modality=modality, params=params, storage_options=storage_options, overwrite=overwrite,
+        out, modality=modality, params=params, storage_options=storage_options, overwrite=replace,
         plan={"digest": digest, "n_planned": len(items), "n_parts": len(shards),
               "partition_size": partition_size, "src": src},
     )
@@ -360,10 +377,13 @@ def _run(src, out, *, client, kind, mode, params, soundfont, partition_size, sto
             todo = todo[:max_parts]
         run_shards(client, featurize_shard, todo, name=f"featurize-{modality}", progress=progress,
                    kwargs={"url": out, "modality": modality, "params": params, "soundfont": soundfont,
-                           "storage_options": storage_options, "input_options": storage_options})
+                           "storage_options": storage_options, "input_options": storage_options,
+                           "lease": lease.token},
+                   check=lease.check)
         summary.parts_run = len(todo)
         missing = len(shards) - len(committed_parts(group, STAGE))
         if not missing:
+            lease.check()
             consolidate(client, out, n_parts=len(shards), rejected=rejected, params=params,
                         storage_options=storage_options, progress=progress)
         elif max_parts is None:

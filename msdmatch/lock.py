@@ -120,13 +120,47 @@ def _acquire(fs, path: str, url: str, me: dict) -> None:
         raise StoreError(f"store {url!r}: another writer took the lease at the same moment; try again")
 
 
+class Lease:
+    """A held store lease: its token, and whether it still holds.
+
+    The renew thread records a failed renewal or a lease taken over by
+    another writer; :meth:`check` then raises, so the writer stops before
+    its next commit.  Workers check the token itself before they commit a
+    part (:func:`holds`).
+    """
+
+    def __init__(self, url: str, token: str):
+        self.url = url
+        self.token = token
+        self.lost: str | None = None
+
+    def check(self) -> None:
+        """Raise :class:`StoreError` if the lease was lost."""
+        if self.lost:
+            raise StoreError(
+                f"stopped writing store {self.url!r}: {self.lost}; what was committed is kept. "
+                "Make sure no other msdmatch writes this store, then re-run the same command"
+            )
+
+
+def holds(url: str, token: str, *, storage_options: dict | None = None) -> bool:
+    """True if the lease of the store at ``url`` is still ``token``'s."""
+    try:
+        fs, path = _fs_path(url, storage_options)
+        return (_read(fs, path) or {}).get("token") == token
+    except Exception:  # a lease that cannot be read is not held
+        return False
+
+
 @contextlib.contextmanager
-def store_lease(url: str, *, stage: str, storage_options: dict | None = None) -> Iterator[dict]:
+def store_lease(url: str, *, stage: str, storage_options: dict | None = None) -> Iterator[Lease]:
     """Hold the store's lease for the duration of a stage.
 
     The lease is created only if there is none (an atomic exclusive create,
     locally and on S3), so of two writers starting at once exactly one gets
-    it.  A stale lease is removed first.
+    it.  A stale lease is removed first.  It is renewed every
+    :data:`HEARTBEAT` seconds; if a renewal fails, or another writer has
+    taken the lease over, the yielded :class:`Lease` is marked lost.
 
     Raises
     ------
@@ -137,18 +171,26 @@ def store_lease(url: str, *, stage: str, storage_options: dict | None = None) ->
     me = {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
           "stage": stage, "since": time.time(), "renewed": time.time()}
     _acquire(fs, path, url, me)
+    lease = Lease(url, me["token"])
     stop = threading.Event()
 
     def renew() -> None:
         while not stop.wait(HEARTBEAT):
-            with contextlib.suppress(Exception):
-                if (_read(fs, path) or {}).get("token") == me["token"]:
-                    fs.pipe_file(path, json.dumps(dict(me, renewed=time.time())).encode())
+            try:
+                held = _read(fs, path)
+                if (held or {}).get("token") != me["token"]:
+                    who = f"pid {held.get('pid')} on {held.get('host')}" if held else "nobody (it was removed)"
+                    lease.lost = f"its lease was taken over by {who}"
+                    return
+                fs.pipe_file(path, json.dumps(dict(me, renewed=time.time())).encode())
+            except Exception as e:
+                lease.lost = f"renewing its lease {path} failed ({type(e).__name__}: {e})"
+                return
 
     t = threading.Thread(target=renew, name="msdmatch-lease", daemon=True)
     t.start()
     try:
-        yield me
+        yield lease
     finally:
         stop.set()
         with contextlib.suppress(Exception):

@@ -13,6 +13,12 @@ from typing import Any
 #: Integer version of the on-disk store and model format.
 FORMAT_VERSION = 1
 
+#: Shortest input accepted, in seconds: audio shorter than this, and MIDI whose
+#: notes span less, are failures ("too short").  Shorter items carry too few
+#: frames to tell one song from another, yet an item of a few frames can
+#: align with anything at a low DTW cost and win every query.
+MIN_SECONDS = 10.0
+
 #: Names of the modalities a store or model can hold.
 MODALITIES = ("audio", "midi-synth", "midi-pianoroll")
 

@@ -242,8 +242,11 @@ def init_store(
 ):
     """Create a store for writing, or reopen one to resume.
 
-    An existing store is reused only if its format, modality, parameters and
-    plan digest all match; otherwise the caller is told how to proceed.
+    The caller has checked ``url`` with :func:`msdmatch.outputs.check_store_out`:
+    nothing is there, an empty folder, or an msdmatch store.  An existing
+    store is reused only if its format, modality, parameters and plan digest
+    all match; otherwise the caller is told how to proceed.  With
+    ``overwrite`` an existing msdmatch store is removed and made afresh.
 
     Returns
     -------
@@ -294,9 +297,13 @@ def init_store(
                 "re-run with the original SRC, choose another --out, or pass --overwrite"
             )
         return open_group(url, mode="r+", storage_options=storage_options)
+    if exists and old:
+        # check_store_out has established that this is an msdmatch store: only then is it removed
+        check_format(old, url)
+        delete_path(url, "", storage_options=storage_options)
     kw: dict[str, Any] = {"storage_options": fs_options(storage_options)} if is_remote(url) else {}
     try:
-        g = zarr.open_group(url, mode="w", zarr_format=3, **kw)
+        g = zarr.open_group(url, mode="w-", zarr_format=3, **kw)
     except (PermissionError, OSError) as e:
         raise StoreError(f"cannot create store {url!r}: {e}") from None
     g.attrs.update(attrs)
@@ -394,8 +401,13 @@ def write_part(
     strings: dict[str, Sequence[str]],
     *,
     storage_options: dict | None = None,
+    lease: str | None = None,
 ) -> None:
     """Store one partition's staging arrays, then mark it committed.
+
+    With ``lease`` (the writer's lease token), the part is committed only if
+    the store's lease still holds that token; otherwise :class:`StoreError`
+    (fencing: a writer that lost its lease never commits again).
 
     The part's arrays are encoded in memory (:func:`encode_part`) and stored
     together (concurrently on S3) below an uncommitted group; the group
@@ -414,6 +426,11 @@ def write_part(
     _remove(fs, base)
     _put_whole(fs, f"{base}/zarr.json", group_doc())
     fs.pipe({f"{base}/{k}": v for k, v in objects.items()})
+    if lease is not None:
+        from .lock import holds
+
+        if not holds(url, lease, storage_options=storage_options):
+            raise StoreError(f"store {url!r}: this writer lost its lease; part {pid} was not committed")
     _put_whole(fs, f"{base}/zarr.json", group_doc({"committed": True}))
 
 
@@ -497,9 +514,9 @@ def write_failures(group, rows: list[dict[str, str]]) -> None:
 
 
 def delete_path(url: str, path: str, *, storage_options: dict | None = None) -> None:
-    """Remove a sub-tree (used to drop the staging area once consolidated)."""
+    """Remove a sub-tree of a store msdmatch made (``path=''``: the whole store)."""
     fs, root = filesystem(url, storage_options)
-    _remove(fs, f"{root}/{path}")
+    _remove(fs, f"{root}/{path}".rstrip("/"))
 
 
 def concat_parts(

@@ -72,6 +72,29 @@ def _new_synth(sf2_path: str, sr: int):
     return synth, sfid
 
 
+def check_soundfont(sf2_path: str, *, sr: int = 22050) -> None:
+    """Load a soundfont once and let it go, so that a bad one is refused before any work.
+
+    Raises
+    ------
+    ParameterError
+        If fluidsynth cannot load it (not a soundfont, truncated, unreadable).
+    """
+    with open(sf2_path, "rb") as f:
+        head = f.read(12)
+    if head[:4] != b"RIFF" or head[8:12] not in (b"sfbk", b"DLS "):
+        raise ParameterError(f"{sf2_path!r} is not a soundfont (no RIFF sfbk header); pass an .sf2/.sf3 file")
+    saved = os.dup(2)  # fluidsynth prints its own errors on the process's stderr
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            synth, _ = _new_synth(sf2_path, sr)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    synth.delete()
+
+
 @functools.lru_cache(maxsize=4)
 def _keeper(sf2_path: str, sr: int):
     """A synthesizer kept alive per process so fluidsynth's sample cache stays

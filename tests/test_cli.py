@@ -37,7 +37,7 @@ def test_unwritable_out_is_one_line_exit_2(tiny_corpus, tmp_path):
                  "--workers", "1", "--quiet")
     assert r.returncode == 2, r.stderr
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("msdmatch: error")]
-    assert len(err) == 1 and "cannot create store" in err[0] and "Traceback" not in r.stderr
+    assert len(err) == 1 and "is a file, not a folder" in err[0] and "Traceback" not in r.stderr
 
 
 def test_unknown_storage_option_is_one_line_exit_2(tiny_corpus, tmp_path):

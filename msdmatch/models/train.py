@@ -784,7 +784,11 @@ def train_models(
     if kinds is None:
         raise ParameterError(f"kind={kind!r} must be 'both', 'dhs' or 'pse'")
     say = progress or (lambda msg: log.info(msg))
+    from ..outputs import check_out_dir, mark_out_dir
+
+    check_out_dir(str(out_dir), kind="models")  # a foreign folder is refused before any work
     qs, ds = as_store(query_store), as_store(db_store)
+    mark_out_dir(str(out_dir), kind="models")
     pairs = collect_pairs(qs, ds, truth, splits=("train", "valid"))
     train = [p for p in pairs if p.split == "train"]
     valid = [p for p in pairs if p.split == "valid"]
