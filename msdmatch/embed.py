@@ -44,12 +44,17 @@ class Shard:
     stop: int
 
 
-def plan(n_items: int, *, partition_size: int) -> list[Shard]:
-    """Contiguous shards of ``partition_size`` items (the PSE chunk length)."""
+def plan(n_items: int, *, partition_size: int, start: int = 0) -> list[Shard]:
+    """Contiguous shards of items ``start:n_items``, aligned to ``partition_size`` (the PSE chunk length).
+
+    Every boundary but ``start`` is a multiple of ``partition_size``, so no
+    two shards write the same PSE chunk, also when an append starts mid-chunk.
+    """
     if partition_size < 1:
         raise ParameterError(f"partition_size must be >= 1, got {partition_size}")
-    return [Shard(pid, a, min(a + partition_size, n_items))
-            for pid, a in enumerate(range(0, n_items, partition_size))]
+    cuts = sorted({start, n_items} | set(range(-(-start // partition_size) * partition_size, n_items,
+                                                partition_size)))
+    return [Shard(pid, a, b) for pid, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if a < b]
 
 
 def pack_bits(hashes: np.ndarray) -> np.ndarray:
@@ -283,7 +288,6 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
     key = ("|".join(f"{s['name']}:{s['digest']}" for s in specs)
            + f"|screen:{screen.FORMAT_VERSION}:{screen.POOL}|{partition_size}")
     g = open_group(url, mode="r+", storage_options=storage_options)
-    shards = plan(store.n, partition_size=partition_size)
     state = dict(g.attrs.get("embed_state", {}))
     if state.get("key") != key:  # a new set of models: start the staging afresh
         delete_path(url, f"_parts/{STAGE}", storage_options=storage_options)
@@ -291,8 +295,20 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
             if s["kind"] == "pse":
                 g.create_array(f"pse/{s['name']}", shape=(store.n, 128), dtype="float32",
                                chunks=(partition_size, 128), overwrite=True, fill_value=np.nan)
-        g.attrs["embed_state"] = {"key": key, "complete": False}
-    done = committed_parts(g, STAGE) if not g.attrs["embed_state"].get("complete") else {s.pid for s in shards}
+        state = {"key": key, "complete": False, "base": 0}
+    elif state.get("complete") and int(state.get("n", store.n)) < store.n:
+        # items were appended to the store: embed only those
+        state = {"key": key, "complete": False, "base": int(state.get("n", store.n))}
+        for s in specs:  # readers (match) see the model's arrays as incomplete until the end
+            path = f"pse/{s['name']}" if s["kind"] == "pse" else f"dhs/{s['name']}"
+            g[path].attrs["complete"] = False
+            if s["kind"] == "pse":
+                g[path].resize((store.n, 128))
+        g["screen/frames"].attrs["complete"] = False
+    g.attrs["embed_state"] = state
+    base = int(state.get("base", 0))
+    shards = plan(store.n, partition_size=partition_size, start=base)
+    done = committed_parts(g, STAGE) if not state.get("complete") else {s.pid for s in shards}
     todo = [s for s in shards if s.pid not in done]
     skipped = len(shards) - len(todo)
     if max_parts is not None:
@@ -310,7 +326,7 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
     if complete and not g.attrs["embed_state"].get("complete"):
         lease.check()
         parts = [read_part(g, STAGE, s.pid) for s in shards]
-        fails = [f for f in store.failures() if f["stage"] != STAGE]
+        fails = [f for f in store.failures() if base or f["stage"] != STAGE]
         for p in parts:
             for i, src, r in zip(_read_str(p, "fail_id"), _read_str(p, "fail_source"), _read_str(p, "fail_reason")):
                 fails.append({"id": i, "source": src, "stage": STAGE, "reason": r})
@@ -321,37 +337,42 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
             counts = [np.asarray(p[f"{s['name']}__counts"][:], np.int64) for p in parts]
             _consolidate(client, url, g, f"dhs/{s['name']}/words", f"{s['name']}__words", counts,
                          row_shape=(), dtype="uint32", chunk=1 << 20, storage_options=storage_options,
-                         progress=progress)
+                         progress=progress, base=base)
         counts = [np.asarray(p["screen__counts"][:], np.int64) for p in parts]
         _consolidate(client, url, g, "screen/frames", "screen__frames", counts, row_shape=(store.params.n_bins,),
-                     dtype="int8", chunk=1 << 16, storage_options=storage_options, progress=progress)
+                     dtype="int8", chunk=1 << 16, storage_options=storage_options, progress=progress,
+                     base=base)
         g["screen/frames"].attrs.update({"format_version": screen.FORMAT_VERSION, "pool": screen.POOL,
                                          "complete": True})
         write_failures(g, fails)
         for s in specs:
             path = f"pse/{s['name']}" if s["kind"] == "pse" else f"dhs/{s['name']}"
             g[path].attrs.update({"model": s["name"], "kind": s["kind"], "complete": True})
-        g.attrs["embed_state"] = {"key": key, "complete": True}
+        g.attrs["embed_state"] = {"key": key, "complete": True, "n": store.n}
         delete_path(url, f"_parts/{STAGE}", storage_options=storage_options)
     return {"items": store.n, "failures": n_fail, "models": [s["name"] for s in specs],
             "seconds": time.perf_counter() - t0, "threads": total_threads(client),
             "parts_run": len(todo), "parts_skipped": skipped, "complete": bool(complete)}
 
 
-def _consolidate(client, url, g, name, source, counts, *, row_shape, dtype, chunk, storage_options, progress):
+def _consolidate(client, url, g, name, source, counts, *, row_shape, dtype, chunk, storage_options, progress,
+                 base: int = 0):
     """Concatenate a ragged staged array into ``<dir>/<leaf>`` and write ``<dir>/offsets`` beside it.
 
     Parameters
     ----------
     counts : list of np.ndarray [shape=(n_items_in_part,), int64]
         Rows per item, per part.
+    base : int
+        Items already consolidated (an append): their rows are kept.
     """
     from .store import ITEM_CHUNK, concat_parts
 
+    old = np.asarray(g[f"{name.rsplit('/', 1)[0]}/offsets"][: base + 1], np.int64) if base else np.zeros(1, np.int64)
     concat_parts(client, url, stage=STAGE, name=name, source=source, part_rows=[int(c.sum()) for c in counts],
                  row_shape=row_shape, dtype=dtype, chunk=chunk, storage_options=storage_options,
-                 progress=progress)
+                 progress=progress, base=int(old[-1]))
     allc = np.concatenate(counts) if counts else np.zeros(0, np.int64)
-    off = np.concatenate([[0], np.cumsum(allc)]).astype(np.int64)
+    off = np.concatenate([old, old[-1] + np.cumsum(allc)]).astype(np.int64)
     g.create_array(f"{name.rsplit('/', 1)[0]}/offsets", shape=off.shape, dtype="int64",
                    chunks=(min(off.size, ITEM_CHUNK),), overwrite=True)[:] = off

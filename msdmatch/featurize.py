@@ -47,6 +47,7 @@ class Summary:
     threads: int = 1
     parts_run: int = 0
     parts_skipped: int = 0
+    skipped: int = 0
     out: str = ""
     failure_reasons: dict = field(default_factory=dict)
 
@@ -55,7 +56,9 @@ class Summary:
         return (
             f"featurized {self.items} items ({self.frames} frames), {self.failures} failures, "
             f"{self.seconds:.1f} s, {per_core:.1f} items/s/core; "
-            f"{self.parts_run} partitions run, {self.parts_skipped} already done -> {self.out}"
+            f"{self.parts_run} partitions run, {self.parts_skipped} already done"
+            + (f"; {self.skipped} inputs skipped, their ids already in the store" if self.skipped else "")
+            + f" -> {self.out}"
         )
 
 
@@ -217,8 +220,14 @@ def featurize_shard(
 
 
 def consolidate(client, url: str, *, n_parts: int, rejected: list[dict], params: FeatureParams,
-                storage_options: dict | None = None, progress: bool = True) -> dict:
-    """Concatenate committed parts into ``features``/``offsets``/``ids``/``sources``/``failures``."""
+                storage_options: dict | None = None, progress: bool = True, base: dict | None = None) -> dict:
+    """Concatenate committed parts into ``features``/``offsets``/``ids``/``sources``/``failures``.
+
+    With ``base`` (``{'items', 'frames', 'failures'}`` of the store before an
+    append), the parts are appended after those rows, which are kept; the
+    store's ``revision`` goes up by one.  Idempotent: an interrupted
+    consolidation is simply run again.
+    """
     from .store import (
         FEATURES_CHUNK,
         ITEM_CHUNK,
@@ -232,7 +241,14 @@ def consolidate(client, url: str, *, n_parts: int, rejected: list[dict], params:
     )
 
     root = open_group(url, mode="r+", storage_options=storage_options)
-    lengths, ids, sources, fails = [], [], [], list(rejected)
+    b = base or {"items": 0, "frames": 0, "failures": 0}
+    lengths, ids, sources, fails = [], [], [], []
+    if base:
+        lengths.append(np.diff(np.asarray(root["offsets"][: b["items"] + 1], dtype=np.int64)))
+        ids += _read_str(root, "ids")[: b["items"]]
+        sources += _read_str(root, "sources")[: b["items"]]
+        fails += _failure_rows(root)[: b["failures"]]
+    fails += rejected
     for pid in range(n_parts):
         g = read_part(root, STAGE, pid)
         lengths.append(np.asarray(g["lengths"][:], dtype=np.int64))
@@ -243,17 +259,20 @@ def consolidate(client, url: str, *, n_parts: int, rejected: list[dict], params:
     all_len = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     offsets = np.concatenate([[0], np.cumsum(all_len)]).astype(np.int64)
     total = concat_parts(client, url, stage=STAGE, name="features", source="features",
-                         part_rows=[int(x.sum()) for x in lengths], row_shape=(params.n_bins,),
-                         dtype="float16", chunk=FEATURES_CHUNK, storage_options=storage_options,
-                         progress=progress)
+                         part_rows=[int(x.sum()) for x in lengths[1 if base else 0 :]],
+                         row_shape=(params.n_bins,), dtype="float16", chunk=FEATURES_CHUNK,
+                         storage_options=storage_options, progress=progress, base=b["frames"])
     off = root.create_array("offsets", shape=offsets.shape, dtype="int64",
                             chunks=(min(offsets.size, ITEM_CHUNK),), overwrite=True)
     off[:] = offsets
     _str_array(root, "ids", ids)
     _str_array(root, "sources", sources)
     write_failures(root, fails)
-    root.attrs.update({"complete": True, "n_items": len(ids), "n_failures": len(fails),
-                       "n_frames": total})
+    attrs = dict(root.attrs)
+    attrs.pop("append", None)
+    attrs.update({"complete": True, "n_items": len(ids), "n_failures": len(fails), "n_frames": total,
+                  "revision": int(attrs.get("revision", 0)) + (1 if base else 0)})
+    root.attrs.put(attrs)
     delete_path(url, f"_parts/{STAGE}", storage_options=storage_options)
     return {"items": len(ids), "failures": len(fails), "frames": total,
             "reasons": [f["reason"] for f in fails]}
@@ -273,6 +292,7 @@ def run(
     partition_size: int = 100,
     storage_options: dict | None = None,
     overwrite: bool = False,
+    append: bool = False,
     progress: bool = True,
     max_parts: int | None = None,
 ) -> Summary:
@@ -301,6 +321,10 @@ def run(
         Replace an msdmatch store at ``out`` instead of resuming it.  Nothing
         that msdmatch did not make is ever replaced
         (:func:`msdmatch.outputs.check_store_out`).
+    append : bool
+        Add the items of ``src`` to the complete store at ``out``; items whose
+        id the store already holds (or failed on) are skipped and counted.
+        The store's ``revision`` goes up, so ``match`` knows it changed.
     max_parts : int, optional
         Stop after this many new partitions (leaves the store incomplete;
         used to test resuming).
@@ -316,6 +340,8 @@ def run(
 
     # Everything the user can get wrong is checked before a cluster starts.
     modality = modality_of(kind, mode)
+    if append and overwrite:
+        raise ParameterError("--append adds to a store and --overwrite replaces it: choose one")
     if modality == "midi-synth":
         from .synth import check_soundfont, resolve_soundfont
 
@@ -331,11 +357,58 @@ def run(
         try:
             return _run(items, src, out, client=c, modality=modality, params=params, soundfont=soundfont,
                         partition_size=partition_size, storage_options=storage_options,
-                        replace=state == "replace", progress=progress, max_parts=max_parts, lease=lease)
+                        replace=state == "replace", append=append and state == "resume", progress=progress,
+                        max_parts=max_parts, lease=lease)
         except BaseException:
             if state != "resume" and holds(out, lease.token, storage_options=storage_options):
                 _discard_if_empty(out, storage_options)  # never a store that another writer now holds
             raise
+
+
+def _start_append(out, items, *, modality, params, storage_options):
+    """Open a store to append to; returns the group, its base counts, the new items and the skipped count."""
+    from .store import _read_str, check_format, open_group
+
+    group = open_group(out, mode="r+", storage_options=storage_options)
+    attrs = dict(group.attrs)
+    check_format(attrs, out)
+    if attrs.get("modality") != modality or FeatureParams.from_dict(attrs["params"]) != params:
+        raise ParameterError(
+            f"--append: {out!r} holds {attrs.get('modality')!r} features with its own parameters; "
+            f"these inputs are {modality!r}: append to a store of the same kind"
+        )
+    base = attrs.get("append")
+    if base is None:
+        if not attrs.get("complete"):
+            raise ParameterError(f"--append: {out!r} is incomplete; finish it first by re-running the "
+                                 "featurize command that started it (without --append)")
+        base = {"items": int(attrs["n_items"]), "frames": int(attrs["n_frames"]),
+                "failures": int(attrs["n_failures"])}
+    known = set(_read_str(group, "ids")[: base["items"]])
+    known |= {f["id"] for f in _failure_rows(group)[: base["failures"]]}
+    new = [it for it in items if it.id not in known]
+    return group, {k: base[k] for k in ("items", "frames", "failures")}, new, len(items) - len(new)
+
+
+def _record_append(group, out, base, *, digest, src, n_parts, empty) -> None:
+    """Mark an append in progress (the store reads as incomplete until it is consolidated)."""
+    if "append" in group.attrs and group.attrs["append"]["digest"] != digest:
+        raise ParameterError(
+            f"--append: an earlier append into {out!r} from {group.attrs['append']['src']!r} was interrupted; "
+            "re-run that command to finish it first"
+        )
+    if not empty:
+        group.attrs.update({"append": {**base, "digest": digest, "src": src, "n_parts": n_parts},
+                            "complete": False})
+
+
+def _failure_rows(group) -> list[dict]:
+    from .store import FAILURE_FIELDS, _read_str
+
+    if "failures" not in group:
+        return []
+    cols = [_read_str(group["failures"], f) for f in FAILURE_FIELDS]
+    return [dict(zip(FAILURE_FIELDS, row)) for row in zip(*cols)]
 
 
 def _discard_if_empty(out: str, storage_options: dict | None) -> None:
@@ -351,22 +424,30 @@ def _discard_if_empty(out: str, storage_options: dict | None) -> None:
 
 
 def _run(items, src, out, *, client, modality, params, soundfont, partition_size, storage_options,
-         replace, progress, max_parts, lease) -> Summary:
+         replace, append, progress, max_parts, lease) -> Summary:
     from .cluster import run_shards, total_threads
     from .store import committed_parts, init_store, open_group
 
     t0 = time.perf_counter()
-    shards, rejected = plan(items, partition_size=partition_size)
     sf_name = soundfont.rsplit("/", 1)[-1] if soundfont else ""
-    digest = plan_digest(shards, modality=modality, params=params, extra=sf_name)
-    group = init_store(
-        out, modality=modality, params=params, storage_options=storage_options, overwrite=replace,
-        plan={"digest": digest, "n_planned": len(items), "n_parts": len(shards),
-              "partition_size": partition_size, "src": src},
-    )
-    if sf_name:
-        group.attrs["soundfont"] = sf_name
     summary = Summary(out=out, threads=total_threads(client))
+    base = None
+    if append:
+        group, base, items, summary.skipped = _start_append(out, items, modality=modality, params=params,
+                                                            storage_options=storage_options)
+    shards, rejected = plan(items, partition_size=partition_size)
+    digest = plan_digest(shards, modality=modality, params=params, extra=sf_name)
+    if append:
+        _record_append(group, out, base, digest=digest, src=src, n_parts=len(shards),
+                       empty=not (shards or rejected))
+    else:
+        group = init_store(
+            out, modality=modality, params=params, storage_options=storage_options, overwrite=replace,
+            plan={"digest": digest, "n_planned": len(items), "n_parts": len(shards),
+                  "partition_size": partition_size, "src": src},
+        )
+        if sf_name:
+            group.attrs["soundfont"] = sf_name
     if group.attrs.get("complete"):
         summary.parts_skipped = len(shards)
     else:
@@ -385,7 +466,7 @@ def _run(items, src, out, *, client, modality, params, soundfont, partition_size
         if not missing:
             lease.check()
             consolidate(client, out, n_parts=len(shards), rejected=rejected, params=params,
-                        storage_options=storage_options, progress=progress)
+                        storage_options=storage_options, progress=progress, base=base)
         elif max_parts is None:
             raise StageError(
                 f"{missing} of {len(shards)} partitions of {out!r} are not committed although every "

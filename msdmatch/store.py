@@ -457,20 +457,25 @@ def read_part(group, stage: str, pid: int) -> Any:
     return group[part_path(stage, pid)]
 
 
-def plan_blocks(total: int, *, chunk: int, chunks_per_block: int = 16) -> list[tuple[int, int]]:
-    """Chunk-aligned ``[start, stop)`` row ranges covering ``total`` rows.
+def plan_blocks(total: int, *, chunk: int, chunks_per_block: int = 16, start: int = 0) -> list[tuple[int, int]]:
+    """Chunk-aligned ``[start, stop)`` row ranges covering rows ``start:total``.
 
     Parameters
     ----------
     total : int
         Number of rows of the consolidated array.
     chunk : int
-        Chunk length of that array; every block boundary is a multiple.
+        Chunk length of that array; every block boundary but ``start`` is a
+        multiple, so no two blocks share a chunk.
     chunks_per_block : int
         Chunks written by one task.
+    start : int
+        First row to cover (rows before it are kept as they are: an append).
     """
     step = chunk * chunks_per_block
-    return [(a, min(a + step, total)) for a in range(0, total, step)]
+    first = min(total, -(-max(start, 1) // step) * step) if start else 0
+    head = [(start, first)] if start < first else []
+    return head + [(a, min(a + step, total)) for a in range(first, total, step)]
 
 
 def copy_block(
@@ -532,11 +537,13 @@ def concat_parts(
     chunk: int,
     storage_options: dict | None = None,
     progress: bool = True,
+    base: int = 0,
 ) -> int:
     """Concatenate array ``source`` of every staged part of ``stage`` into ``name``.
 
     Runs chunk-aligned copy tasks on the client, so no two tasks write the
-    same chunk.
+    same chunk.  With ``base > 0`` the parts are appended after the first
+    ``base`` rows of the existing array, which are kept.
 
     Parameters
     ----------
@@ -552,13 +559,17 @@ def concat_parts(
     """
     from .cluster import run_shards
 
-    starts = np.concatenate([[0], np.cumsum(np.asarray(part_rows, dtype=np.int64))])
+    starts = base + np.concatenate([[0], np.cumsum(np.asarray(part_rows, dtype=np.int64))])
     total = int(starts[-1])
     root = open_group(url, mode="r+", storage_options=storage_options)
-    root.create_array(name, shape=(total,) + tuple(row_shape), dtype=dtype,
-                      chunks=(chunk,) + tuple(row_shape), overwrite=True)
+    if base:
+        root[name].resize((total,) + tuple(row_shape))
+        chunk = root[name].chunks[0]
+    else:
+        root.create_array(name, shape=(total,) + tuple(row_shape), dtype=dtype,
+                          chunks=(chunk,) + tuple(row_shape), overwrite=True)
     spans = [(pid, int(starts[pid]), int(starts[pid + 1])) for pid in range(len(part_rows))]
-    run_shards(client, copy_block, plan_blocks(total, chunk=chunk), name=f"{stage}-consolidate",
+    run_shards(client, copy_block, plan_blocks(total, chunk=chunk, start=base), name=f"{stage}-consolidate",
                progress=progress, kwargs={"url": url, "stage": stage, "source": source,
                                           "part_spans": spans, "storage_options": storage_options,
                                           "name": name})

@@ -1,0 +1,86 @@
+"""A database that grows: featurize --append, then embed only the new items; locally and on S3."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+
+def _split(tiny_corpus, tmp_path):
+    files = sorted((tiny_corpus / "audio").glob("*.mp3"))
+    first, second, every = tmp_path / "first", tmp_path / "second", tmp_path / "every"
+    for d in (first, second, every):
+        d.mkdir()
+    for k, f in enumerate(files):
+        shutil.copy(f, (first if k < 4 else second) / f.name)
+        shutil.copy(f, every / f.name)
+    shutil.copy(files[0], second / files[0].name)  # already in the store: skipped, counted
+    return first, second, every
+
+
+def _url(where, tmp_path, s3, name):
+    if where == "local":
+        return str(tmp_path / name), None
+    return f"s3://{s3['bucket']}/{name}", s3["storage_options"]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_append_then_embed_only_the_new_items(where, tiny_corpus, tmp_path, cluster_client, request):
+    from msdmatch import embed, featurize
+    from msdmatch.store import Store
+
+    s3 = request.getfixturevalue("s3") if where == "s3" else None
+    first, second, every = _split(tiny_corpus, tmp_path)
+    url, so = _url(where, tmp_path, s3, "grown.zarr")
+    ref, _ = _url("local", tmp_path, None, "all.zarr")
+    kw = dict(client=cluster_client, kind="audio", partition_size=3, progress=False)
+    featurize.run(str(first), url, storage_options=so, **kw)
+    e1 = embed.run(url, client=cluster_client, partition_size=3, storage_options=so, progress=False)
+    assert e1["parts_run"] == 2
+    s = featurize.run(str(second), url, storage_options=so, append=True, **kw)
+    assert (s.items, s.skipped) == (6, 1)
+    st = Store(url, storage_options=so)
+    assert st.attrs["revision"] == 1 and st.n == 6
+    pse = [k for k in st.group["pse"].array_keys()]
+    assert pse and all(st.group[f"pse/{k}"].attrs["complete"] for k in pse)
+    e2 = embed.run(url, client=cluster_client, partition_size=3, storage_options=so, progress=False,
+                   max_parts=0)
+    st = Store(url, storage_options=so)  # mid-embed, match sees the models' arrays as incomplete
+    assert not any(st.group[f"pse/{k}"].attrs["complete"] for k in pse)
+    assert not st.group["screen/frames"].attrs["complete"]
+    e2 = embed.run(url, client=cluster_client, partition_size=3, storage_options=so, progress=False)
+    assert e2["parts_run"] == 1  # only items 4-5, in the shard that starts at item 4
+    # the grown store equals one featurized and embedded in one go from the same files
+    featurize.run(str(every), ref, **kw)
+    embed.run(ref, client=cluster_client, partition_size=3, progress=False)
+    a, b = Store(url, storage_options=so), Store(ref)
+    assert a.ids == b.ids and np.array_equal(a.offsets, b.offsets)
+    np.testing.assert_array_equal(a.group["features"][:], b.group["features"][:])
+    for name in [k for k in b.group["pse"].array_keys()]:
+        np.testing.assert_allclose(a.group[f"pse/{name}"][:], b.group[f"pse/{name}"][:], rtol=1e-5, atol=1e-6)
+    for path in ["screen/frames", "screen/offsets"] + [f"dhs/{n}/{x}" for n in b.group["dhs"].group_keys()
+                                                        for x in ("words", "offsets")]:
+        np.testing.assert_array_equal(a.group[path][:], b.group[path][:])
+    # appending the same files again changes nothing
+    s = featurize.run(str(second), url, storage_options=so, append=True, **kw)
+    assert (s.items, s.skipped, Store(url, storage_options=so).attrs["revision"]) == (6, 3, 1)
+
+
+def test_append_refuses_another_modality_and_overwrite(tiny_corpus, tmp_path, cluster_client):
+    from msdmatch import featurize
+    from msdmatch.errors import ParameterError
+
+    first, second, _ = _split(tiny_corpus, tmp_path)
+    url = str(tmp_path / "db.zarr")
+    featurize.run(str(first), url, client=cluster_client, kind="audio", progress=False)
+    with pytest.raises(ParameterError, match="choose one"):
+        featurize.run(str(second), url, client=cluster_client, kind="audio", append=True, overwrite=True)
+    midi = tmp_path / "m"
+    midi.mkdir()
+    from conftest import make_midi
+
+    make_midi(1, seconds=12.0).write(str(midi / "a.mid"))
+    with pytest.raises(ParameterError, match="same kind"):
+        featurize.run(str(midi), url, client=cluster_client, kind="midi", mode="pianoroll", append=True,
+                      progress=False)
