@@ -1,26 +1,148 @@
-"""Align a MIDI file to an audio recording and retime it.
+"""Align a MIDI file to a recording of it and retime it with a compact tempo map.
 
-The verify step's cosine DTW gives a path between the MIDI synthesis's CQT
-frames and the recording's; note times are mapped through that path
-(piecewise-linear between path points, as in Raffel & Ellis's alignment
-work) with ``pretty_midi.PrettyMIDI.adjust_times``.
+This is a separate pass from matching: the verify DTW's 46 ms CQT frames
+place notes to about a frame, while aligned MIDI is used as a note-level
+annotation of the recording.  The aligner:
+
+1. synthesizes the MIDI (fluidsynth, the query soundfont);
+2. computes, for it and the recording, chroma and onset features
+   (:func:`align_features`) at ``hop / sr`` seconds (11.6 ms by default);
+3. runs a multi-resolution DTW (:func:`msdmatch._align_dtw.align_path`):
+   a global path for a full rendition, a subsequence path (the recording
+   is a part of the MIDI) for an excerpt;
+4. turns the path into a monotone time map and retimes the file with
+   :func:`msdmatch.retime.retime`: one tempo change per beat at most, none
+   where the tempo is steady, every event kept; notes outside an excerpt's
+   span are dropped and the file records its span.
+
+Times are seconds; a time map is ``(midi_times, audio_times)``, see
+:mod:`msdmatch.retime`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from .errors import InputError
-from .params import DEFAULT_PARAMS, FeatureParams
+from .errors import InputError, ParameterError
+from .params import DEFAULT_PARAMS
+
+#: Sample rate of the alignment features.
+ALIGN_SR = 22050
+#: Hop of the alignment features in samples (11.6 ms at 22,050 Hz).
+ALIGN_HOP = 256
+#: An excerpt: a recording shorter than this fraction of the MIDI synthesis.
+EXCERPT_RATIO = 0.75
+#: Smallest part of each side (seconds) an alignment must cover.
+MIN_ALIGNED_SECONDS = 10.0
+#: Smallest fraction of the shorter side an alignment must cover.
+MIN_COVERAGE = 0.5
 
 
-def path_to_time_map(path: np.ndarray, *, frame_seconds: float) -> tuple[np.ndarray, np.ndarray]:
-    """Monotone (midi_time, audio_time) anchor pairs from a DTW path.
+@dataclass
+class Alignment:
+    """A MIDI-to-recording alignment.
+
+    Attributes
+    ----------
+    midi_times, audio_times : np.ndarray [shape=(n,)]
+        The time map: strictly increasing MIDI seconds, non-decreasing recording seconds.
+    span : (float, float)
+        MIDI seconds the recording covers.
+    audio_span : (float, float)
+        Recording seconds the path covers.
+    excerpt : bool
+        The recording was aligned as a part of the MIDI.
+    confidence : float
+        The thesis's DTW confidence ``clip(2(1 - s), 0, 1)`` of the verify DTW on the 46 ms CQTs.
+    path : np.ndarray [shape=(L, 2)]
+        ``(midi_frame, audio_frame)`` cells at ``hop_seconds``.
+    """
+
+    midi_times: np.ndarray
+    audio_times: np.ndarray
+    span: tuple[float, float]
+    audio_span: tuple[float, float]
+    excerpt: bool
+    confidence: float
+    path: np.ndarray = field(repr=False)
+    hop_seconds: float = ALIGN_HOP / ALIGN_SR
+
+
+def align_features(y: np.ndarray, sr: int, *, hop: int = ALIGN_HOP, tuning: float | None = None,
+                   onset_weight: float = 1.0, gamma: float = 10.0) -> np.ndarray:
+    """Chroma and decaying onset features for alignment.
+
+    The log-compressed CQT (6 octaves from C2) is folded into 12 chroma
+    bins; the onset part is the half-wave rectified frame difference of the
+    log CQT, folded the same way, normalised by its local maximum and smeared
+    forward with a decaying window (the DLNCO features of Ewert, Müller and
+    Grosche 2009), which pins the path to note onsets.
+
+    Parameters
+    ----------
+    y : np.ndarray [shape=(n_samples,)]
+    sr : int
+    hop : int
+        Hop in samples at :data:`ALIGN_SR`.
+    tuning : float or None
+        Semitones from A4 = 440 Hz; ``None`` estimates it.
+    onset_weight : float >= 0
+        Weight of the onset part relative to the chroma part.
+    gamma : float > 0
+        Log compression ``log(1 + gamma * x / max)`` of the CQT and the chroma.
+
+    Returns
+    -------
+    F : np.ndarray [shape=(n_frames, 24), dtype=float32]
+        Unit frames (silent frames stay zero).
+    """
+    import librosa
+    from scipy.ndimage import maximum_filter1d
+    from scipy.signal import lfilter
+
+    from .features import SILENCE_PEAK, estimate_tuning
+
+    y = np.asarray(y, np.float32)
+    if y.ndim != 1 or y.size == 0 or not np.all(np.isfinite(y)) or float(np.max(np.abs(y))) < SILENCE_PEAK:
+        raise InputError("audio is empty, silent or not finite")
+    if sr != ALIGN_SR:
+        y = librosa.resample(y, orig_sr=sr, target_sr=ALIGN_SR, res_type="soxr_hq")
+    if tuning is None:
+        tuning = estimate_tuning(y, ALIGN_SR)
+    C = np.abs(librosa.cqt(y, sr=ALIGN_SR, hop_length=hop, fmin=librosa.midi_to_hz(36), n_bins=72,
+                           bins_per_octave=12, tuning=tuning))
+    L = np.log1p(gamma * C / max(float(C.max()), 1e-12))
+    chroma = np.log1p(gamma * C.reshape(6, 12, -1).sum(axis=0) / max(float(C.max()), 1e-12))
+    flux = np.maximum(np.diff(L, axis=1, prepend=L[:, :1]), 0.0)
+    onset = flux.reshape(6, 12, -1).sum(axis=0)
+    onset /= np.maximum(maximum_filter1d(onset.max(axis=0), size=int(round(1.0 * ALIGN_SR / hop)) | 1), 1e-3)
+    decay = np.sqrt(np.linspace(1.0, 0.0, max(2, int(round(0.12 * ALIGN_SR / hop))), endpoint=False))
+    onset = lfilter(decay, [1.0], onset, axis=1)
+    parts = []
+    for P, w in ((chroma, 1.0), (onset, onset_weight)):
+        P = P.T.astype(np.float32)
+        n = np.linalg.norm(P, axis=1, keepdims=True)
+        np.divide(P, n, out=P, where=n > 1e-6)
+        P[n[:, 0] <= 1e-6] = 0.0
+        parts.append(w * P)
+    F = np.concatenate(parts, axis=1)
+    n = np.linalg.norm(F, axis=1, keepdims=True)
+    np.divide(F, n, out=F, where=n > 0)
+    return F
+
+
+def path_to_time_map(path: np.ndarray, *, frame_seconds: float, smooth: int = 15) -> tuple[np.ndarray, np.ndarray]:
+    """Monotone (midi_time, audio_time) anchors from a DTW path.
 
     Parameters
     ----------
     path : np.ndarray [shape=(L, 2)]
-        ``(midi_frame, audio_frame)`` cells.
+        ``(midi_frame, audio_frame)`` cells, monotone.
     frame_seconds : float
+    smooth : int
+        Half-width in frames of the moving average taken along the MIDI axis
+        (0: none); it removes the staircase of the DTW path.
 
     Returns
     -------
@@ -30,49 +152,164 @@ def path_to_time_map(path: np.ndarray, *, frame_seconds: float) -> tuple[np.ndar
     path = np.asarray(path)
     if path.ndim != 2 or path.shape[1] != 2 or len(path) < 2:
         raise InputError(f"alignment path must have shape (L>=2, 2), got {path.shape}")
-    # keep the mean audio frame for each MIDI frame, so MIDI times increase strictly
-    m, first = np.unique(path[:, 0], return_index=True)
-    a = np.array([path[path[:, 0] == i, 1].mean() for i in m])
+    m, inv = np.unique(path[:, 0], return_inverse=True)
+    a = np.bincount(inv, weights=path[:, 1]) / np.bincount(inv)
+    if smooth and len(a) > 2 * smooth + 1:
+        k = np.ones(2 * smooth + 1) / (2 * smooth + 1)
+        pad = np.concatenate([np.full(smooth, a[0]), a, np.full(smooth, a[-1])])
+        inner = np.convolve(pad, k, mode="valid")
+        inner[:smooth], inner[-smooth:] = a[:smooth], a[-smooth:]
+        a = inner
+    if len(m) < 2:
+        raise InputError("the alignment path covers a single MIDI frame; the pair does not align")
     return m * frame_seconds, np.maximum.accumulate(a) * frame_seconds
 
 
-def align(pm, y: np.ndarray, sr: int, *, params: FeatureParams = DEFAULT_PARAMS,
-          soundfont: str | None = None) -> tuple[object, float, np.ndarray]:
-    """Retime ``pm`` to the recording ``y``.
+def align(pm, y: np.ndarray, sr: int, *, soundfont: str | None = None, mode: str = "auto",
+          hop: int = ALIGN_HOP, radius: int = 16, onset_weight: float = 1.0,
+          synth: np.ndarray | None = None) -> Alignment:
+    """Align ``pm`` to the recording ``y``.
 
     Parameters
     ----------
     pm : pretty_midi.PrettyMIDI
-        Modified in place and returned.
+        Not modified.
     y : np.ndarray [shape=(n_samples,)]
+        The recording, mono.
     sr : int
+    soundfont : str or None
+        Soundfont of the MIDI synthesis (default: the query soundfont).
+    mode : {'auto', 'full', 'excerpt'}
+        ``auto``: an excerpt when the recording is shorter than
+        :data:`EXCERPT_RATIO` of the synthesis.
+    hop : int
+        Feature hop in samples at :data:`ALIGN_SR`.
+    radius : int
+        Band half-width of the multi-resolution DTW, in frames.
+    onset_weight : float
+        See :func:`align_features`.
+    synth : np.ndarray, optional
+        The MIDI already synthesized at :data:`ALIGN_SR` (skips synthesis).
 
     Returns
     -------
-    pm : pretty_midi.PrettyMIDI
-        Retimed; notes outside the aligned span are clipped to it.
-    confidence : float
-        The thesis's DTW confidence ``clip(2(1 - s), 0, 1)``.
-    path : np.ndarray [shape=(L, 2)]
+    Alignment
     """
+    from ._align_dtw import align_path
     from .dtw import cosine_dtw, dtw_confidence
-    from .features import audio_cqt, midi_cqt
+    from .features import audio_cqt, midi_duration_check
+    from .synth import render
 
-    X = midi_cqt(pm, params=params, soundfont=soundfont)
-    Y = audio_cqt(y, sr, params=params)
-    score, path = cosine_dtw(X, Y, gully=0.96)
-    mt, at = path_to_time_map(path, frame_seconds=params.frame_seconds)
-    pm.adjust_times(mt, at)
-    return pm, float(dtw_confidence(score)), path
+    if mode not in ("auto", "full", "excerpt"):
+        raise ParameterError(f"mode must be 'auto', 'full' or 'excerpt', got {mode!r}")
+    midi_duration_check(pm)
+    ys = render(pm, sr=ALIGN_SR, soundfont=soundfont) if synth is None else synth
+    X = align_features(ys, ALIGN_SR, hop=hop, tuning=0.0, onset_weight=onset_weight)
+    Y = align_features(y, sr, hop=hop, onset_weight=onset_weight)
+    excerpt = mode == "excerpt" or (mode == "auto" and len(Y) < EXCERPT_RATIO * len(X))
+    path = align_path(X, Y, subseq=excerpt, radius=radius)
+    fs = hop / ALIGN_SR
+    mt, at = path_to_time_map(path, frame_seconds=fs)
+    span = (float(mt[0]), float(mt[-1]) + fs) if excerpt else (0.0, float("inf"))
+    audio_span = (float(at[0]), float(at[-1]) + fs)
+    _check_coverage(mt, at, midi_seconds=len(X) * fs, audio_seconds=len(Y) * fs)
+    Xc = audio_cqt(ys, ALIGN_SR, tuning=0.0)
+    Yc = audio_cqt(y, sr)
+    score = cosine_dtw(Xc, Yc, gully=0.96, return_path=False)
+    return Alignment(mt, at, span, audio_span, excerpt, float(dtw_confidence(score)), path, fs)
 
 
-def align_files(midi_path: str, audio_path: str, out: str, *, soundfont: str | None = None) -> float:
-    """Read, align and write; returns the confidence."""
+def _check_coverage(mt: np.ndarray, at: np.ndarray, *, midi_seconds: float, audio_seconds: float) -> None:
+    """Refuse an alignment that covers too little of either side.
+
+    Each side's covered span must be at least :data:`MIN_ALIGNED_SECONDS`, and
+    the shorter input must be covered to at least :data:`MIN_COVERAGE`.
+    """
+    covered = {"MIDI": (float(mt[-1] - mt[0]), midi_seconds), "recording": (float(at[-1] - at[0]), audio_seconds)}
+    shorter = min(midi_seconds, audio_seconds)
+    for what, (c, total) in covered.items():
+        need = max(MIN_ALIGNED_SECONDS, MIN_COVERAGE * total if total <= shorter else 0.0)
+        if c < need:
+            raise InputError(
+                f"the alignment covers {c:.1f} s of the {what} ({total:.1f} s long); need >= {need:.1f} s: "
+                "is this the right pair, and is neither file truncated?"
+            )
+
+
+def retime_to(mid, pm, alignment: Alignment, *, label: dict | None = None, tolerance: float = 0.005):
+    """Write the retimed file for an alignment (see :func:`msdmatch.retime.retime`).
+
+    Parameters
+    ----------
+    mid : mido.MidiFile
+        The original file.
+    pm : pretty_midi.PrettyMIDI
+        The same file parsed by pretty_midi (for its beats).
+    alignment : Alignment
+
+    Returns
+    -------
+    out : mido.MidiFile
+    info : dict
+    """
+    from .retime import beat_ticks, retime
+
+    span = alignment.span if alignment.excerpt else None
+    doc = {"confidence": round(alignment.confidence, 4), "excerpt": alignment.excerpt, **(label or {})}
+    return retime(mid, alignment.midi_times, alignment.audio_times, beats=beat_ticks(pm), span=span,
+                  tolerance=tolerance, label=doc)
+
+
+def is_aligned_midi(path: str) -> bool:
+    """Whether the file at ``path`` is a MIDI file msdmatch aligned (it carries the label)."""
+    import mido
+
+    from .retime import read_label
+
+    try:
+        return read_label(mido.MidiFile(path)) is not None
+    except Exception:  # unreadable or not MIDI: not ours
+        return False
+
+
+def check_align_out(out: str, *, overwrite: bool = False) -> None:
+    """Refuse an ``align --out`` before any work: a folder, a missing or unwritable parent, a foreign file."""
+    from .outputs import check_out_file
+
+    check_out_file(out, suffixes=(".mid", ".midi"), ours=is_aligned_midi, overwrite=overwrite,
+                   what="MIDI")
+
+
+def align_files(midi_path: str, audio_path: str, out: str, *, soundfont: str | None = None,
+                mode: str = "auto", storage_options: dict | None = None) -> dict:
+    """Read, align, retime and write one pair; the output is written whole or not at all.
+
+    Returns
+    -------
+    summary : dict
+        ``confidence``, ``excerpt``, ``midi_span`` and ``audio_span`` (seconds the file
+        covers), and the retiming's counts (see :func:`msdmatch.retime.retime`).
+    """
+    import io
+
+    import mido
+
     from .decode import MAX_AUDIO_BYTES, MAX_MIDI_BYTES, decode_audio, decode_midi, read_bytes
+    from .outputs import write_whole
 
-    pm = decode_midi(read_bytes(midi_path, max_bytes=MAX_MIDI_BYTES))
-    y, sr = decode_audio(read_bytes(audio_path, max_bytes=MAX_AUDIO_BYTES),
+    data = read_bytes(midi_path, max_bytes=MAX_MIDI_BYTES, storage_options=storage_options)
+    pm = decode_midi(data)
+    try:
+        mid = mido.MidiFile(file=io.BytesIO(data))
+    except Exception as e:  # pretty_midi read it, so this is rare
+        raise InputError(f"cannot parse MIDI: {e}") from None
+    y, sr = decode_audio(read_bytes(audio_path, max_bytes=MAX_AUDIO_BYTES, storage_options=storage_options),
                          max_seconds=DEFAULT_PARAMS.max_frames * DEFAULT_PARAMS.frame_seconds)
-    pm, conf, _ = align(pm, y, sr, soundfont=soundfont)
-    pm.write(out)
-    return conf
+    a = align(pm, y, sr, soundfont=soundfont, mode=mode)
+    aligned, info = retime_to(mid, pm, a, label={"audio": str(audio_path).rsplit("/", 1)[-1]})
+    buf = io.BytesIO()
+    aligned.save(file=buf)
+    write_whole(out, buf.getvalue())
+    sp = info.pop("span")
+    return {"confidence": a.confidence, "excerpt": a.excerpt, "midi_span": (sp["midi_start"], sp["midi_end"]),
+            "audio_span": (sp["audio_start"], sp["audio_end"]), **info}

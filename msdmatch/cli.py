@@ -337,16 +337,27 @@ def calibrate(matches, truth, split, out):
 @click.argument("track_audio")
 @click.option("--out", required=True, metavar="ALIGNED.mid")
 @click.option("--soundfont", default=None, help="Soundfont for the MIDI synthesis.")
-def align(query_midi, track_audio, out, soundfont):
-    """Retime QUERY_MIDI to TRACK_AUDIO along the verified DTW path."""
-    from .align import align_files
+@click.option("--mode", type=click.Choice(["auto", "full", "excerpt"]), default="auto", show_default=True,
+              help="The recording is the whole piece or an excerpt (auto: by its length).")
+@click.option("--overwrite", is_flag=True, help="Replace an aligned MIDI file msdmatch wrote before.")
+def align(query_midi, track_audio, out, soundfont, mode, overwrite):
+    """Retime QUERY_MIDI to TRACK_AUDIO with a compact tempo map.
+
+    Every track and event is kept; for an excerpt, notes outside the aligned span
+    are dropped and the file records the span.
+    """
+    from .align import align_files, check_align_out
     from .errors import InputError, ParameterError
 
+    check_align_out(out, overwrite=overwrite)
     try:
-        conf = align_files(query_midi, track_audio, out, soundfont=soundfont)
+        s = align_files(query_midi, track_audio, out, soundfont=soundfont, mode=mode)
     except InputError as e:
         raise ParameterError(f"cannot align {query_midi!r} to {track_audio!r}: {e}") from None
-    click.echo(f"aligned {query_midi} to {track_audio}: confidence {conf:.3f} -> {out}")
+    a, b = s["midi_span"]
+    click.echo(f"aligned {query_midi} to {track_audio}: confidence {s['confidence']:.3f}, "
+               f"{'excerpt' if s['excerpt'] else 'full'} ({a:.1f}-{b:.1f} s of the MIDI), "
+               f"{s['tempo_events']} tempo events for {s['beats']} beats -> {out}")
 
 
 @main.command()
@@ -378,6 +389,29 @@ def train(queries, db, truth, out, kind, search, minutes, seed, align_with, dhs_
                         progress=lambda m: click.echo(m, err=True))
     for k, d in dirs.items():
         click.echo(f"{k}: {d}")
+
+
+@main.command("align-matches")
+@click.argument("matches")
+@click.option("--queries", required=True, metavar="STORE", help="The MIDI store MATCHES was computed from.")
+@click.option("--db", required=True, metavar="STORE", help="The audio store MATCHES was computed from.")
+@click.option("--out", required=True, metavar="DIR", help="Folder for <query_id>.mid files and failures.csv.")
+@click.option("--min-confidence", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Align top rows with at least this confidence [default: the `matched` column, else 0.5].")
+@click.option("--soundfont", default=None, help="Soundfont for the MIDI synthesis.")
+@scheduler_opt
+@workers_opt
+@so_opt
+@quiet_opt
+def align_matches(matches, queries, db, out, min_confidence, soundfont, scheduler, workers, storage_options,
+                  quiet):
+    """Write an aligned MIDI file for every confident match in MATCHES (resumable)."""
+    from . import align_batch
+
+    s = align_batch.run(matches, queries=queries, db=db, out=out, min_confidence=min_confidence,
+                        soundfont=soundfont, scheduler=scheduler, n_workers=workers,
+                        storage_options=storage_options, progress=not quiet)
+    click.echo(align_batch.summary_line(s))
 
 
 @main.command("run")
