@@ -87,35 +87,53 @@ def brute_force_shard(rows: tuple[int, int], *, q_url: str, db_url: str, queries
 
 def run_report(matches_path: str, truth_path: str, *, out_dir: str | None = None,
                queries: str | None = None, db: str | None = None, brute_force: int = 0,
-               client=None, scheduler: str | None = None, n_workers: int | None = None,
-               storage_options: dict | None = None, seed: int = 0) -> dict:
+               threshold: float | None = None, client=None, scheduler: str | None = None,
+               n_workers: int | None = None, storage_options: dict | None = None, seed: int = 0,
+               warn=None) -> dict:
     """Evaluate a MATCHES table and, given the stores, compare with the baselines.
 
     Parameters
     ----------
+    truth_path : str
+        ``query_id,track_id``: several rows per query allowed (any counts),
+        an empty ``track_id`` = no match exists.
     brute_force : int
         Test queries (drawn with ``seed``) to also match by brute-force DTW
         against the whole database; 0 to skip.
+    threshold : float, optional
+        Accept a top-1 at this confidence (default: the ``matched`` column,
+        else 0.5); see :func:`msdmatch.report.evaluate`.
+    warn : callable, optional
+        Called with each warning (truth and MATCHES that do not agree), e.g.
+        to print it on stderr; the warnings are also in ``metrics['warnings']``.
 
     Returns
     -------
-    metrics : dict (also written to ``out_dir/metrics.json``)
+    metrics : dict (also written to ``out_dir/metrics.json``, with
+        ``rank_cdf.png``, ``distances.png``, ``reliability.png`` (top-1
+        confidence per query) and ``roc.png``)
     """
     from . import report
 
     matches = report.read_matches(matches_path, storage_options=storage_options)
     truth = report.read_truth(truth_path)
     keep = np.isin(matches["query_id"], truth["query_id"])
+    n_extra = len(set(matches["query_id"][~keep].tolist()))
     matches = {k: v[keep] for k, v in matches.items()}
-    metrics = report.evaluate(matches, truth, stage_ranks=_stage_ranks(matches, truth))
+    metrics = report.evaluate(matches, truth, stage_ranks=_stage_ranks(matches, truth), threshold=threshold)
+    if n_extra:
+        metrics["warnings"].append(f"{n_extra} queries in matches have no truth rows and are ignored")
+    for w in metrics["warnings"]:
+        if warn is not None:
+            warn(w)
     if queries and db:
         if client is None:
             from .cluster import client_for
 
             with client_for(scheduler, n_workers=n_workers) as c:
                 return run_report(matches_path, truth_path, out_dir=out_dir, queries=queries, db=db,
-                                  brute_force=brute_force, client=c, storage_options=storage_options,
-                                  seed=seed)
+                                  brute_force=brute_force, threshold=threshold, client=c,
+                                  storage_options=storage_options, seed=seed)
         metrics.update(_compare(matches, truth, metrics, queries=queries, db=db,
                                 brute_force=brute_force, client=client,
                                 storage_options=storage_options, seed=seed))
@@ -124,24 +142,32 @@ def run_report(matches_path: str, truth_path: str, *, out_dir: str | None = None
         report.plot_rank_cdf(metrics, f"{out_dir}/rank_cdf.png")
         report.plot_distance_histograms(matches, truth, f"{out_dir}/distances.png")
         report.plot_reliability(metrics, f"{out_dir}/reliability.png")
+        report.plot_roc(metrics, f"{out_dir}/roc.png")
     return metrics
 
 
+def _truth_pairs(truth: dict) -> dict[str, set[str]]:
+    from .openset import truth_sets
+
+    return truth_sets(truth["query_id"].tolist(), truth["track_id"].tolist())
+
+
 def _stage_ranks(matches: dict, truth: dict) -> dict | None:
-    """True track's rank after each stage, from the MATCHES ``stage`` column."""
+    """A valid track's best rank after each stage, from the MATCHES ``stage`` column."""
     if "stage" not in matches:
         return None
-    t = dict(zip(truth["query_id"], truth["track_id"]))
-    qids = np.unique(truth["query_id"])
+    t = _truth_pairs(truth)
+    qids = np.array(sorted(q for q, s in t.items() if s), dtype=str)
     out = {"query_id": qids, "pse_rank": np.full(len(qids), np.nan),
            "dhs_rank": np.full(len(qids), np.nan), "screen_rank": np.full(len(qids), np.nan),
            "final_rank": np.full(len(qids), np.nan)}
     has_prune = bool(np.any(matches["stage"] == "prune"))
     for n, q in enumerate(qids):
-        sel = (matches["query_id"] == q) & (matches["track_id"] == t[q])
+        sel = (matches["query_id"] == q) & np.isin(matches["track_id"], list(t[q]))
         if not sel.any():
             continue
-        rank, stage = int(matches["rank"][sel][0]), str(matches["stage"][sel][0])
+        best = np.argmin(matches["rank"][sel])
+        rank, stage = int(matches["rank"][sel][best]), str(matches["stage"][sel][best])
         out["pse_rank"][n] = rank
         if stage in ("verify", "rerank"):
             out["dhs_rank"][n] = rank
@@ -153,23 +179,33 @@ def _stage_ranks(matches: dict, truth: dict) -> dict | None:
     return out
 
 
+def _best_per_query(ranks: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Smallest rank of each query over its (query, valid track) pairs."""
+    best = np.full(n, np.inf)
+    np.minimum.at(best, owner, ranks)
+    return best
+
+
 def _compare(matches, truth, metrics, *, queries, db, brute_force, client, storage_options, seed) -> dict:
     from .prune import default_k
     from .store import Store
 
     Q = Store(queries, storage_options=storage_options)
     D = Store(db, storage_options=storage_options)
-    t = dict(zip(truth["query_id"], truth["track_id"]))
+    t = _truth_pairs(truth)
     db_row = {tid: i for i, tid in enumerate(D.ids)}
-    qrows = [i for i, q in enumerate(Q.ids) if q in t and t[q] in db_row]
-    true_idx = np.array([db_row[t[Q.ids[i]]] for i in qrows], dtype=np.int64)
+    qrows = [i for i, q in enumerate(Q.ids) if any(x in db_row for x in t.get(q, ()))]
+    # one (query, valid track) pair per duplicate; a query counts at its best pair
+    pair_q = np.array([n for n, i in enumerate(qrows) for x in sorted(t[Q.ids[i]]) if x in db_row], dtype=np.int64)
+    true_idx = np.array([db_row[x] for i in qrows for x in sorted(t[Q.ids[i]]) if x in db_row], dtype=np.int64)
     K = default_k(D.n)
     one_pct = max(1, int(np.ceil(0.01 * D.n)))
     out: dict = {"prune_k": K, "db_size": D.n}
     # PSE against the mean/std baseline, on the same queries
     pse = f"pse/pse-{Q.modality}"
     if pse in Q.group and pse in D.group and qrows:
-        r = true_ranks(sq_dists(Q.group[pse][:][qrows], D.group[pse][:]), true_idx)
+        r = _best_per_query(true_ranks(sq_dists(Q.group[pse][:][qrows], D.group[pse][:])[pair_q], true_idx),
+                            pair_q, len(qrows))
         out["pse_top_1pct"] = float(np.mean(r <= one_pct))
         out["pse_top_k"] = float(np.mean(r <= K))
         out["pse_mean_rank"] = float(np.mean(r))
@@ -177,18 +213,19 @@ def _compare(matches, truth, metrics, *, queries, db, brute_force, client, stora
     # block by block: the database's features need not fit in memory, only its 96-d summaries
     db_b = np.stack([meanstd_embedding(x) for a in range(0, D.n, 1024)
                      for x in D.sequences(a, min(a + 1024, D.n))])
-    rb = true_ranks(sq_dists(qb, db_b), true_idx)
+    rb = (_best_per_query(true_ranks(sq_dists(qb, db_b)[pair_q], true_idx), pair_q, len(qrows))
+          if qrows else np.zeros(0))
     out["baseline_top_1pct"] = float(np.mean(rb <= one_pct)) if qrows else float("nan")
     out["baseline_top_k"] = float(np.mean(rb <= K)) if qrows else float("nan")
     out["baseline_mean_rank"] = float(np.mean(rb)) if qrows else float("nan")
     out["one_pct"] = one_pct
     if brute_force and qrows:
-        out.update(_brute_force(matches, metrics, Q, D, qrows, true_idx, n=brute_force, client=client,
+        out.update(_brute_force(matches, metrics, Q, D, qrows, (pair_q, true_idx), n=brute_force, client=client,
                                 queries=queries, db=db, storage_options=storage_options, seed=seed))
     return out
 
 
-def _brute_force(matches, metrics, Q, D, qrows, true_idx, *, n, client, queries, db, storage_options,
+def _brute_force(matches, metrics, Q, D, qrows, pairs, *, n, client, queries, db, storage_options,
                  seed) -> dict:
     from .cluster import run_shards, total_threads
 
@@ -206,7 +243,12 @@ def _brute_force(matches, metrics, Q, D, qrows, true_idx, *, n, client, queries,
     cr = np.array([cascade_rank.get(q) or np.inf for q in qids], dtype=float)
     out = {"brute_force_queries": len(sel),
            "cascade_top_1_same_queries": float(np.mean(cr == 1)) if cascade_rank else float("nan")}
+    pair_q, true_idx = pairs
+    pos = {int(q): k for k, q in enumerate(pick)}
+    in_pick = np.isin(pair_q, pick)
+    owner = np.array([pos[int(q)] for q in pair_q[in_pick]], dtype=np.int64)
     for v, name in enumerate(("brute_force", "brute_force_std")):
-        out[f"{name}_top_1"] = float(np.mean(true_ranks(S[v], true_idx[pick]) == 1))
+        r = _best_per_query(true_ranks(S[v][owner], true_idx[in_pick]), owner, len(sel))
+        out[f"{name}_top_1"] = float(np.mean(r == 1))
         out[f"{name}_seconds_per_query_core"] = float(cpu[v]) / len(sel)
     return out

@@ -25,7 +25,7 @@ def rng():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    summary = build_corpus(out, songs=6, distractors=4, seed=3, n_workers=2, progress=False)
+    summary = build_corpus(out, songs=6, distractors=4, seed=3, duplicates=0.0, n_workers=2, progress=False)
     return out, summary
 
 
@@ -79,7 +79,7 @@ def test_preview_decodes_to_30_seconds(tiny):
 
 def test_same_seed_is_reproducible(tiny, tmp_path):
     out, _ = tiny
-    build_corpus(tmp_path, songs=6, distractors=4, seed=3, n_workers=1, progress=False)
+    build_corpus(tmp_path, songs=6, distractors=4, seed=3, duplicates=0.0, n_workers=1, progress=False)
     a, b = _tree_hashes(tmp_path), _tree_hashes(out)
     # MIDI, truth and split files are byte-identical; decisions are identical
     assert {k: v for k, v in a.items() if not k.endswith(".mp3")} == \

@@ -3,8 +3,9 @@
 Layout written under ``out_dir``::
 
     midi/<query_id>.mid     whole songs, the queries (one per query song)
-    audio/<track_id>.mp3    30 s previews: one per query song plus distractors
-    truth.csv               query_id,track_id
+    audio/<track_id>.mp3    30 s previews: one per query song plus distractors, plus
+                            duplicate previews of a few query songs (see below)
+    truth.csv               query_id,track_id   (a query with a duplicate has two rows)
     split.csv               query_id,track_id,split   (distractors: empty query_id)
     recordings.jsonl        the decisions behind each preview
     corpus.json             seed, counts, soundfonts, versions, seconds
@@ -15,6 +16,15 @@ builds one song and writes its files, and :func:`build_corpus` runs the
 items on a Dask bag (the active distributed Client, else local processes).
 Every random decision is drawn from ``numpy.random.default_rng((seed, index,
 stream))``, so a seed gives byte-identical MIDI and identical previews.
+
+Duplicates: the MSD holds several previews of one recording, so a share
+(:data:`DUPLICATE_FRACTION`, drawn from a hash of ``(seed, index)``) of the
+query songs get a second preview, ``SongSpec.duplicate``: the same rendition
+(same plan: instruments, effects, warp) cut at another offset, or, for songs
+too short to move the window or on a coin flip, the preview decoded and
+re-encoded at the other bit rate with a gain change.  Both previews are
+listed in ``truth.csv``.  Duplicates are extra files drawn from their own
+random stream: every other preview is identical to a corpus built without them.
 """
 from __future__ import annotations
 
@@ -34,7 +44,11 @@ MUSIC21_FRACTION = 0.5
 #: Split boundaries on a song's hash in [0, 1): train / valid / test = 70/15/15.
 _SPLITS = ((0.70, "train"), (0.85, "valid"), (1.0, "test"))
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-_STREAM_SONG, _STREAM_RECORDING = 0, 1
+_STREAM_SONG, _STREAM_RECORDING, _STREAM_DUPLICATE = 0, 1, 2
+#: Share of query songs that get a duplicate preview.
+DUPLICATE_FRACTION = 0.05
+#: Shift of a duplicate's preview window, in seconds (either way).
+_DUPLICATE_SHIFT = (4.0, 12.0)
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,8 @@ class SongSpec:
     work : str
         music21 corpus work key (``path`` or ``path#number``), or ``''`` for a
         generated song.
+    duplicate : str
+        Track id of a second preview of the same recording, or ``''``.
     """
 
     index: int
@@ -63,6 +79,7 @@ class SongSpec:
     query_id: str
     split: str
     work: str
+    duplicate: str = ""
 
 
 def _digest(*parts: object) -> bytes:
@@ -75,15 +92,20 @@ def track_id_for(seed: int, index: int, attempt: int = 0) -> str:
     return "TR" + "".join(_ALNUM[b % 36] for b in d)
 
 
+def _unit(*parts: object) -> float:
+    """A number in [0, 1) fixed by ``parts``."""
+    return int.from_bytes(_digest(*parts)[:8], "big") / 2.0**64
+
+
 def split_for(key: str) -> str:
     """Split of a song, fixed by a hash of its key (70/15/15)."""
-    u = int.from_bytes(_digest("split", key)[:8], "big") / 2.0**64
+    u = _unit("split", key)
     return next(name for bound, name in _SPLITS if u < bound)
 
 
 def plan_corpus(*, songs: int, distractors: int, seed: int,
                 music21_fraction: float = MUSIC21_FRACTION, works=None,
-                balanced: bool = False) -> list[SongSpec]:
+                balanced: bool = False, duplicates: float = DUPLICATE_FRACTION) -> list[SongSpec]:
     """Plan every song of the corpus (pure; O(n) time and memory).
 
     Parameters
@@ -105,6 +127,9 @@ def plan_corpus(*, songs: int, distractors: int, seed: int,
         monophonic folk tunes are three quarters of the works.  Training
         corpora use it so that multi-part works (Bach chorales, Palestrina
         masses), closer to real MIDI transcriptions, are not rare.
+    duplicates : float in [0, 1]
+        Chance that a query song gets a duplicate preview (decided per song
+        by a hash, so the other songs' plans do not depend on it).
 
     Returns
     -------
@@ -117,6 +142,8 @@ def plan_corpus(*, songs: int, distractors: int, seed: int,
         raise ParameterError("songs=0 and distractors=0: the corpus would be empty")
     if not 0.0 <= music21_fraction <= 1.0:
         raise ParameterError(f"music21_fraction={music21_fraction!r} must be in [0, 1]")
+    if not 0.0 <= duplicates <= 1.0:
+        raise ParameterError(f"duplicates={duplicates!r} must be a fraction in [0, 1]")
     n = songs + distractors
     n_m21 = int(round(n * music21_fraction))
     if works is None:
@@ -146,6 +173,14 @@ def plan_corpus(*, songs: int, distractors: int, seed: int,
             work, w = works[w], w + 1
         qid = _digest("query", seed, i).hex() if i < songs else ""
         specs.append(SongSpec(i, int(seed), tid, qid, split_for(work or tid), work))
+    # duplicates last, with ids no song has, so that songs' ids do not depend on them
+    for i, spec in enumerate(specs[:songs]):
+        if _unit("duplicate", seed, i) < duplicates:
+            attempt = 0
+            while (tid := track_id_for(seed, -1 - i, attempt)) in seen:
+                attempt += 1
+            seen.add(tid)
+            specs[i] = SongSpec(**{**asdict(spec), "duplicate": tid})
     return specs
 
 
@@ -189,7 +224,8 @@ def make_item(spec: SongSpec, *, out_dir: str) -> dict:
     -------
     row : dict
         The spec's fields, ``source`` (the work actually used, ``''`` if
-        generated), ``plan`` (recording decisions), ``seconds`` (wall time)
+        generated), ``plan`` (recording decisions), ``duplicate_plan`` (how
+        the duplicate preview was made, or None), ``seconds`` (wall time)
         and ``error`` (``''`` on success).
     """
     from .recording import make_recording
@@ -205,11 +241,63 @@ def make_item(spec: SongSpec, *, out_dir: str) -> dict:
         mp3, plan = make_recording(pm, rng=rng)
         with open(os.path.join(out_dir, "audio", spec.track_id + ".mp3"), "wb") as fh:
             fh.write(mp3)
-        row.update(plan=plan, error="")
+        row.update(plan=plan, duplicate_plan=None, error="")
+        if spec.duplicate:
+            dup, row["duplicate_plan"] = make_duplicate(
+                pm, plan, mp3, rng=np.random.default_rng((spec.seed, spec.index, _STREAM_DUPLICATE)))
+            with open(os.path.join(out_dir, "audio", spec.duplicate + ".mp3"), "wb") as fh:
+                fh.write(dup)
     except InputError as e:
-        row.update(source=row.get("source", ""), plan=None, error=str(e))
+        row.update(source=row.get("source", ""), plan=None, duplicate_plan=None, error=str(e))
     row["seconds"] = time.perf_counter() - t0
     return row
+
+
+def make_duplicate(pm, plan: dict, mp3: bytes, *, rng: np.random.Generator) -> tuple[bytes, dict]:
+    """A second preview of the recording ``plan`` made of ``pm``.
+
+    Parameters
+    ----------
+    pm : pretty_midi.PrettyMIDI
+        The song.
+    plan : dict
+        The recording's plan (:func:`msdmatch.demo.recording.plan_recording`).
+    mp3 : bytes
+        The recording's preview.
+    rng : np.random.Generator
+
+    Returns
+    -------
+    mp3 : bytes
+        The duplicate preview.
+    how : dict
+        ``{'kind': 'offset', 'offset': seconds}`` (same rendition, window moved)
+        or ``{'kind': 'reencode', 'kbps': int, 'gain': float}``.
+    """
+    from .recording import PREVIEW_SECONDS, RENDER_SR, apply_effects, encode_mp3, perform, render_window
+
+    latest = max(0.0, pm.get_end_time() * plan["warp_rate"] - PREVIEW_SECONDS)
+    shift = float(rng.uniform(*_DUPLICATE_SHIFT)) * (1 if rng.random() < 0.5 else -1)
+    offset = plan["offset"] + shift
+    if not 0.0 <= offset <= latest:
+        offset = plan["offset"] - shift
+    if rng.random() < 0.5 and 0.0 <= offset <= latest:
+        moved = {**plan, "offset": offset}
+        perf = perform(pm, moved)
+        if any(inst.notes for inst in perf.instruments):
+            y = render_window(perf, soundfont=plan["soundfont"], sr=RENDER_SR)
+            y = apply_effects(y, sr=RENDER_SR, fx=plan["fx"], seed=plan["noise_seed"])
+            return (encode_mp3(y, sr=RENDER_SR, out_sr=plan["mp3_sr"], kbps=plan["mp3_kbps"]),
+                    {"kind": "offset", "offset": offset})
+    import io
+
+    import soundfile as sf
+
+    y, sr = sf.read(io.BytesIO(mp3), dtype="float32", always_2d=True)
+    gain = float(rng.uniform(0.6, 0.95))
+    kbps = 128 if plan["mp3_kbps"] == 64 else 64
+    return (encode_mp3(y.mean(axis=1) * gain, sr=int(sr), out_sr=int(sr), kbps=kbps),
+            {"kind": "reencode", "kbps": kbps, "gain": gain})
 
 
 def _make_partition(specs, *, out_dir: str) -> list[dict]:
@@ -243,7 +331,8 @@ def _run_on(client, specs: list[SongSpec], *, out_dir: str, progress: bool) -> l
 
 
 def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: int = 0,
-                 balanced: bool = False, n_workers: int = 2, progress: bool = True) -> dict:
+                 balanced: bool = False, duplicates: float = DUPLICATE_FRACTION, n_workers: int = 2,
+                 progress: bool = True) -> dict:
     """Build the demo corpus (MIDI queries, MP3 previews, truth and splits).
 
     Parameters
@@ -257,6 +346,8 @@ def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: in
     seed : int
     balanced : bool
         Draw music21 works evenly from the collections (see :func:`plan_corpus`).
+    duplicates : float
+        Share of query songs with a duplicate preview (see :func:`plan_corpus`).
     n_workers : int
         Local worker processes when no distributed Client is active.
     progress : bool
@@ -265,7 +356,8 @@ def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: in
     Returns
     -------
     summary : dict
-        ``queries``, ``previews``, ``distractors``, ``music21_songs``,
+        ``queries``, ``previews`` (songs' previews), ``duplicates`` (extra
+        previews), ``distractors``, ``music21_songs``,
         ``generated_songs``, ``failures``, ``seconds`` and
         ``seconds_per_preview`` (summed worker time / previews).
     """
@@ -275,24 +367,32 @@ def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: in
     out = Path(out_dir)
     (out / "midi").mkdir(parents=True, exist_ok=True)
     (out / "audio").mkdir(parents=True, exist_ok=True)
-    specs = plan_corpus(songs=songs, distractors=distractors, seed=seed, balanced=balanced)
+    specs = plan_corpus(songs=songs, distractors=distractors, seed=seed, balanced=balanced,
+                        duplicates=duplicates)
     rows = sorted(_run(specs, out_dir=str(out), n_workers=n_workers, progress=progress),
                   key=lambda r: r["index"])
     ok = [r for r in rows if not r["error"]]
+    pairs = [(r, t) for r in ok for t in (r["track_id"], r["duplicate"]) if t]  # (row, preview)
     with open(out / "truth.csv", "w", encoding="utf-8") as fh:
         fh.write("query_id,track_id\n")
-        fh.writelines(f"{r['query_id']},{r['track_id']}\n" for r in ok if r["query_id"])
+        fh.writelines(f"{r['query_id']},{t}\n" for r, t in pairs if r["query_id"])
     with open(out / "split.csv", "w", encoding="utf-8") as fh:
         fh.write("query_id,track_id,split\n")
-        fh.writelines(f"{r['query_id']},{r['track_id']},{r['split']}\n" for r in ok)
+        fh.writelines(f"{r['query_id']},{t},{r['split']}\n" for r, t in pairs)
     with open(out / "recordings.jsonl", "w", encoding="utf-8") as fh:
         for r in rows:
             fh.write(json.dumps({k: r[k] for k in ("track_id", "query_id", "source", "plan", "error")},
                                 sort_keys=True) + "\n")
+        for r in ok:
+            if r["duplicate"]:
+                fh.write(json.dumps({"track_id": r["duplicate"], "query_id": r["query_id"],
+                                     "source": r["source"], "duplicate_of": r["track_id"],
+                                     "plan": r["duplicate_plan"], "error": ""}, sort_keys=True) + "\n")
     work_seconds = float(sum(r["seconds"] for r in rows))
     summary = {
         "queries": sum(1 for r in ok if r["query_id"]),
         "previews": len(ok),
+        "duplicates": sum(1 for r in ok if r["duplicate"]),
         "distractors": sum(1 for r in ok if not r["query_id"]),
         "music21_songs": sum(1 for r in ok if r["source"]),
         "generated_songs": sum(1 for r in ok if not r["source"]),
@@ -305,7 +405,8 @@ def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: in
         "seed": int(seed),
         "balanced": bool(balanced),
         "requested": {"songs": int(songs), "distractors": int(distractors)},
-        "counts": {k: summary[k] for k in ("queries", "previews", "distractors",
+        "duplicate_fraction": float(duplicates),
+        "counts": {k: summary[k] for k in ("queries", "previews", "duplicates", "distractors",
                                            "music21_songs", "generated_songs", "failures")},
         "soundfonts": {"queries": "TimGM6mb.sf2", "recordings": list(_recording_soundfonts())},
         "preview_seconds": 30.0,
