@@ -249,8 +249,8 @@ def hamming_dtw_many(
         return out
 
     itype, shift = _packing(q.size, int(lengths.max()), phi)
-    qv = q.astype(itype)
-    wv = w.astype(itype)
+    qv: np.ndarray = q.astype(itype)
+    wv: np.ndarray = w.astype(itype)
     consts = (
         itype(shift),
         itype(phi << shift),

@@ -19,6 +19,7 @@ Nothing here reads files; decoding lives in :mod:`msdmatch.decode`.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 
@@ -121,8 +122,9 @@ def _reuse_cqt_filters() -> None:
         basis, n_fft, lengths = entry
         return basis.copy(), n_fft, lengths
 
-    cached._msdmatch_memo = True
-    cached.__wrapped__ = build
+    marked: Any = cached
+    marked._msdmatch_memo = True
+    marked.__wrapped__ = build
     setattr(constantq, "__vqt_filter_fft", cached)
 
 
@@ -259,7 +261,7 @@ def _beat_sync(S: np.ndarray, y: np.ndarray, params: FeatureParams) -> np.ndarra
     _, beats = librosa.beat.beat_track(y=y, sr=params.sr, hop_length=params.hop_length)
     if len(beats) < 2:
         raise InputError("beat-synchronous features need at least 2 detected beats")
-    return librosa.util.sync(S, beats, aggregate=np.mean)
+    return librosa.util.sync(S, beats, aggregate=np.mean)  # type: ignore[arg-type]
 
 
 def midi_duration_check(pm, params: FeatureParams = DEFAULT_PARAMS) -> None:

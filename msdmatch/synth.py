@@ -102,7 +102,7 @@ def _keeper(sf2_path: str, sr: int):
     return _new_synth(sf2_path, sr)
 
 
-def _events(pm, sr: int) -> list[tuple[int, int, int, int, int]]:
+def _events(pm, sr: int) -> list[tuple[int, int, int, int, int, int]]:
     """(sample, order, kind, channel, a, b) events; one channel per instrument."""
     ev = []
     for ch, inst in enumerate(i for i in pm.instruments if i.notes):
