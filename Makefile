@@ -2,7 +2,7 @@
 VENV ?= .venv
 OUT ?= demo_out
 
-.PHONY: setup demo test test-slow test-faults bench
+.PHONY: setup demo lint test test-slow bench
 
 setup:
 	@./scripts/setup.sh
@@ -10,7 +10,14 @@ setup:
 demo: setup
 	$(VENV)/bin/msdmatch demo $(OUT)
 
-test: setup
+#: the pure kernels, checked by mypy
+KERNELS = msdmatch/dtw.py msdmatch/_dtw_kernels.py msdmatch/prune.py msdmatch/screen.py msdmatch/features.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy $(KERNELS)
+
+test: lint
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 test-slow: setup

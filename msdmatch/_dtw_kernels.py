@@ -433,8 +433,9 @@ def _rank_bin(hist, rank):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, boundscheck=False)
 def _median_from_hist(c, hist):  # type: ignore[no-untyped-def]
-    """Exact ``np.median`` of the costs ``c`` (flat float32), given their
-    high-key histogram from :func:`_cost_in_place`.
+    """Exact ``np.median`` of the costs ``c`` (flat float32), given their high-key histogram.
+
+    The histogram comes from :func:`_cost_in_place`.
 
     One more pass histograms the low key bits of the (at most two) high bins
     holding the middle ranks; keys are exact, so a key identifies its value.

@@ -52,6 +52,7 @@ class Summary:
     failure_reasons: dict = field(default_factory=dict)
 
     def line(self) -> str:
+        """The one-line summary the CLI prints."""
         per_core = self.items / max(self.seconds * self.threads, 1e-9)
         return (
             f"featurized {self.items} items ({self.frames} frames), {self.failures} failures, "
@@ -122,7 +123,7 @@ def _utf8(s: str) -> bool:
 
 
 def _printable(s: str) -> str:
-    """``s`` with undecodable file-name bytes shown as ``\\xNN``."""
+    r"""``s`` with undecodable file-name bytes shown as ``\xNN``."""
     return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 

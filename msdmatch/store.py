@@ -74,7 +74,7 @@ def is_remote(url: str) -> bool:
 
 
 def fs_options(storage_options: dict | None) -> dict:
-    """fsspec options for a remote store: the caller's, with directory listings never cached.
+    """Fsspec options for a remote store: the caller's, with directory listings never cached.
 
     A store is written by many processes at once: worker processes commit
     parts while the process that runs the stage waits, then lists them.

@@ -97,8 +97,10 @@ def check_soundfont(sf2_path: str, *, sr: int = 22050) -> None:
 
 @functools.lru_cache(maxsize=4)
 def _keeper(sf2_path: str, sr: int):
-    """A synthesizer kept alive per process so fluidsynth's sample cache stays
-    warm: loading the same soundfont again then costs 0.04-0.15 s, not 0.1-0.4 s."""
+    """Keep a synthesizer alive per process so fluidsynth's sample cache stays warm.
+
+    Loading the same soundfont again then costs 0.04-0.15 s, not 0.1-0.4 s.
+    """
     return _new_synth(sf2_path, sr)
 
 
@@ -189,8 +191,10 @@ def _play(synth, sfid: int, events: list, *, n_tail: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _write_float():
-    """``fluid_synth_write_float``: float output, no dither (whose state would
-    make 16-bit output depend on what was rendered before)."""
+    """``fluid_synth_write_float``: float output, no dither.
+
+    Dither's state would make 16-bit output depend on what was rendered before.
+    """
     import ctypes
 
     import fluidsynth

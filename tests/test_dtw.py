@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import _dtw_reference as ref
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from msdmatch import _dtw_reference as ref
 from msdmatch.dtw import (
     bit_frequencies,
     cosine_dtw,

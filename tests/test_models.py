@@ -399,7 +399,7 @@ def test_train_models_refuses_swapped_stores(corpus, tmp_path):
 
 
 def test_attention_toy_learns_addition():
-    from msdmatch.toys.attention_toy import train_toy
+    from attention_toy import train_toy
 
     att = train_toy("addition", length=1000, attention=True, hidden=32, steps=250, batch=32)
     mean = train_toy("addition", length=1000, attention=False, hidden=32, steps=250, batch=32)

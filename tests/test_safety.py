@@ -15,10 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from conftest import S3_KEY, S3_SECRET, make_midi, write_mp3
+from conftest import make_midi, write_mp3
 
 pytestmark = pytest.mark.safety
 

@@ -29,9 +29,8 @@ def run_demo(out_dir: str, *, songs: int = 200, distractors: int = 800, seed: in
     from .. import embed, featurize, match
     from ..baselines import run_report
     from ..cluster import client_for
-    from . import build_corpus
-
     from ..outputs import check_out_dir, mark_out_dir
+    from . import build_corpus
 
     check_out_dir(str(out_dir), kind="demo")  # a foreign folder is refused before any work
     mark_out_dir(str(out_dir), kind="demo")

@@ -290,6 +290,7 @@ class DHSNet(nn.Module):
         return torch.tanh(self.out(h)) * m.unsqueeze(-1), m
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Hash outputs in (-1, 1), shape (batch, steps, n_bits)."""
         return self.step_hashes(features, mask)[0]
 
 
@@ -343,6 +344,7 @@ class PSENet(nn.Module):
         return h, torch.softmax(e, dim=1) * m
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Embeddings, shape (batch, n_out)."""
         h, a = self.attention(features, mask)
         x = torch.bmm(a.unsqueeze(1), h).squeeze(1)
         if self.cfg.pool_std:
@@ -413,6 +415,7 @@ class PooledHashPSENet(nn.Module):
         return y / torch.sqrt((y * y).sum(-1, keepdim=True) + 1e-12)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Embeddings, shape (batch, n_out), L2-normalised."""
         return self.embed_steps(*self.dhs.step_hashes(features, mask))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ParameterError
+from msdmatch.errors import ParameterError
 
 __all__ = ["make_task", "train_toy"]
 
