@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelError, ParameterError, StageError
+from .params import EMBED
 
 STAGE = "embed"
 #: Frames per padded batch given to onnxruntime.  Small enough that a
@@ -238,7 +239,7 @@ def resolve_models(models: list[str] | None, modality: str) -> list:
 
 
 def run(url: str, *, models: list[str] | None = None, client=None, scheduler: str | None = None,
-        n_workers: int | None = None, partition_size: int = 256, storage_options: dict | None = None,
+        n_workers: int | None = None, partition_size: int = EMBED.partition_size, storage_options: dict | None = None,
         progress: bool = True, max_parts: int | None = None) -> dict:
     """Embed every item of the store at ``url``; resumable.
 

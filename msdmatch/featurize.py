@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError, ParameterError, StageError
-from .params import DEFAULT_PARAMS, FeatureParams
+from .params import DEFAULT_PARAMS, FEATURIZE, FeatureParams
 from .sources import AUDIO_EXTENSIONS, MIDI_EXTENSIONS, Item, resolve_sources
 
 STAGE = "featurize"
@@ -290,7 +290,7 @@ def run(
     mode: str = "synth",
     params: FeatureParams = DEFAULT_PARAMS,
     soundfont: str | None = None,
-    partition_size: int = 100,
+    partition_size: int = FEATURIZE.partition_size,
     storage_options: dict | None = None,
     overwrite: bool = False,
     append: bool = False,

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ParameterError
+from .params import EMBED, FEATURIZE
 
 SPEC_VERSION = 1
 STAGES = ("featurize", "embed", "match", "report")
@@ -89,13 +90,13 @@ _ARGS: dict[str, dict[str, _Field]] = {
         "kind": _Field((str,), required=True, choices=("audio", "midi")),
         "mode": _Field((str,), default="synth", choices=("synth", "pianoroll")),
         "soundfont": _Field((str,), nullable=True),
-        "partition_size": _Field((int,), default=100, minimum=1),
+        "partition_size": _Field((int,), default=FEATURIZE.partition_size, minimum=1),
         "overwrite": _Field((bool,), default=False),
     },
     "embed": {
         "store": _Field((str,), required=True),
         "models": _Field((list,), nullable=True),
-        "partition_size": _Field((int,), default=256, minimum=1),
+        "partition_size": _Field((int,), default=EMBED.partition_size, minimum=1),
     },
     "match": {
         "queries": _Field((str,), required=True),

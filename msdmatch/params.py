@@ -97,3 +97,33 @@ class FeatureParams:
 
 
 DEFAULT_PARAMS = FeatureParams()
+
+
+@dataclass(frozen=True)
+class FeaturizeOptions:
+    """How ``featurize`` splits its work; the one source of its defaults (CLI, job specs, ``run``).
+
+    Parameters
+    ----------
+    partition_size : int
+        Input files per task.
+    """
+
+    partition_size: int = 100
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """How ``embed`` splits its work; the one source of its defaults.
+
+    Parameters
+    ----------
+    partition_size : int
+        Items per task, also the chunk length of the ``pse/<model>`` arrays.
+    """
+
+    partition_size: int = 256
+
+
+FEATURIZE = FeaturizeOptions()
+EMBED = EmbedOptions()
