@@ -250,25 +250,31 @@ def match(queries, db, out, models, fusion, prune_k, rerank, verify, keep, sched
 
 @main.command()
 @click.argument("matches")
-@click.option("--truth", required=True, metavar="CSV", help="query_id,track_id")
-@click.option("--out", default=None, metavar="DIR", help="Write metrics.json, rank_table.txt and plots.")
+@click.option("--truth", required=True, metavar="CSV",
+              help="query_id,track_id: several rows per query allowed; an empty track_id = no match exists.")
+@click.option("--out", default=None, metavar="DIR",
+              help="Write metrics.json, rank_table.txt and plots (rank CDF, distances, reliability, ROC).")
 @click.option("--queries", default=None, metavar="STORE",
               help="Query store: adds the PSE-vs-mean/std-baseline comparison.")
 @click.option("--db", default=None, metavar="STORE", help="Database store (with --queries).")
 @click.option("--brute-force", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also match this many queries by brute-force DTW against the whole DB.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Accept a top-1 at this confidence [default: the `matched` column, else 0.5].")
 @scheduler_opt
 @workers_opt
 @so_opt
-def report(matches, truth, out, queries, db, brute_force, scheduler, workers, storage_options):
-    """Rank table, MRR, per-stage recall, calibration and plots for MATCHES."""
+def report(matches, truth, out, queries, db, brute_force, threshold, scheduler, workers, storage_options):
+    """Rank table, MRR, per-stage recall, calibration, open-set decisions and plots for MATCHES."""
     from .baselines import run_report
     from .report import rank_table
 
     if bool(queries) != bool(db):
         raise click.UsageError("--queries and --db go together")
     metrics = run_report(matches, truth, out_dir=out, queries=queries, db=db, brute_force=brute_force,
-                         scheduler=scheduler, n_workers=workers, storage_options=storage_options)
+                         threshold=threshold, scheduler=scheduler, n_workers=workers,
+                         storage_options=storage_options,
+                         warn=lambda w: click.echo(f"msdmatch: warning: {w}", err=True))
     click.echo(rank_table(metrics) + _comparison_lines(metrics), nl=False)
 
 
@@ -319,17 +325,29 @@ def demo(out, songs, distractors, seed, mode, brute_force, scheduler, workers):
 
 
 @main.command()
-@click.argument("matches")
-@click.option("--truth", required=True, metavar="CSV", help="query_id,track_id[,split]")
+@click.argument("matches", nargs=-1, required=True)
+@click.option("--truth", required=True, multiple=True, metavar="CSV",
+              help="query_id,track_id[,split]; an empty track_id = no match exists. One for all MATCHES, "
+                   "or one per MATCHES in the same order.")
 @click.option("--split", default="valid", show_default=True,
               help="Use only these truth rows when the CSV has a split column.")
+@click.option("--target-false-accept", type=click.FloatRange(0, 1), default=0.02, show_default=True,
+              help="The threshold accepts at most this share of the queries with no match (cross-validated).")
 @click.option("--out", required=True, metavar="JSON", help="Fusion model to write.")
-def calibrate(matches, truth, split, out):
-    """Fit the fused, calibrated confidence on MATCHES of validation queries."""
+def calibrate(matches, truth, split, target_false_accept, out):
+    """Fit the fused, calibrated confidence and its threshold on MATCHES of validation queries.
+
+    Give open-set runs (see `python -m msdmatch.openset`): queries matched
+    against a database without their recording, their truth track_id empty.
+    """
     from .calibrate import calibrate_files
 
-    model = calibrate_files(matches, truth, split=split, out=out)
-    click.echo(f"fusion model -> {out}: {json.dumps(model.metrics)}")
+    model = calibrate_files(list(matches), list(truth), split=split, out=out,
+                            target_false_accept=target_false_accept)
+    fa = "n/a" if model.false_accept_rate is None else f"{model.false_accept_rate:.3f}"
+    ta = "n/a" if model.true_accept_rate is None else f"{model.true_accept_rate:.3f}"
+    click.echo(f"fusion model -> {out}: threshold {model.threshold:.2f} (false accepts {fa}, true accepts "
+               f"{ta}, cross-validated); {json.dumps(model.metrics)}")
 
 
 @main.command()

@@ -51,7 +51,10 @@ import numpy as np
 from msdmatch.errors import ModelError, ParameterError
 
 __all__ = [
+    "ALL_FEATURES",
+    "DEFAULT_THRESHOLD",
     "FEATURE_NAMES",
+    "read_threshold",
     "FusionModel",
     "dhs_ratio",
     "features_for",
@@ -66,9 +69,16 @@ __all__ = [
 #: 2: adds the bin-standardised verify score; DHS enters as a ratio to the matrix mean.
 #: 3: adds the verify score on the DHS nets' real-valued outputs.
 #: 4: adds the verify score on the top octave of bins.
-FORMAT_VERSION = 4
+#: 5: fitted on open-set validation queries; records ``threshold`` with its measured
+#:    ``false_accept_rate`` and ``true_accept_rate``.
+FORMAT_VERSION = 5
+#: Version 4 files with this version's features still load, with the default threshold
+#: (they were fitted on closed-set queries: their confidence is too high when no match exists).
+_OLDEST_READABLE = 4
+#: Threshold on a query's top-1 confidence when a model records none.
+DEFAULT_THRESHOLD = 0.5
 
-FEATURE_NAMES = (
+_BASE_FEATURES = (
     "verify_score",
     "log_dhs_ratio",
     "log_pse_distance",
@@ -88,6 +98,25 @@ FEATURE_NAMES = (
     "verify_high_margin_to_second",
 )
 
+#: Every feature :func:`features_for` can build; a model uses a subset (``names``).
+#: ``*_robust_z``: ``(x - median) / (1.4826 MAD + 0.01)`` over the query's
+#: candidates: how far a candidate stands out of the scores of the query's
+#: other (mostly unrelated) candidates, in units of their spread.
+ALL_FEATURES = _BASE_FEATURES + (
+    "verify_robust_z",
+    "verify_std_robust_z",
+    "verify_dhs_robust_z",
+    "verify_high_robust_z",
+    "dhs_ratio_robust_z",
+    "log_pse_robust_z",
+)
+
+
+#: The features of this version's fusion model (chosen by cross-validation on open-set
+#: validation runs; see docs/experiments.md).
+FEATURE_NAMES = _BASE_FEATURES
+
+
 _EPS = 1e-6
 
 
@@ -106,6 +135,13 @@ class FusionModel:
         Penalty used in the fit.
     metrics : dict
         Validation metrics recorded at fit time (free form, JSON-able).
+    threshold : float
+        A query's top row is ``matched`` when its confidence is at least this.
+    false_accept_rate, true_accept_rate : float or None
+        Measured at ``threshold`` on open-set validation queries (each query
+        scored by a model fitted on the other folds): the share of queries
+        with no match in the database whose top-1 is accepted, and the share
+        of queries with a correct top-1 that is accepted.
     """
 
     weights: tuple[float, ...]
@@ -115,6 +151,9 @@ class FusionModel:
     feature_names: tuple[str, ...] = FEATURE_NAMES
     l2: float = 1.0
     metrics: dict = field(default_factory=dict)
+    threshold: float = DEFAULT_THRESHOLD
+    false_accept_rate: float | None = None
+    true_accept_rate: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-able dict, with the format version."""
@@ -127,21 +166,28 @@ class FusionModel:
             "mean": [float(m) for m in self.mean],
             "scale": [float(s) for s in self.scale],
             "l2": float(self.l2),
+            "threshold": float(self.threshold),
+            "false_accept_rate": _opt_float(self.false_accept_rate),
+            "true_accept_rate": _opt_float(self.true_accept_rate),
             "metrics": dict(self.metrics),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> FusionModel:
         """Inverse of :meth:`to_dict`; refuses other format versions or features."""
-        if d.get("format_version") != FORMAT_VERSION:
+        version = d.get("format_version")
+        refit = ("refit it with `scripts/fit_fusion_openset.sh` (or `msdmatch calibrate` on open-set "
+                 "validation MATCHES), or pass `--fusion none`")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ModelError(
-                f"fusion model has format_version {d.get('format_version')!r}, this msdmatch "
-                f"reads {FORMAT_VERSION}; refit it with `msdmatch calibrate` on this version's MATCHES"
+                f"fusion model has format_version {version!r}, this msdmatch reads {FORMAT_VERSION}; it was "
+                "written by a newer msdmatch: upgrade msdmatch or refit it with `scripts/fit_fusion_openset.sh`"
             )
         names = tuple(d.get("feature_names", ()))
-        if names != FEATURE_NAMES:
+        if version < _OLDEST_READABLE or names != FEATURE_NAMES:
             raise ModelError(
-                f"fusion model uses features {list(names)}, expected {list(FEATURE_NAMES)}"
+                f"fusion model has format_version {version} and features {list(names)}; this msdmatch "
+                f"reads format_version {FORMAT_VERSION} with features {list(FEATURE_NAMES)}: {refit}"
             )
         try:
             m = cls(
@@ -152,11 +198,16 @@ class FusionModel:
                 feature_names=names,
                 l2=float(d.get("l2", 1.0)),
                 metrics=dict(d.get("metrics", {})),
+                threshold=float(d.get("threshold", DEFAULT_THRESHOLD)),
+                false_accept_rate=_opt_float(d.get("false_accept_rate")),
+                true_accept_rate=_opt_float(d.get("true_accept_rate")),
             )
         except KeyError as e:
             raise ModelError(f"fusion model dict lacks the key {e.args[0]!r}") from None
         if not (len(m.weights) == len(m.mean) == len(m.scale) == len(names)):
             raise ModelError("fusion model weights, mean and scale must have one value per feature")
+        if not 0.0 <= m.threshold <= 1.0:
+            raise ModelError(f"fusion model threshold {m.threshold!r} is not a probability in [0, 1]")
         return m
 
     def save(self, path: str) -> None:
@@ -173,6 +224,32 @@ class FusionModel:
         except (OSError, json.JSONDecodeError) as e:
             raise ModelError(f"cannot read fusion model {path}: {e}") from None
         return cls.from_dict(d)
+
+
+def _opt_float(x) -> float | None:
+    return None if x is None else float(x)
+
+
+def read_threshold(path: str) -> float:
+    """The ``threshold`` a fusion JSON ships (:data:`DEFAULT_THRESHOLD` if it has none).
+
+    Parameters
+    ----------
+    path : str
+        A fusion model written by :meth:`FusionModel.save`.
+
+    Returns
+    -------
+    threshold : float in [0, 1]
+    """
+    try:
+        with open(path) as fh:
+            t = json.load(fh).get("threshold", DEFAULT_THRESHOLD)
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        raise ModelError(f"cannot read the threshold of fusion model {path}: {e}") from None
+    if not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
+        raise ModelError(f"fusion model {path} has threshold {t!r}; expected a number in [0, 1]")
+    return float(t)
 
 
 def _column(candidates: Mapping, name: str, n: int | None) -> np.ndarray:
@@ -203,7 +280,8 @@ def _group_min(x: np.ndarray, inv: np.ndarray, n_groups: int) -> np.ndarray:
     return m[inv]
 
 
-def features_for(candidates: Mapping, *, groups: np.ndarray | None = None) -> np.ndarray:
+def features_for(candidates: Mapping, *, groups: np.ndarray | None = None,
+                 names: tuple[str, ...] = FEATURE_NAMES) -> np.ndarray:
     """Feature matrix for candidates, computed per query.
 
     Parameters
@@ -216,17 +294,23 @@ def features_for(candidates: Mapping, *, groups: np.ndarray | None = None) -> np
     groups : np.ndarray [shape=(n,)] or None
         Query of each candidate; defaults to ``candidates["query_id"]``, or
         one query for all rows if there is no such column.
+    names : tuple of str
+        Features to build, from :data:`ALL_FEATURES` (default: the
+        :data:`FEATURE_NAMES` of this version's fusion model).
 
     Returns
     -------
-    X : np.ndarray [shape=(n, 17), dtype=float64]
-        Columns as in :data:`FEATURE_NAMES`.
+    X : np.ndarray [shape=(n, len(names)), dtype=float64]
+        Columns as in ``names``.
     """
+    unknown = [f for f in names if f not in ALL_FEATURES]
+    if unknown:
+        raise ParameterError(f"unknown fusion features {unknown}; known: {list(ALL_FEATURES)}")
     v = _column(candidates, "verify_score", None)
     n = v.shape[0]
-    vs = _column(candidates, "verify_std_score", n)
-    vh = _column(candidates, "verify_dhs_score", n)
-    vt = _column(candidates, "verify_high_score", n)
+    raw = {"verify": v}
+    for k in ("verify_std", "verify_dhs", "verify_high"):
+        raw[k] = _column(candidates, f"{k}_score", n)
     h = dhs_ratio(_column(candidates, "dhs_score", n), _column(candidates, "dhs_matrix_mean", n))
     p = _column(candidates, "pse_distance", n)
     if groups is None:
@@ -235,29 +319,41 @@ def features_for(candidates: Mapping, *, groups: np.ndarray | None = None) -> np
     if groups.shape[0] != n:
         raise ParameterError(f"groups has {groups.shape[0]} rows but candidates have {n}")
     if n == 0:
-        return np.zeros((0, len(FEATURE_NAMES)))
+        return np.zeros((0, len(names)))
     _, inv = np.unique(groups, return_inverse=True)
     ng = int(inv.max()) + 1
-    v_missing = ~np.isfinite(v)
-    v = _fill_missing(v, inv, ng)
+    cols = {"verify_missing": (~np.isfinite(v)).astype(np.float64)}
+    for k, x in raw.items():
+        x = _fill_missing(x, inv, ng)
+        cols["verify_score" if k == "verify" else f"{k}_score"] = x
+        cols[f"{k}_gap_to_best"] = x - _group_min(x, inv, ng)
+        cols[f"{k}_margin_to_second"] = _margin(x, inv, ng)
+        cols[f"{k}_robust_z"] = _robust_z(x, inv, ng)
     h = _fill_missing(h, inv, ng)
     lp = np.log(np.maximum(_fill_missing(p, inv, ng), 0.0) + _EPS)
-    lh = np.log(np.maximum(h, 0.0) + _EPS)
-    other_verify = []
-    for x in (vs, vh, vt):  # each: the score, its gap to the best and its margin
-        x = _fill_missing(x, inv, ng)
-        other_verify += [x, x - _group_min(x, inv, ng), _margin(x, inv, ng)]
-    return np.column_stack([
-        v,
-        lh,
-        lp,
-        v - _group_min(v, inv, ng),
-        h - _group_min(h, inv, ng),
-        lp - _group_min(lp, inv, ng),
-        _margin(v, inv, ng),
-        v_missing.astype(np.float64),
-        *other_verify,
-    ])
+    cols["log_dhs_ratio"] = np.log(np.maximum(h, 0.0) + _EPS)
+    cols["dhs_ratio_gap_to_best"] = h - _group_min(h, inv, ng)
+    cols["dhs_ratio_robust_z"] = _robust_z(h, inv, ng)
+    cols["log_pse_distance"] = lp
+    cols["log_pse_gap_to_best"] = lp - _group_min(lp, inv, ng)
+    cols["log_pse_robust_z"] = _robust_z(lp, inv, ng)
+    return np.column_stack([cols[f] for f in names])
+
+
+def _robust_z(x: np.ndarray, inv: np.ndarray, ng: int) -> np.ndarray:
+    """``(x - median) / (1.4826 MAD + 0.01)`` within each group; inf values count as large."""
+    x = np.where(np.isfinite(x), x, np.nan)
+    med, mad = np.zeros(ng), np.zeros(ng)
+    order = np.argsort(inv, kind="stable")
+    bounds = np.r_[0, np.cumsum(np.bincount(inv, minlength=ng))]
+    for g in range(ng):
+        xs = x[order[bounds[g]:bounds[g + 1]]]
+        xs = xs[np.isfinite(xs)]
+        if xs.size:
+            med[g] = np.median(xs)
+            mad[g] = np.median(np.abs(xs - med[g]))
+    z = (x - med[inv]) / (1.4826 * mad[inv] + 0.01)
+    return np.nan_to_num(z, nan=0.0)
 
 
 def _margin(v: np.ndarray, inv: np.ndarray, ng: int) -> np.ndarray:
@@ -328,6 +424,7 @@ def fit_fusion(
     *,
     groups: np.ndarray | None = None,
     l2: float = 1.0,
+    names: tuple[str, ...] = FEATURE_NAMES,
     max_iter: int = 100,
     tol: float = 1e-10,
 ) -> FusionModel:
@@ -344,6 +441,8 @@ def fit_fusion(
         in ``metrics``.
     l2 : float >= 0
         Penalty ``l2/2 ‖w‖²`` on the standardised weights (the bias is free).
+    names : tuple of str
+        The features of ``X``'s columns (as passed to :func:`features_for`).
     max_iter : int > 0
     tol : float > 0
         Stop when the Newton decrement falls below ``tol``.
@@ -354,9 +453,9 @@ def fit_fusion(
     """
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y).ravel()
-    if X.ndim != 2 or X.shape[1] != len(FEATURE_NAMES):
+    if X.ndim != 2 or X.shape[1] != len(names):
         raise ParameterError(
-            f"X must have shape (n, {len(FEATURE_NAMES)}) as built by features_for, got {X.shape}"
+            f"X must have shape (n, {len(names)}) as built by features_for, got {X.shape}"
         )
     if y.shape[0] != X.shape[0]:
         raise ParameterError(f"y has {y.shape[0]} labels but X has {X.shape[0]} rows")
@@ -391,7 +490,7 @@ def fit_fusion(
             break
     model = FusionModel(
         weights=tuple(beta[:-1].tolist()), bias=float(beta[-1]),
-        mean=tuple(mean.tolist()), scale=tuple(scale.tolist()), l2=float(l2),
+        mean=tuple(mean.tolist()), scale=tuple(scale.tolist()), l2=float(l2), feature_names=tuple(names),
     )
     prob = predict_proba(model, X)
     metrics = {"n": int(X.shape[0]), "n_pos": int(y.sum()),

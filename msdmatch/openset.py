@@ -143,25 +143,25 @@ def write_open_set(corpus: str, *, out_dir: str, extra: Sequence[str] = (), spli
         raise ParameterError(f"halves={halves!r} must be 1 or 2")
     os.makedirs(out_dir, exist_ok=True)
     rows = _read_split(corpus)
-    audio = {r["track_id"]: os.path.abspath(os.path.join(corpus, "audio", r["track_id"] + ".mp3"))
+    audio = {r["track_id"]: os.path.realpath(os.path.join(corpus, "audio", r["track_id"] + ".mp3"))
              for r in rows}
     for c in extra:
         for r in _read_split(c):
             if split == "test" or r["split"] != "test":
-                audio.setdefault(r["track_id"], os.path.abspath(os.path.join(c, "audio", r["track_id"] + ".mp3")))
+                audio.setdefault(r["track_id"], os.path.realpath(os.path.join(c, "audio", r["track_id"] + ".mp3")))
     q_rows = [r for r in rows if r["query_id"] and r["split"] == split]
     if not q_rows:
         raise ParameterError(f"{corpus}/split.csv has no queries of split {split!r}")
     truth = truth_sets([r["query_id"] for r in q_rows], [r["track_id"] for r in q_rows])
     _write_list(os.path.join(out_dir, "queries.txt"),
-                [os.path.abspath(os.path.join(corpus, "midi", q + ".mid")) for q in sorted(truth)])
+                [os.path.realpath(os.path.join(corpus, "midi", q + ".mid")) for q in sorted(truth)])
     _write_list(os.path.join(out_dir, "db-closed.txt"), [audio[t] for t in sorted(audio)])
     _write_truth(os.path.join(out_dir, "truth-closed.csv"), truth)
     gone_a = removed_queries(list(truth), fraction=fraction, seed=seed)
     plans = {"a": gone_a}
     if halves == 2:
         plans["b"] = set(truth) - gone_a
-    summary: dict = {"corpus": os.path.abspath(corpus), "extra": [os.path.abspath(c) for c in extra],
+    summary: dict = {"corpus": os.path.realpath(corpus), "extra": [os.path.realpath(c) for c in extra],
                      "split": split, "fraction": fraction, "seed": seed, "queries": len(truth),
                      "db_closed": len(audio)}
     for name, gone in plans.items():

@@ -8,6 +8,8 @@ import pytest
 
 from msdmatch.errors import ModelError, ParameterError
 from msdmatch.fusion import (
+    ALL_FEATURES,
+    DEFAULT_THRESHOLD,
     FEATURE_NAMES,
     FusionModel,
     dhs_ratio,
@@ -15,6 +17,7 @@ from msdmatch.fusion import (
     features_for,
     fit_fusion,
     predict_proba,
+    read_threshold,
     reliability_curve,
 )
 
@@ -84,9 +87,13 @@ def test_json_round_trip(rng, tmp_path):
 def test_from_dict_refuses_other_versions(rng):
     cands, y = make_candidates(rng, 50)
     d = fit_fusion(features_for(cands), y).to_dict()
-    with pytest.raises(ModelError, match="format_version 99"):
+    with pytest.raises(ModelError, match="format_version 99.*newer msdmatch"):
         FusionModel.from_dict({**d, "format_version": 99})
-    with pytest.raises(ModelError, match="uses features"):
+    with pytest.raises(ModelError, match=r"format_version 3.*refit it with `scripts/fit_fusion_openset.sh`"):
+        FusionModel.from_dict({**d, "format_version": 3})
+    with pytest.raises(ModelError, match="threshold 1.5 is not a probability"):
+        FusionModel.from_dict({**d, "threshold": 1.5})
+    with pytest.raises(ModelError, match=r"features \['a'\]; this msdmatch reads format_version"):
         FusionModel.from_dict({**d, "feature_names": ["a"]})
 
 
@@ -99,8 +106,8 @@ def test_features_are_per_query():
              "verify_std_score": np.array([0.4, 0.6, 0.7, 0.2]),
              "verify_dhs_score": np.array([0.9, np.nan, 0.5, 0.3]),
              "verify_high_score": np.array([0.6, 0.2, np.nan, 0.4])}
-    X = features_for(cands)
-    assert X.shape == (4, len(FEATURE_NAMES))
+    X = features_for(cands, names=ALL_FEATURES[:17])
+    assert X.shape == (4, 17)
     np.testing.assert_allclose(X[:, 0], [0.5, 0.3, 0.5, 0.9])  # NaN -> query's worst
     np.testing.assert_allclose(X[:, 3], [0.2, 0.0, 0.2, 0.0])
     np.testing.assert_allclose(X[:, 1], np.log([2.0, 2.4, 2.2, 1.0]), atol=1e-5)
@@ -112,6 +119,36 @@ def test_features_are_per_query():
     # NaN -> the query's worst (0.9), so candidate 2 is best by 0.4
     np.testing.assert_allclose(X[:, 11:14], [[0.9, 0.4, 0.4], [0.9, 0.4, 0.4], [0.5, 0.0, -0.4], [0.3, 0, 0]])
     np.testing.assert_allclose(X[:, 14:], [[0.6, 0.4, 0.4], [0.2, 0.0, -0.4], [0.6, 0.4, 0.4], [0.4, 0, 0]])
+
+
+def test_robust_z_and_named_features():
+    cands = {"query_id": np.array(["a"] * 5 + ["b"]),
+             "verify_score": np.array([0.2, 0.8, 0.9, 1.0, 0.7, 0.5]),
+             "dhs_score": np.full(6, 10.0), "pse_distance": np.ones(6), "dhs_matrix_mean": np.full(6, 5.0),
+             "verify_std_score": np.zeros(6), "verify_dhs_score": np.zeros(6), "verify_high_score": np.zeros(6)}
+    X = features_for(cands, names=("verify_robust_z", "verify_score"))
+    # query a: median 0.8, MAD median(|0.6, 0, 0.1, 0.2, 0.1|) = 0.1
+    np.testing.assert_allclose(X[:5, 0], (np.array([0.2, 0.8, 0.9, 1.0, 0.7]) - 0.8) / (0.14826 + 0.01))
+    assert X[5, 0] == 0.0  # one candidate: nothing to stand out of
+    np.testing.assert_array_equal(X[:, 1], cands["verify_score"])
+    with pytest.raises(ParameterError, match="unknown fusion features"):
+        features_for(cands, names=("verify_score", "bogus"))
+
+
+def test_threshold_travels_with_the_model(rng, tmp_path):
+    cands, y = make_candidates(rng, 100)
+    model = fit_fusion(features_for(cands), y)
+    assert model.threshold == DEFAULT_THRESHOLD and model.false_accept_rate is None
+    tuned = FusionModel(**{**model.__dict__, "threshold": 0.83, "false_accept_rate": 0.02,
+                           "true_accept_rate": 0.97})
+    tuned.save(str(tmp_path / "f.json"))
+    d = json.loads((tmp_path / "f.json").read_text())
+    assert (d["threshold"], d["false_accept_rate"], d["true_accept_rate"]) == (0.83, 0.02, 0.97)
+    assert read_threshold(str(tmp_path / "f.json")) == 0.83
+    assert FusionModel.load(str(tmp_path / "f.json")) == tuned
+    (tmp_path / "bad.json").write_text(json.dumps({**d, "threshold": "high"}))
+    with pytest.raises(ModelError, match="expected a number in"):
+        read_threshold(str(tmp_path / "bad.json"))
 
 
 def test_dhs_ratio():

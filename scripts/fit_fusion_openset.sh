@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Refit the fusions (fusion-midi-synth.json, fusion-midi-pianoroll.json) on open-set validation matches.
+#   usage: [MODELS=MODELDIR] [OUT=DIR] scripts/fit_fusion_openset.sh [WORKDIR]
+# MODELS (default msdmatch/shipped) holds the DHS/PSE models being calibrated; OUT (default MODELS)
+# is where the fusion JSONs go.  Run it after retraining the models (scripts/train_shipped.sh).
+#
+# Calibration data, validation split only (never a test song):
+# - queries: the validation queries of the training corpus (demo-data seed 1, 1200 songs, 300
+#   distractors, --balanced; the same corpus as train_shipped.sh, reused from WORKDIR/train_corpus);
+# - database: every preview of that corpus plus the non-test previews of a second corpus of
+#   distractors (seed 2), about 1,950 previews;
+# - open set: two databases, each without the recordings of a complementary half of the queries
+#   (python -m msdmatch.openset), so every query is matched once with and once without its
+#   recording and half of each run's queries have no match.
+# `msdmatch calibrate` fits the fusion on both runs, cross-validates it by query and picks the
+# threshold that accepts at most 2% of the no-match queries.  Every step resumes: a re-run skips
+# finished corpora, stores and matches (delete WORKDIR/openset/*.parquet to re-match).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=${1:-data}
+MS=.venv/bin/msdmatch
+PY=.venv/bin/python
+MODELS=${MODELS:-msdmatch/shipped}
+OUT=${OUT:-$MODELS}
+mkdir -p "$OUT"
+[ -f "$W/train_corpus/corpus.json" ] || \
+    $MS demo-data "$W/train_corpus" --songs 1200 --distractors 300 --seed 1 --balanced
+[ -f "$W/extra_corpus/corpus.json" ] || \
+    $MS demo-data "$W/extra_corpus" --songs 1 --distractors 500 --seed 2 --balanced
+O="$W/openset"
+$PY -m msdmatch.openset "$W/train_corpus" "$W/extra_corpus" --split valid --out "$O"
+for half in a b; do
+  $MS featurize audio "$O/db-$half.txt" --out "$O/db-$half.zarr"
+  $MS embed "$O/db-$half.zarr" --models "$MODELS"
+done
+for mode in synth pianoroll; do
+  $MS featurize midi "$O/queries.txt" --out "$O/q-$mode.zarr" --mode "$mode"
+  $MS embed "$O/q-$mode.zarr" --models "$MODELS"
+  for half in a b; do
+    [ -e "$O/matches-$mode-$half.parquet" ] || \
+      $MS match "$O/q-$mode.zarr" "$O/db-$half.zarr" --out "$O/matches-$mode-$half.parquet" \
+          --models "$MODELS" --fusion none
+  done
+  $MS calibrate "$O/matches-$mode-a.parquet" "$O/matches-$mode-b.parquet" \
+      --truth "$O/truth-a.csv" --truth "$O/truth-b.csv" --out "$OUT/fusion-midi-$mode.json"
+done
