@@ -73,5 +73,7 @@ def run_demo(out_dir: str, *, songs: int = 200, distractors: int = 800, seed: in
     metrics["match_per_query_seconds"] = m["per_query"]
     metrics["match_threads"] = m["threads"]
     metrics["stage_seconds"] = t
-    (out / "report" / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    from ..report import json_safe
+
+    (out / "report" / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False))
     return metrics
