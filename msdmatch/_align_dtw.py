@@ -29,7 +29,7 @@ from numba import njit
 from .errors import ParameterError
 
 #: Largest number of cells of the coarsest (unbanded) level.
-MAX_COARSE_CELLS = 4_000_000
+MAX_COARSE_CELLS = 16_000_000
 
 
 @njit(cache=True)

@@ -10,7 +10,8 @@ annotation of the recording.  The aligner:
 3. runs a multi-resolution DTW (:func:`msdmatch._align_dtw.align_path`):
    a global path for a full rendition, a subsequence path (the recording
    is a part of the MIDI) for an excerpt;
-4. turns the path into a monotone time map and retimes the file with
+4. turns the path into a monotone time map, corrects its local offsets by
+   correlating the two sides' onsets (:func:`refine_time_map`), and retimes the file with
    :func:`msdmatch.retime.retime`: one tempo change per beat at most, none
    where the tempo is steady, every event kept; notes outside an excerpt's
    span are dropped and the file records its span.
@@ -70,7 +71,8 @@ class Alignment:
 
 
 def align_features(y: np.ndarray, sr: int, *, hop: int = ALIGN_HOP, tuning: float | None = None,
-                   onset_weight: float = 1.0, gamma: float = 10.0) -> np.ndarray:
+                   onset_weight: float = 1.0, gamma: float = 10.0,
+                   return_onsets: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Chroma and decaying onset features for alignment.
 
     The log-compressed CQT (6 octaves from C2) is folded into 12 chroma
@@ -92,10 +94,15 @@ def align_features(y: np.ndarray, sr: int, *, hop: int = ALIGN_HOP, tuning: floa
     gamma : float > 0
         Log compression ``log(1 + gamma * x / max)`` of the CQT and the chroma.
 
+    return_onsets : bool
+        Also return the onset strength per pitch class (for :func:`refine_time_map`).
+
     Returns
     -------
     F : np.ndarray [shape=(n_frames, 24), dtype=float32]
         Unit frames (silent frames stay zero).
+    onsets : np.ndarray [shape=(n_frames, 12), dtype=float32]
+        Only with ``return_onsets``: rectified log-CQT flux folded into pitch classes.
     """
     import librosa
     from scipy.ndimage import maximum_filter1d
@@ -116,7 +123,8 @@ def align_features(y: np.ndarray, sr: int, *, hop: int = ALIGN_HOP, tuning: floa
     chroma = np.log1p(gamma * C.reshape(6, 12, -1).sum(axis=0) / max(float(C.max()), 1e-12))
     flux = np.maximum(np.diff(L, axis=1, prepend=L[:, :1]), 0.0)
     onset = flux.reshape(6, 12, -1).sum(axis=0)
-    onset /= np.maximum(maximum_filter1d(onset.max(axis=0), size=int(round(1.0 * ALIGN_SR / hop)) | 1), 1e-3)
+    strength = np.ascontiguousarray(onset.T, np.float32)
+    onset = onset / np.maximum(maximum_filter1d(onset.max(axis=0), size=int(round(1.0 * ALIGN_SR / hop)) | 1), 1e-3)
     decay = np.sqrt(np.linspace(1.0, 0.0, max(2, int(round(0.12 * ALIGN_SR / hop))), endpoint=False))
     onset = lfilter(decay, [1.0], onset, axis=1)
     parts = []
@@ -129,10 +137,59 @@ def align_features(y: np.ndarray, sr: int, *, hop: int = ALIGN_HOP, tuning: floa
     F = np.concatenate(parts, axis=1)
     n = np.linalg.norm(F, axis=1, keepdims=True)
     np.divide(F, n, out=F, where=n > 0)
-    return F
+    return (F, strength) if return_onsets else F
 
 
-def path_to_time_map(path: np.ndarray, *, frame_seconds: float, smooth: int = 15) -> tuple[np.ndarray, np.ndarray]:
+def refine_time_map(midi_times: np.ndarray, audio_times: np.ndarray, midi_onsets: np.ndarray,
+                    audio_onsets: np.ndarray, *, frame_seconds: float, window: float = 1.0, step: float = 0.5,
+                    max_lag: int = 8, smooth: int = 5) -> np.ndarray:
+    """Shift a time map locally so that the onsets of the two sides line up.
+
+    Around every ``step`` seconds of the MIDI, the MIDI's onset strength over
+    ``window`` seconds on each side is carried through the time map and
+    correlated with the recording's at lags of up to ``max_lag`` frames; the
+    best lags, median-filtered over ``smooth`` windows, are added to the map.
+    This removes what the DTW's frame grid and its smoothing leave of a local
+    offset (an instrument that speaks later in the recording, a path that
+    settles a frame or two off), not gross errors.
+
+    Parameters
+    ----------
+    midi_times, audio_times : np.ndarray [shape=(n,)]
+        The time map.
+    midi_onsets, audio_onsets : np.ndarray [shape=(n_frames, 12)]
+        Onset strengths at ``frame_seconds`` (:func:`align_features` with ``return_onsets``).
+    frame_seconds : float
+
+    Returns
+    -------
+    audio_times : np.ndarray [shape=(n,)]
+        Refined, non-decreasing.
+    """
+    from scipy.ndimage import median_filter
+
+    mt, at = np.asarray(midi_times, np.float64), np.asarray(audio_times, np.float64)
+    centres = np.arange(mt[0] + window, mt[-1] - window, step)
+    if len(centres) < 3:
+        return at
+    lags = np.arange(-max_lag, max_lag + 1)
+    offsets = np.zeros(len(centres))
+    for k, c in enumerate(centres):
+        fm = np.arange(max(0, int((c - window) / frame_seconds)),
+                       min(len(midi_onsets), int((c + window) / frame_seconds)))
+        fa = np.round(np.interp(fm * frame_seconds, mt, at) / frame_seconds).astype(np.int64)
+        scores = np.zeros(len(lags))
+        for i, lag in enumerate(lags):
+            g = fa + lag
+            ok = (g >= 0) & (g < len(audio_onsets))
+            scores[i] = np.sum(midi_onsets[fm[ok]] * audio_onsets[g[ok]])
+        if scores.max() > 0:
+            offsets[k] = lags[int(np.argmax(scores))] * frame_seconds
+    offsets = median_filter(offsets, size=smooth, mode="nearest")
+    return np.maximum.accumulate(at + np.interp(mt, centres, offsets))
+
+
+def path_to_time_map(path: np.ndarray, *, frame_seconds: float, smooth: int = 40) -> tuple[np.ndarray, np.ndarray]:
     """Monotone (midi_time, audio_time) anchors from a DTW path.
 
     Parameters
@@ -167,7 +224,7 @@ def path_to_time_map(path: np.ndarray, *, frame_seconds: float, smooth: int = 15
 
 def align(pm, y: np.ndarray, sr: int, *, soundfont: str | None = None, mode: str = "auto",
           hop: int = ALIGN_HOP, radius: int = 16, onset_weight: float = 1.0,
-          synth: np.ndarray | None = None) -> Alignment:
+          refine: bool = True, synth: np.ndarray | None = None) -> Alignment:
     """Align ``pm`` to the recording ``y``.
 
     Parameters
@@ -188,6 +245,8 @@ def align(pm, y: np.ndarray, sr: int, *, soundfont: str | None = None, mode: str
         Band half-width of the multi-resolution DTW, in frames.
     onset_weight : float
         See :func:`align_features`.
+    refine : bool
+        Correct local offsets with :func:`refine_time_map`.
     synth : np.ndarray, optional
         The MIDI already synthesized at :data:`ALIGN_SR` (skips synthesis).
 
@@ -204,12 +263,14 @@ def align(pm, y: np.ndarray, sr: int, *, soundfont: str | None = None, mode: str
         raise ParameterError(f"mode must be 'auto', 'full' or 'excerpt', got {mode!r}")
     midi_duration_check(pm)
     ys = render(pm, sr=ALIGN_SR, soundfont=soundfont) if synth is None else synth
-    X = align_features(ys, ALIGN_SR, hop=hop, tuning=0.0, onset_weight=onset_weight)
-    Y = align_features(y, sr, hop=hop, onset_weight=onset_weight)
+    X, Xo = align_features(ys, ALIGN_SR, hop=hop, tuning=0.0, onset_weight=onset_weight, return_onsets=True)
+    Y, Yo = align_features(y, sr, hop=hop, onset_weight=onset_weight, return_onsets=True)
     excerpt = mode == "excerpt" or (mode == "auto" and len(Y) < EXCERPT_RATIO * len(X))
     path = align_path(X, Y, subseq=excerpt, radius=radius)
     fs = hop / ALIGN_SR
     mt, at = path_to_time_map(path, frame_seconds=fs)
+    if refine:
+        at = refine_time_map(mt, at, Xo, Yo, frame_seconds=fs)
     span = (float(mt[0]), float(mt[-1]) + fs) if excerpt else (0.0, float("inf"))
     audio_span = (float(at[0]), float(at[-1]) + fs)
     _check_coverage(mt, at, midi_seconds=len(X) * fs, audio_seconds=len(Y) * fs)

@@ -85,10 +85,16 @@ def _absolute(mid) -> list[list[tuple[int, object]]]:
 
 
 class TempoMap:
-    """Ticks to seconds under a file's set_tempo events (all tracks, as pretty_midi reads them)."""
+    """Ticks to seconds under a file's set_tempo events.
+
+    Only the first track's tempo events count, as pretty_midi reads a file
+    (the aligner's synthesis and every time it reports follow pretty_midi);
+    :func:`retime` removes the tempo events of every track.
+    """
 
     def __init__(self, tracks: list[list[tuple[int, object]]], ppq: int):
-        changes = sorted((t, m.tempo) for evs in tracks for t, m in evs if m.type == "set_tempo")
+        changes = sorted(((t, m.tempo) for t, m in tracks[0] if m.type == "set_tempo"),
+                         key=lambda c: c[0]) if tracks else []  # stable: the last of a tick wins
         ticks, us = [0], [500000]
         for t, tempo in changes:
             if t == ticks[-1]:

@@ -135,6 +135,33 @@ def test_retime_of_a_steady_map_needs_one_tempo(tmp_path):
     assert np.max(np.abs(got - want)) < 0.002
 
 
+def test_retime_reads_the_tempo_map_as_pretty_midi_does(tmp_path):
+    """Two tempos on one tick: the last wins; tempo events off the first track are not pretty_midi's."""
+    import mido
+    import pretty_midi
+
+    from msdmatch.retime import beat_ticks, retime
+
+    mid = mido.MidiFile(type=1, ticks_per_beat=96)
+    mid.tracks.append(mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500000, time=0),
+                                      mido.MetaMessage("set_tempo", tempo=428571, time=0)]))
+    tr = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=900000, time=0)])
+    for k in range(40):
+        tr.append(mido.Message("note_on", note=60 + k % 5, velocity=80, time=0 if k == 0 else 48))
+        tr.append(mido.Message("note_off", note=60 + k % 5, velocity=0, time=48))
+    mid.tracks.append(tr)
+    mid.save(str(tmp_path / "t.mid"))
+    pm = pretty_midi.PrettyMIDI(str(tmp_path / "t.mid"))
+    src = np.linspace(0, 30, 10)
+    out, _ = retime(mid, src, src, beats=beat_ticks(pm), span=(5.0, 12.0))
+    buf = io.BytesIO()
+    out.save(file=buf)
+    pb = pretty_midi.PrettyMIDI(io.BytesIO(buf.getvalue()))
+    want = np.array([n.start for n in pm.instruments[0].notes if 5.0 <= n.start <= 12.0])
+    got = np.array([n.start for n in pb.instruments[0].notes])
+    assert len(got) == len(want) > 0 and np.max(np.abs(got - want)) < 0.002
+
+
 def test_retime_of_an_excerpt_drops_notes_outside_and_records_the_span(tmp_path):
     import mido
     import pretty_midi
