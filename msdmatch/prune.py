@@ -44,7 +44,7 @@ from numba import njit
 
 from msdmatch.errors import ParameterError
 
-__all__ = ["topk_sq_euclidean", "merge_topk", "default_k"]
+__all__ = ["topk_sq_euclidean", "merge_topk", "default_k", "query_windows", "topk_multi"]
 
 #: Unit roundoff of float32.
 _U32 = 2.0**-24
@@ -415,3 +415,96 @@ def merge_topk(
     k = min(int(k), dist.shape[1])
     order = np.lexsort((idx, dist), axis=-1)[:, :k]
     return np.take_along_axis(dist, order, 1), np.take_along_axis(idx, order, 1)
+
+
+# ----------------------------------------------------------------------------- several vectors per query
+
+
+def query_windows(n_frames: int, *, length: int, hop: int) -> np.ndarray:
+    """Start frames of the windows a query is cut into (windowed PSE embeddings).
+
+    Parameters
+    ----------
+    n_frames : int >= 0
+        Frames of the query.
+    length, hop : int > 0
+        Window length and hop in frames.
+
+    Returns
+    -------
+    starts : np.ndarray [shape=(w,), dtype=int64]
+        ``0, hop, 2 hop, ...`` while a window fits, plus a last window flush with
+        the end; ``[0]`` (one window, the whole query) if it is not longer than
+        ``length``.
+    """
+    if int(length) != length or length < 1 or int(hop) != hop or hop < 1:
+        raise ParameterError(f"length and hop must be positive integers, got {length!r}, {hop!r}")
+    n = int(n_frames)
+    if n <= length:
+        return np.zeros(1, np.int64)
+    starts = np.arange(0, n - length + 1, hop, dtype=np.int64)
+    if starts[-1] != n - length:
+        starts = np.append(starts, np.int64(n - length))
+    return starts
+
+
+def topk_multi(
+    windows: np.ndarray,
+    offsets: np.ndarray,
+    db: np.ndarray,
+    *,
+    k: int,
+    **kwargs,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-K by the minimum distance over each query's vectors.
+
+    Query ``i`` has the vectors ``windows[offsets[i]:offsets[i + 1]]``; an
+    entry's distance to it is the smallest squared Euclidean distance to any
+    of them.  The top-K of that minimum is contained in the union of the
+    vectors' own top-K (an entry in it ranks within K for the vector that
+    achieves its minimum), so one :func:`topk_sq_euclidean` over all vectors
+    and a per-query merge give the exact result; the cost is that of a search
+    for ``len(windows)`` queries.
+
+    Parameters
+    ----------
+    windows : np.ndarray [shape=(m, d), dtype=float32 or float16]
+    offsets : np.ndarray [shape=(q + 1,), dtype=int]
+        Non-decreasing, ``offsets[0] == 0``, ``offsets[-1] == m``; a query
+        without vectors gets no neighbours (NaN distances, index -1).
+    db : np.ndarray [shape=(n, d)]
+    k : int > 0
+    **kwargs
+        Passed to :func:`topk_sq_euclidean` (``block``, ``db_sq_norms``, ``slack``).
+
+    Returns
+    -------
+    dist : np.ndarray [shape=(q, min(k, n)), dtype=float32]
+        Minimum squared distances, ascending; ties ordered by index.
+    idx : np.ndarray [shape=(q, min(k, n)), dtype=int64]
+    """
+    off = np.asarray(offsets)
+    windows = _check_matrix(windows, "windows")
+    if (off.ndim != 1 or off.size < 1 or off.dtype.kind not in "iu" or off[0] != 0
+            or off[-1] != windows.shape[0] or np.any(np.diff(off) < 0)):
+        raise ParameterError(
+            f"offsets must be non-decreasing integers from 0 to {windows.shape[0]} (len(windows)), "
+            f"got {off!r}"
+        )
+    d, x = topk_sq_euclidean(windows, db, k=k, **kwargs)
+    nq, kk = off.size - 1, d.shape[1]
+    dist = np.full((nq, kk), np.nan, np.float32)
+    idx = np.full((nq, kk), -1, np.int64)
+    for i in range(nq):
+        a, b = int(off[i]), int(off[i + 1])
+        if a == b:
+            continue
+        di, xi = d[a:b].ravel(), x[a:b].ravel()
+        o = np.lexsort((di, xi))  # by index, then distance: each index's minimum first
+        xi, di = xi[o], di[o]
+        first = np.ones(xi.size, bool)
+        first[1:] = xi[1:] != xi[:-1]
+        xi, di = xi[first], di[first]
+        o = np.lexsort((xi, di))[:kk]
+        dist[i, : o.size], idx[i, : o.size] = di[o], xi[o]
+    return dist, idx

@@ -93,3 +93,43 @@ def test_errors():
         merge_topk([(np.zeros((2, 1)), np.zeros((2, 1), int)), (np.zeros((3, 1)), np.zeros((3, 1), int))], k=1)
     with pytest.raises(ParameterError, match="parts is empty"):
         merge_topk([], k=1)
+
+
+def test_query_windows_cover_the_query():
+    from msdmatch.prune import query_windows
+
+    assert query_windows(10, length=4, hop=3).tolist() == [0, 3, 6]
+    assert query_windows(11, length=4, hop=3).tolist() == [0, 3, 6, 7]
+    assert query_windows(3, length=4, hop=2).tolist() == [0]
+    with pytest.raises(ParameterError):
+        query_windows(10, length=0, hop=1)
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(1, 60))
+@settings(max_examples=25, deadline=None)
+def test_topk_multi_equals_brute_force_min_over_windows(seed, k):
+    from msdmatch.prune import topk_multi
+
+    rng = np.random.default_rng(seed)
+    db = rng.standard_normal((300, 8)).astype(np.float32)
+    counts = rng.integers(0, 5, size=4)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    windows = rng.standard_normal((int(offsets[-1]), 8)).astype(np.float32)
+    dist, idx = topk_multi(windows, offsets, db, k=k)
+    for i in range(4):
+        a, b = offsets[i], offsets[i + 1]
+        if a == b:
+            assert np.all(idx[i] == -1) and np.all(np.isnan(dist[i]))
+            continue
+        ex = ((windows[a:b, None].astype(np.float64) - db[None]) ** 2).sum(-1).astype(np.float32).min(0)
+        order = np.lexsort((np.arange(ex.size), ex))[:k]
+        assert np.array_equal(idx[i], order)
+        assert np.array_equal(dist[i], ex[order])
+
+
+def test_topk_multi_rejects_bad_offsets():
+    from msdmatch.prune import topk_multi
+
+    w = np.zeros((3, 4), np.float32)
+    with pytest.raises(ParameterError):
+        topk_multi(w, np.array([0, 2]), np.zeros((5, 4), np.float32), k=2)

@@ -212,13 +212,15 @@ def make_song(spec: SongSpec):
     return songs.generated_song(rng=rng), ""
 
 
-def make_item(spec: SongSpec, *, out_dir: str) -> dict:
+def make_item(spec: SongSpec, *, out_dir: str, style: str = "default") -> dict:
     """Build one song: write its MIDI query (if any) and its MP3 preview.
 
     Parameters
     ----------
     spec : SongSpec
     out_dir : str
+    style : str
+        Recording style (:func:`msdmatch.demo.recording.plan_recording`).
 
     Returns
     -------
@@ -238,7 +240,7 @@ def make_item(spec: SongSpec, *, out_dir: str) -> dict:
         if spec.query_id:
             pm.write(os.path.join(out_dir, "midi", spec.query_id + ".mid"))
         rng = np.random.default_rng((spec.seed, spec.index, _STREAM_RECORDING))
-        mp3, plan = make_recording(pm, rng=rng)
+        mp3, plan = make_recording(pm, rng=rng, style=style)
         with open(os.path.join(out_dir, "audio", spec.track_id + ".mp3"), "wb") as fh:
             fh.write(mp3)
         row.update(plan=plan, duplicate_plan=None, error="")
@@ -300,11 +302,12 @@ def make_duplicate(pm, plan: dict, mp3: bytes, *, rng: np.random.Generator) -> t
             {"kind": "reencode", "kbps": kbps, "gain": gain})
 
 
-def _make_partition(specs, *, out_dir: str) -> list[dict]:
-    return [make_item(s, out_dir=out_dir) for s in specs]
+def _make_partition(specs, *, out_dir: str, style: str = "default") -> list[dict]:
+    return [make_item(s, out_dir=out_dir, style=style) for s in specs]
 
 
-def _run(specs: list[SongSpec], *, out_dir: str, n_workers: int, progress: bool) -> list[dict]:
+def _run(specs: list[SongSpec], *, out_dir: str, n_workers: int, progress: bool,
+         style: str = "default") -> list[dict]:
     """Build the songs on the active distributed Client, else on a LocalCluster."""
     from ..cluster import client_for
 
@@ -316,23 +319,24 @@ def _run(specs: list[SongSpec], *, out_dir: str, n_workers: int, progress: bool)
         client = None
     if client is None:
         with client_for(None, n_workers=n_workers, dashboard=False, quiet=True) as c:
-            return _run_on(c, specs, out_dir=out_dir, progress=progress)
-    return _run_on(client, specs, out_dir=out_dir, progress=progress)
+            return _run_on(c, specs, out_dir=out_dir, progress=progress, style=style)
+    return _run_on(client, specs, out_dir=out_dir, progress=progress, style=style)
 
 
-def _run_on(client, specs: list[SongSpec], *, out_dir: str, progress: bool) -> list[dict]:
+def _run_on(client, specs: list[SongSpec], *, out_dir: str, progress: bool,
+            style: str = "default") -> list[dict]:
     from ..cluster import run_shards, total_threads
 
     size = max(1, min(25, -(-len(specs) // (8 * total_threads(client)))))
     parts = [specs[i : i + size] for i in range(0, len(specs), size)]
     rows = run_shards(client, _make_partition, parts, name="demo-data", progress=progress,
-                      kwargs={"out_dir": out_dir})
+                      kwargs={"out_dir": out_dir, "style": style})
     return [r for part in rows for r in part]
 
 
 def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: int = 0,
                  balanced: bool = False, duplicates: float = DUPLICATE_FRACTION, n_workers: int = 2,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, style: str = "default") -> dict:
     """Build the demo corpus (MIDI queries, MP3 previews, truth and splits).
 
     Parameters
@@ -352,6 +356,10 @@ def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: in
         Local worker processes when no distributed Client is active.
     progress : bool
         Show a progress bar.
+    style : {'default', 'realistic'}
+        Recording style (:func:`msdmatch.demo.recording.plan_recording`);
+        ``'realistic'`` for training corpora.  Recorded in ``corpus.json``
+        unless default.
 
     Returns
     -------
@@ -363,13 +371,17 @@ def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: in
     """
     if not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
         raise ParameterError(f"n_workers={n_workers!r} must be a positive integer")
+    from .recording import STYLES
+
+    if style not in STYLES:
+        raise ParameterError(f"style={style!r} must be one of {', '.join(STYLES)}")
     t0 = time.perf_counter()
     out = Path(out_dir)
     (out / "midi").mkdir(parents=True, exist_ok=True)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     specs = plan_corpus(songs=songs, distractors=distractors, seed=seed, balanced=balanced,
                         duplicates=duplicates)
-    rows = sorted(_run(specs, out_dir=str(out), n_workers=n_workers, progress=progress),
+    rows = sorted(_run(specs, out_dir=str(out), n_workers=n_workers, progress=progress, style=style),
                   key=lambda r: r["index"])
     ok = [r for r in rows if not r["error"]]
     pairs = [(r, t) for r in ok for t in (r["track_id"], r["duplicate"]) if t]  # (row, preview)
@@ -411,7 +423,7 @@ def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: in
         "soundfonts": {"queries": "TimGM6mb.sf2", "recordings": list(_recording_soundfonts())},
         "preview_seconds": 30.0,
         "versions": _versions(),
-    }
+    } | ({"style": style} if style != "default" else {})
     (out / "corpus.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return summary
 

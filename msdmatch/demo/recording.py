@@ -15,6 +15,14 @@ The pipeline per song is pure up to the MP3 bytes:
 
 Audio arrays are mono float32 ``(n_samples,)``; rendering is at 22,050 Hz
 and upsampled when the MP3 is 44.1 kHz.
+
+Two styles (``style=``): ``'default'`` (the demo corpus; note-for-note the
+query with other instruments) and ``'realistic'`` (for training corpora; see
+:func:`plan_realistic`): parts dropped, the melody too, instruments
+substituted, sections repeated or omitted and the intro cut before the
+window is cut, per-note timing jitter, loud drums, a wider tempo range and
+stronger effects.  Default plans carry no ``style`` key, so the demo corpus
+is byte-identical to one built before styles existed.
 """
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ import copy
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, ParameterError
 
 #: Soundfonts used for recordings (never TimGM6mb, which renders queries).
 RECORDING_SOUNDFONTS = ("FluidR3_GM.sf2", "MuseScore_General_Lite.sf3")
@@ -31,10 +39,13 @@ PREVIEW_SECONDS = 30.0
 #: Rate the recordings are synthesized at.
 RENDER_SR = 22050
 
+#: Recording styles: the demo corpus's and the harder one for training corpora.
+STYLES = ("default", "realistic")
+
 _EXTRA_LEADS = (40, 56, 65, 71, 73, 80, 81, 24, 11, 61)
 
 
-def plan_recording(pm, *, rng: np.random.Generator) -> dict:
+def plan_recording(pm, *, rng: np.random.Generator, style: str = "default") -> dict:
     """Draw the decisions that make a recording differ from its transcription.
 
     Parameters
@@ -42,12 +53,18 @@ def plan_recording(pm, *, rng: np.random.Generator) -> dict:
     pm : pretty_midi.PrettyMIDI
         The song (the MIDI query).
     rng : np.random.Generator
+    style : {'default', 'realistic'}
+        ``'realistic'`` draws with :func:`plan_realistic`.
 
     Returns
     -------
     plan : dict
         JSON-serialisable decisions; see the module docstring.
     """
+    if style not in STYLES:
+        raise ParameterError(f"style={style!r} must be one of {', '.join(STYLES)}")
+    if style == "realistic":
+        return plan_realistic(pm, rng=rng)
     n = len(pm.instruments)
     melodic = [i for i, inst in enumerate(pm.instruments) if not inst.is_drum]
     programs = []
@@ -97,6 +114,219 @@ def plan_recording(pm, *, rng: np.random.Generator) -> dict:
     }
 
 
+#: Soundfonts of the realistic style (never TimGM6mb, nor the evaluation set's banks).
+REALISTIC_SOUNDFONTS = RECORDING_SOUNDFONTS
+
+
+def melody_part(pm) -> int:
+    """Index of the melody: the non-drum part with notes and the highest mean pitch, or -1."""
+    best, best_pitch = -1, -np.inf
+    for i, inst in enumerate(pm.instruments):
+        if not inst.is_drum and inst.notes:
+            mean = float(np.mean([n.pitch for n in inst.notes]))
+            if mean > best_pitch:
+                best, best_pitch = i, mean
+    return best
+
+
+def plan_sections(pm, *, rng: np.random.Generator) -> list[list[float]]:
+    """Draw a structure change: the song's sections, some cut, omitted or repeated.
+
+    Sections are 4 or 8 bars long (downbeats; 8 s blocks if the song has no
+    usable downbeats).  With three sections or more: the intro (first
+    section) is cut with probability 0.35, a middle section omitted with 0.3,
+    and a section played twice with 0.4.
+
+    Returns
+    -------
+    segments : list of [start, end]
+        Spans of the song in seconds, played one after another.
+    """
+    end = float(pm.get_end_time())
+    bars = int(rng.choice([4, 8]))
+    try:
+        down = np.asarray(pm.get_downbeats(), dtype=float)
+    except Exception:  # pretty_midi raises plain errors on odd meters
+        down = np.zeros(0)
+    bounds = down[::bars] if down.size >= 2 * bars else np.arange(0.0, end, 8.0)
+    bounds = [0.0] + [float(b) for b in bounds if 1.0 < b < end - 1.0] + [end]
+    sections = [[a, b] for a, b in zip(bounds[:-1], bounds[1:])]
+    cut, omit, repeat = rng.random() < 0.35, rng.random() < 0.3, rng.random() < 0.4
+    pick_omit, pick_repeat = rng.random(), rng.random()
+    if len(sections) < 3:
+        return sections
+    if cut:
+        sections = sections[1:]
+    if omit and len(sections) >= 3:
+        del sections[1 + int(pick_omit * (len(sections) - 2))]
+    if repeat:
+        i = int(pick_repeat * len(sections))
+        sections.insert(i + 1, list(sections[i]))
+    return sections
+
+
+def plan_realistic(pm, *, rng: np.random.Generator) -> dict:
+    """Draw a harder recording than the default style's (for training corpora).
+
+    Beyond the default decisions, with wider ranges: several parts dropped,
+    the melody (:func:`melody_part`) with probability 0.3 when another
+    melodic part remains; a structure change (:func:`plan_sections`);
+    per-note timing jitter (``jitter`` seconds, standard deviation); loud
+    drums (``drum_boost``: drums up, the rest down); soft clipping
+    (``fx['drive']``).  The window offset is drawn over the restructured,
+    warped performance.
+
+    Returns
+    -------
+    plan : dict
+        As :func:`plan_recording`'s, with ``style='realistic'``, ``drops``
+        (list of part indices, instead of ``drop``), ``segments``,
+        ``jitter`` and ``drum_boost``.
+    """
+    n = len(pm.instruments)
+    melodic = [i for i, inst in enumerate(pm.instruments) if not inst.is_drum and inst.notes]
+    programs = []
+    for inst in pm.instruments:
+        p = int(inst.program)
+        if not inst.is_drum:
+            u = rng.random()
+            if u < 0.4:
+                p = (p // 8) * 8 + int((p % 8 + rng.integers(1, 8)) % 8)
+            elif u < 0.75:
+                p = int((p + 8 * rng.integers(1, 14)) % 112)
+        programs.append(p)
+    melody = melody_part(pm)
+    drops = []
+    if len(melodic) >= 2:
+        if rng.random() < 0.3:
+            drops.append(melody)
+        for i in melodic:
+            if i != melody and rng.random() < 0.2:
+                drops.append(i)
+        if len(drops) >= len(melodic):  # keep one melodic part
+            drops = drops[:-1]
+    for i, inst in enumerate(pm.instruments):
+        if inst.is_drum and rng.random() < 0.1:
+            drops.append(i)
+    segments = plan_sections(pm, rng=rng)
+    warp_rate = float(rng.uniform(0.85, 1.15))
+    if abs(warp_rate - 1.0) < 0.02:
+        warp_rate += 0.03 if warp_rate >= 1.0 else -0.03
+    end = sum(b - a for a, b in segments) * warp_rate
+    has_drums = any(i.is_drum for i in pm.instruments)
+    fx = {
+        "reverb": bool(rng.random() < 0.85),
+        "rt": float(rng.uniform(0.2, 1.6)),
+        "wet": float(rng.uniform(0.1, 0.5)),
+        "highpass": float(rng.uniform(40, 400)),
+        "lowpass": float(rng.uniform(2000, 9000)) if rng.random() < 0.7 else 0.0,
+        "compress": bool(rng.random() < 0.75),
+        "ratio": float(rng.uniform(2, 8)),
+        "snr_db": float(rng.uniform(12, 40)),
+        "peak": float(rng.uniform(0.4, 0.98)),
+        "drive": float(rng.uniform(1.5, 6.0)) if rng.random() < 0.3 else 0.0,
+    }
+    return {
+        "style": "realistic",
+        "soundfont": REALISTIC_SOUNDFONTS[int(rng.integers(len(REALISTIC_SOUNDFONTS)))],
+        "programs": programs,
+        "drops": [int(i) for i in sorted(set(drops))],
+        "segments": segments,
+        "jitter": float(rng.uniform(0.005, 0.035)),
+        "drum_boost": bool(rng.random() < 0.5),
+        "extra_lead": int(rng.choice(_EXTRA_LEADS)) if melodic and rng.random() < 0.25 else -1,
+        "extra_percussion": bool(rng.random() < (0.6 if not has_drums else 0.25)),
+        "velocity_scale": [float(rng.uniform(0.5, 1.3)) for _ in range(n)],
+        "octave_double": int(rng.choice(melodic)) if melodic and rng.random() < 0.4 else -1,
+        "octave_shift": int(rng.choice((-12, 12))),
+        "warp_rate": warp_rate,
+        "warp_depth": float(rng.uniform(0.0, 0.06)),
+        "warp_period": float(rng.uniform(10, 60)),
+        "warp_phase": float(rng.uniform(0, 2 * np.pi)),
+        "offset": float(rng.uniform(0, max(0.0, end - PREVIEW_SECONDS))),
+        "fx": fx,
+        "mp3_sr": 22050 if rng.random() < 0.6 else 44100,
+        "mp3_kbps": int(rng.choice((64, 96, 128))),
+        "noise_seed": int(rng.integers(2**31)),
+    }
+
+
+def restructure(notes: list, segments: list, *, jitter: float, rng: np.random.Generator) -> list:
+    """Play ``segments`` of a part one after another, with per-note timing jitter.
+
+    Parameters
+    ----------
+    notes : list of pretty_midi.Note
+        One part, times in seconds of the song.
+    segments : list of [start, end]
+        Spans of the song (see :func:`plan_sections`).  A note belongs to the
+        span its onset falls in and is cut at the span's end.
+    jitter : float
+        Standard deviation in seconds of a normal shift of each note.
+    rng : np.random.Generator
+
+    Returns
+    -------
+    notes : list of pretty_midi.Note
+        New notes in performance time (>= 0), in segment order.
+    """
+    import pretty_midi
+
+    if not notes:
+        return []
+    start = np.array([n.start for n in notes])
+    end = np.array([n.end for n in notes])
+    out, cursor = [], 0.0
+    for a, b in segments:
+        for k in np.flatnonzero((start >= a) & (start < b)):
+            shift = float(rng.normal(0.0, jitter)) if jitter > 0 else 0.0
+            s = max(0.0, cursor + start[k] - a + shift)
+            e = max(s + 0.02, cursor + min(end[k], b) - a + shift)
+            out.append(pretty_midi.Note(notes[k].velocity, notes[k].pitch, s, e))
+        cursor += b - a
+    return out
+
+
+def _realistic_parts(pm, plan: dict) -> list:
+    """The realistic style's performed instruments (restructured, unwarped)."""
+    import pretty_midi
+
+    rng = np.random.default_rng(plan["noise_seed"])
+    boost = plan["drum_boost"]
+    melody = melody_part(pm)
+    insts = []
+    for i, src in enumerate(pm.instruments):
+        if i in plan["drops"]:
+            continue
+        inst = pretty_midi.Instrument(program=plan["programs"][i], is_drum=src.is_drum)
+        scale = plan["velocity_scale"][i] * ((1.6 if src.is_drum else 0.7) if boost else 1.0)
+        for n in restructure(src.notes, plan["segments"], jitter=plan["jitter"], rng=rng):
+            n.velocity = int(np.clip(n.velocity * scale + rng.integers(-12, 13), 15, 127))
+            inst.notes.append(n)
+        if i == plan["octave_double"]:
+            sh = plan["octave_shift"]
+            inst.notes.extend(
+                pretty_midi.Note(max(15, n.velocity - 15), n.pitch + sh, n.start, n.end)
+                for n in list(inst.notes) if 24 <= n.pitch + sh <= 108
+            )
+        insts.append(inst)
+    if plan["extra_lead"] >= 0 and melody >= 0 and melody not in plan["drops"]:
+        lead = pretty_midi.Instrument(program=plan["extra_lead"])
+        for n in restructure(pm.instruments[melody].notes, plan["segments"], jitter=plan["jitter"], rng=rng):
+            if n.pitch + 12 <= 108:
+                lead.notes.append(pretty_midi.Note(max(20, n.velocity - 20), n.pitch + 12, n.start, n.end))
+        insts.append(lead)
+    if plan["extra_percussion"]:
+        beats = pm.get_beats()
+        perc = pretty_midi.Instrument(program=0, is_drum=True)
+        vel = 110 if boost else 75
+        hits = [pretty_midi.Note(vel if k % 2 else vel - 15, 38 if k % 4 else 36, b, b + 0.1)
+                for k, b in enumerate(beats)]
+        perc.notes = restructure(hits, plan["segments"], jitter=0.0, rng=rng)
+        insts.append(perc)
+    return insts
+
+
 def warp_times(t: np.ndarray, *, rate: float, depth: float, period: float, phase: float) -> np.ndarray:
     """Smooth monotonic time warp: local tempo ``rate * (1 + depth*sin(...))``.
 
@@ -130,6 +360,12 @@ def perform(pm, plan: dict):
     perf : pretty_midi.PrettyMIDI
         Notes of the window only, in seconds from the window start.
     """
+    insts = _realistic_parts(pm, plan) if plan.get("style") == "realistic" else _default_parts(pm, plan)
+    return _window(insts, plan)
+
+
+def _default_parts(pm, plan: dict) -> list:
+    """The default style's performed instruments (whole song, unwarped)."""
     import pretty_midi
 
     rng = np.random.default_rng(plan["noise_seed"])
@@ -164,6 +400,13 @@ def perform(pm, plan: dict):
         for k, b in enumerate(beats):
             perc.notes.append(pretty_midi.Note(70 if k % 2 else 55, 70 if k % 4 else 39, b, b + 0.1))
         insts.append(perc)
+    return insts
+
+
+def _window(insts: list, plan: dict):
+    """Warp the performed instruments and crop them to the preview window."""
+    import pretty_midi
+
     t0 = plan["offset"]
     t1 = t0 + PREVIEW_SECONDS
     kw = {k: plan["warp_" + k] for k in ("rate", "depth", "period", "phase")}
@@ -232,6 +475,10 @@ def apply_effects(y: np.ndarray, *, sr: int, fx: dict, seed: int) -> np.ndarray:
 
     rng = np.random.default_rng(seed)
     y = y.astype(np.float64)
+    if fx.get("drive", 0.0) > 0:  # soft clipping (realistic style only)
+        peak = float(np.max(np.abs(y)))
+        if peak > 0:
+            y = np.tanh(fx["drive"] * y / peak) / np.tanh(fx["drive"])
     if fx["reverb"]:
         n_ir = int(fx["rt"] * sr)
         t = np.arange(n_ir) / sr
@@ -296,7 +543,7 @@ def encode_mp3(y: np.ndarray, *, sr: int, out_sr: int, kbps: int) -> bytes:
     return bytes(enc.encode(pcm.tobytes()) + enc.flush())
 
 
-def make_recording(pm, *, rng: np.random.Generator) -> tuple[bytes, dict]:
+def make_recording(pm, *, rng: np.random.Generator, style: str = "default") -> tuple[bytes, dict]:
     """Plan, perform, render, process and encode one preview.
 
     Parameters
@@ -304,6 +551,8 @@ def make_recording(pm, *, rng: np.random.Generator) -> tuple[bytes, dict]:
     pm : pretty_midi.PrettyMIDI
         The song.
     rng : np.random.Generator
+    style : {'default', 'realistic'}
+        See :func:`plan_recording`.
 
     Returns
     -------
@@ -316,7 +565,7 @@ def make_recording(pm, *, rng: np.random.Generator) -> tuple[bytes, dict]:
     InputError
         If the preview window holds no notes.
     """
-    plan = plan_recording(pm, rng=rng)
+    plan = plan_recording(pm, rng=rng, style=style)
     perf = perform(pm, plan)
     if not perf.instruments:
         raise InputError("preview window holds no notes")

@@ -1,0 +1,128 @@
+"""PSE recall at shares of the database, for model selection on a dev set.
+
+For each query of the chosen splits, the rank of its true preview among all
+previews of the database by PSE distance; recall at share ``s`` is the
+fraction of queries whose true preview ranks within ``ceil(s * n_db)``.
+Models are run straight from their ONNX files (no store is written), so
+several model directories with the same model names can be compared on the
+same stores.  ``--windows SECONDS:HOP`` also embeds each query as windows of
+that length (last window flush with the end) and ranks by the minimum
+distance over windows (:func:`msdmatch.prune.topk_multi`).
+
+    python benchmarks/pse_recall.py --corpus DIR --db DB.zarr \\
+        --queries synth=Q-SYNTH.zarr --queries pianoroll=Q-PR.zarr \\
+        --models shipped=msdmatch/shipped --models new=/tmp/models [--windows 30:15] \\
+        [--splits valid,test] [--json OUT.json]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARES = (0.001, 0.005, 0.01, 0.02, 0.05, 0.10)
+
+
+def truth_for(corpus: Path, splits: set[str]) -> dict[str, set[str]]:
+    """``query_id -> {track_id}`` for the queries of ``splits`` (split.csv)."""
+    out: dict[str, set[str]] = {}
+    with open(corpus / "split.csv", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            if r["query_id"] and r["split"] in splits:
+                out.setdefault(r["query_id"], set()).add(r["track_id"])
+    return out
+
+
+def pse_nets(model_dir: Path, modality: str) -> Path | None:
+    """The pse model directory for a MIDI modality inside ``model_dir``, or None."""
+    d = model_dir / f"pse-{modality}"
+    return d if (d / "model.json").is_file() else None
+
+
+def embed(seqs, onnx: Path) -> np.ndarray:
+    from msdmatch.embed import embed_sequences
+
+    return np.stack(embed_sequences(list(seqs), str(onnx))).astype(np.float32)
+
+
+def ranks(dist: np.ndarray, truth_cols: list[np.ndarray]) -> np.ndarray:
+    """0-based rank of each row's best true column (ties count against it)."""
+    out = np.empty(dist.shape[0], np.int64)
+    for i, cols in enumerate(truth_cols):
+        best = dist[i, cols].min()
+        out[i] = int(np.sum(dist[i] < best))
+    return out
+
+
+def recall_curve(r: np.ndarray, n_db: int) -> dict[str, float]:
+    return {f"{s:g}": float(np.mean(r < max(1, math.ceil(s * n_db)))) for s in SHARES}
+
+
+def main() -> None:
+    from msdmatch.prune import query_windows
+    from msdmatch.store import Store
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", required=True, type=Path)
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--queries", action="append", required=True, metavar="NAME=STORE")
+    ap.add_argument("--models", action="append", required=True, metavar="NAME=DIR")
+    ap.add_argument("--splits", default="valid,test")
+    ap.add_argument("--windows", action="append", default=[], metavar="SECONDS:HOP")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    truth = truth_for(a.corpus, set(a.splits.split(",")))
+    db = Store(a.db)
+    db_ids = list(db.strings("ids", 0, db.n))
+    col = {t: i for i, t in enumerate(db_ids)}
+    db_seqs = db.sequences(0, db.n)
+    result: dict = {"db": db.n, "splits": a.splits, "recall": {}}
+    print(f"db {db.n} previews; splits {a.splits}")
+    for spec in a.models:
+        mname, mdir = spec.split("=", 1)
+        for qspec in a.queries:
+            qname, qurl = qspec.split("=", 1)
+            qs = Store(qurl)
+            d = pse_nets(Path(mdir), qs.modality)
+            if d is None:
+                continue
+            ids = list(qs.strings("ids", 0, qs.n))
+            keep = [i for i, q in enumerate(ids) if q in truth and any(t in col for t in truth[q])]
+            seqs = qs.sequences(0, qs.n)
+            seqs = [seqs[i] for i in keep]
+            cols = [np.array([col[t] for t in truth[ids[i]] if t in col]) for i in keep]
+            t0 = time.perf_counter()
+            E_db = embed(db_seqs, d / "audio.onnx").astype(np.float64)
+            E_q = embed(seqs, d / "midi.onnx").astype(np.float64)
+            dist = ((E_q**2).sum(1)[:, None] - 2 * E_q @ E_db.T + (E_db**2).sum(1)[None])
+            rows = {"whole": recall_curve(ranks(dist, cols), db.n)}
+            for w in a.windows:
+                sec, hop = (float(x) for x in w.split(":"))
+                fr = qs.params.frame_rate
+                offs = [query_windows(len(s), length=int(round(sec * fr)), hop=int(round(hop * fr)))
+                        for s in seqs]
+                wins = [s[o : o + int(round(sec * fr))] for s, off in zip(seqs, offs) for o in off]
+                E_w = embed(wins, d / "midi.onnx").astype(np.float64)
+                dw = ((E_w**2).sum(1)[:, None] - 2 * E_w @ E_db.T + (E_db**2).sum(1)[None])
+                owner = np.repeat(np.arange(len(seqs)), [len(o) for o in offs])
+                dmin = np.full_like(dist, np.inf)
+                np.minimum.at(dmin, owner, dw)
+                rows[f"windows {w}"] = recall_curve(ranks(dmin, cols), db.n)
+                rows[f"windows {w} + whole"] = recall_curve(ranks(np.minimum(dmin, dist), cols), db.n)
+                rows[f"windows {w}"]["vectors_per_query"] = float(len(wins) / len(seqs))
+            for k, v in rows.items():
+                print(f"{mname:10s} {qname:10s} {k:22s} n={len(seqs)} " +
+                      " ".join(f"{s}:{x:.3f}" for s, x in v.items()))
+            result["recall"].setdefault(mname, {})[qname] = dict(rows, queries=len(seqs),
+                                                                 seconds=time.perf_counter() - t0)
+    if a.json:
+        Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The realistic recording style: deterministic plans, dropped melody, structure changes, jitter."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pretty_midi
+import pytest
+
+from msdmatch.demo import recording as R
+from msdmatch.demo import songs as S
+from msdmatch.errors import ParameterError
+
+
+def _song(seed: int = 3):
+    return S.generated_song(rng=np.random.default_rng(seed))
+
+
+def test_realistic_plan_is_deterministic_and_json():
+    pm = _song()
+    a = R.plan_recording(pm, rng=np.random.default_rng(5), style="realistic")
+    b = R.plan_recording(pm, rng=np.random.default_rng(5), style="realistic")
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert a["style"] == "realistic" and a["segments"]
+    perf_a, perf_b = R.perform(pm, a), R.perform(pm, b)
+    notes = [[(n.pitch, n.start, n.end, n.velocity) for n in i.notes] for i in perf_a.instruments]
+    assert notes == [[(n.pitch, n.start, n.end, n.velocity) for n in i.notes] for i in perf_b.instruments]
+
+
+def test_default_plan_has_no_style_key_and_bad_style_is_refused():
+    pm = _song()
+    assert "style" not in R.plan_recording(pm, rng=np.random.default_rng(0))
+    with pytest.raises(ParameterError):
+        R.plan_recording(pm, rng=np.random.default_rng(0), style="live")
+
+
+def test_melody_is_sometimes_dropped_and_one_melodic_part_stays():
+    pm = _song()
+    melody = R.melody_part(pm)
+    melodic = [i for i, x in enumerate(pm.instruments) if not x.is_drum]
+    assert np.mean([pm.instruments[melody].notes[k].pitch for k in range(10)]) > 55
+    plans = [R.plan_recording(pm, rng=np.random.default_rng(s), style="realistic") for s in range(60)]
+    dropped = [melody in p["drops"] for p in plans]
+    assert 5 <= sum(dropped) <= 35  # drawn with probability 0.3
+    assert all(set(melodic) - set(p["drops"]) for p in plans)
+    p = next(p for p, d in zip(plans, dropped) if d)
+    perf = R.perform(pm, {**p, "extra_lead": -1, "octave_double": -1})
+    assert len(perf.instruments) <= len(pm.instruments) - len(p["drops"]) + int(p["extra_percussion"])
+
+
+def test_restructure_against_direct_computation():
+    notes = [pretty_midi.Note(80, 60 + i, float(i), i + 0.5) for i in range(10)]
+    segments = [[2.0, 5.0], [2.0, 5.0], [7.0, 10.0]]  # intro cut, a section repeated, one omitted
+    out = R.restructure(notes, segments, jitter=0.0, rng=np.random.default_rng(0))
+    want = []
+    cursor = 0.0
+    for a, b in segments:
+        for n in notes:
+            if a <= n.start < b:
+                want.append((n.pitch, cursor + n.start - a, cursor + min(n.end, b) - a))
+        cursor += b - a
+    assert [n.pitch for n in out] == [w[0] for w in want]
+    np.testing.assert_allclose([(n.start, n.end) for n in out], [w[1:] for w in want], atol=1e-12)
+    jittered = R.restructure(notes, segments, jitter=0.02, rng=np.random.default_rng(0))
+    shifts = np.array([n.start for n in jittered]) - np.array([w[1] for w in want])
+    assert 0 < np.std(shifts) < 0.05 and all(n.start >= 0 and n.end > n.start for n in jittered)
+
+
+def test_plan_sections_keep_order_and_cover_the_song():
+    pm = _song()
+    end = pm.get_end_time()
+    for s in range(20):
+        segs = R.plan_sections(pm, rng=np.random.default_rng(s))
+        assert all(0 <= a < b <= end + 1e-9 for a, b in segs)
+        full = R.plan_sections(pm, rng=np.random.default_rng(s))
+        assert segs == full
+
+
+def test_realistic_recording_renders(tmp_path):
+    pm = _song()
+    mp3, plan = R.make_recording(pm, rng=np.random.default_rng(1), style="realistic")
+    path = tmp_path / "x.mp3"
+    path.write_bytes(mp3)
+    y, sr = R.load_preview(str(path))
+    assert abs(y.size / sr - R.PREVIEW_SECONDS) < 1.0 and np.max(np.abs(y)) > 0.1
