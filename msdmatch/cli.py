@@ -188,15 +188,18 @@ def featurize_midi(src, out, partition_size, overwrite, scheduler, workers, stor
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--balanced", is_flag=True,
               help="Draw music21 works evenly from its collections (training corpora).")
+@click.option("--style", type=click.Choice(["default", "realistic"]), default="default", show_default=True,
+              help="Recording style: realistic drops parts (the melody too), changes structure, "
+                   "humanizes timing, mixes drums loud (training corpora).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: cores).")
-def demo_data(out, songs, distractors, seed, balanced, workers):
+def demo_data(out, songs, distractors, seed, balanced, style, workers):
     """Build the demo corpus in OUT: midi/, audio/, truth.csv, split.csv."""
     import os
 
     from .demo import build_corpus
 
     s = build_corpus(out, songs=songs, distractors=distractors, seed=seed, balanced=balanced,
-                     n_workers=workers or os.cpu_count() or 1)
+                     style=style, n_workers=workers or os.cpu_count() or 1)
     click.echo(f"demo corpus: {json.dumps(s)}")
 
 
