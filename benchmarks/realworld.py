@@ -191,7 +191,7 @@ def _step(name: str, args: list[str], *, done: str, times: dict, logdir: str) ->
     open(done, "w").close()
 
 
-def run(out: str, *, modes=MODES, brute_force: int | None = None, workers: int | None = None) -> dict:
+def run(out: str, *, modes=MODES, brute_force: int | None = 20, workers: int | None = None) -> dict:
     t0 = time.perf_counter()
     stores, logdir = os.path.join(out, "stores"), os.path.join(out, "logs")
     os.makedirs(stores, exist_ok=True)
@@ -229,7 +229,7 @@ def run(out: str, *, modes=MODES, brute_force: int | None = None, workers: int |
               done=m1 + ".done", times=times, logdir=logdir)
         res["top1_prune_1pct"][mode] = evaluate.top1(m1, truth)
         rep = os.path.join(out, f"report-{mode}")
-        n_bf = len(truth) if brute_force is None else brute_force
+        n_bf = len(truth) if brute_force is None or brute_force < 0 else brute_force
         _step(f"report-{mode}", ["report", m, "--truth", truth_csv, "--out", rep, "--queries", q, "--db", db,
                                  "--brute-force", str(n_bf), *wk], done=rep + ".done", times=times, logdir=logdir)
         with open(os.path.join(rep, "metrics.json"), encoding="utf-8") as fh:
@@ -280,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("dir")
     r.add_argument("--mode", choices=("synth", "pianoroll", "both"), default="both")
     r.add_argument("--json", help="also write the figures here (default: DIR/realworld.json only)")
-    r.add_argument("--brute-force", type=int, default=None,
-                   help="queries matched by brute-force DTW per mode (default: all; 0 skips)")
+    r.add_argument("--brute-force", type=int, default=20,
+                   help="queries (drawn by msdmatch report) also matched by brute-force DTW against the "
+                        "whole db, per mode; about 20-40 core-seconds each; 0 skips, -1 takes all")
     r.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: one per core)")
     a = ap.parse_args(argv)
     if a.cmd == "build":
