@@ -114,7 +114,10 @@ def run_report(matches_path: str, truth_path: str, *, out_dir: str | None = None
         confidence per query) and ``roc.png``)
     """
     from . import report
+    from .outputs import check_out_dir, mark_out_dir
 
+    if out_dir:  # a foreign or unwritable folder is refused before any work
+        check_out_dir(out_dir, kind="report")
     matches = report.read_matches(matches_path, storage_options=storage_options)
     truth = report.read_truth(truth_path)
     keep = np.isin(matches["query_id"], truth["query_id"])
@@ -127,17 +130,14 @@ def run_report(matches_path: str, truth_path: str, *, out_dir: str | None = None
         if warn is not None:
             warn(w)
     if queries and db:
-        if client is None:
-            from .cluster import client_for
+        from .cluster import using_client
 
-            with client_for(scheduler, n_workers=n_workers) as c:
-                return run_report(matches_path, truth_path, out_dir=out_dir, queries=queries, db=db,
-                                  brute_force=brute_force, threshold=threshold, client=c,
-                                  storage_options=storage_options, seed=seed)
-        metrics.update(_compare(matches, truth, metrics, queries=queries, db=db,
-                                brute_force=brute_force, client=client,
-                                storage_options=storage_options, seed=seed))
+        with using_client(client, scheduler=scheduler, n_workers=n_workers) as c:
+            metrics.update(_compare(matches, truth, metrics, queries=queries, db=db,
+                                    brute_force=brute_force, client=c,
+                                    storage_options=storage_options, seed=seed))
     if out_dir:
+        mark_out_dir(out_dir, kind="report")
         report.write_report(metrics, out_dir)
         report.plot_rank_cdf(metrics, f"{out_dir}/rank_cdf.png")
         report.plot_distance_histograms(matches, truth, f"{out_dir}/distances.png")

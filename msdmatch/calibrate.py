@@ -284,6 +284,18 @@ def _read_truth_rows(path: str, split: str) -> dict[str, np.ndarray]:
     return truth
 
 
+def _is_fusion_file(path: str) -> bool:
+    """True for a JSON file that a fusion model was saved to."""
+    import json
+
+    try:
+        with open(path) as fh:
+            d = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and {"format_version", "feature_names"} <= set(d)
+
+
 def calibrate_files(matches_paths: str | Sequence[str], truth_paths: str | Sequence[str], *,
                     split: str = "valid", out: str, target_false_accept: float = TARGET_FALSE_ACCEPT):
     """Fit on MATCHES files and their truth; write the model to ``out``.
@@ -297,8 +309,11 @@ def calibrate_files(matches_paths: str | Sequence[str], truth_paths: str | Seque
         ``track_id`` = no match) or a ``split.csv`` (then only rows of
         ``split`` are used).
     """
+    from .outputs import check_out_file
     from .report import read_matches
 
+    # checked before any work: a fusion model msdmatch wrote may be refitted in place, nothing else
+    check_out_file(out, suffixes=(".json",), ours=_is_fusion_file, overwrite=True, what="fusion model")
     mp = [matches_paths] if isinstance(matches_paths, str) else list(matches_paths)
     tp = [truth_paths] if isinstance(truth_paths, str) else list(truth_paths)
     if len(tp) not in (1, len(mp)):

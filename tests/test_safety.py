@@ -307,3 +307,70 @@ def test_lost_lease_stops_the_writer_taken_over(tiny_corpus, tmp_path, cluster_c
         featurize.run(str(src), str(out), client=cluster_client, kind="audio", partition_size=1, progress=False)
     assert committed_parts(open_group(str(out)), "featurize") == set()
     assert "someone-else" in lockf.read_text()  # the other writer's lease is left in place
+
+
+# ------------------------------------------------------------ report, calibrate: inputs and outputs
+
+
+@pytest.fixture
+def small_matches(tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text("query_id,rank,track_id,confidence,verify_score,dhs_score,pse_distance\n"
+                 "q1,1,T1,0.9,0.2,0.3,0.5\nq1,2,T2,0.1,0.5,0.4,0.6\nq2,1,T3,0.8,0.25,0.3,0.5\n")
+    t = tmp_path / "truth.csv"
+    t.write_text("query_id,track_id\nq1,T1\nq2,T4\n")
+    return m, t
+
+
+def test_report_refuses_a_foreign_out_folder(small_matches, tmp_path):
+    m, t = small_matches
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "paper.pdf").write_bytes(b"%PDF")
+    before = digest(out)
+    one_line_exit_2(msdmatch("report", str(m), "--truth", str(t), "--out", str(out)), "not made by msdmatch")
+    assert digest(out) == before
+    r = msdmatch("report", str(m), "--truth", str(t), "--out", str(tmp_path / "rep"))
+    assert r.returncode == 0, r.stderr
+    r = msdmatch("report", str(m), "--truth", str(t), "--out", str(tmp_path / "rep"))  # its own: rewritten
+    assert r.returncode == 0, r.stderr
+
+
+def test_report_out_under_a_read_only_folder(small_matches, tmp_path):
+    m, t = small_matches
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["chattr", "+i", str(ro)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available on this file system")
+    try:
+        r = msdmatch("report", str(m), "--truth", str(t), "--out", str(ro / "report"))
+    finally:
+        subprocess.run(["chattr", "-i", str(ro)], check=True)
+    one_line_exit_2(r, "cannot write in")
+
+
+def test_calibrate_refuses_to_replace_a_foreign_file(small_matches, tmp_path):
+    m, t = small_matches
+    f = tmp_path / "notes.json"
+    f.write_text('{"mine": true}')
+    one_line_exit_2(msdmatch("calibrate", str(m), "--truth", str(t), "--out", str(f)), "not written by msdmatch")
+    assert f.read_text() == '{"mine": true}'
+    one_line_exit_2(msdmatch("calibrate", str(m), "--truth", str(t), "--out", str(tmp_path / "x.txt")), ".json")
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "not-utf8", "no-columns", "matches-missing"])
+def test_bad_truth_or_matches_is_one_line(small_matches, tmp_path, case):
+    m, t = small_matches
+    if case == "missing":
+        t = tmp_path / "nope.csv"
+    elif case == "empty":
+        t.write_text("")
+    elif case == "not-utf8":
+        t.write_bytes("query_id,track_id\nq1,T\xe9\n".encode("latin-1"))
+    elif case == "no-columns":
+        t.write_text("a,b\n1,2\n")
+    else:
+        m = tmp_path / "nope.parquet"
+    r = msdmatch("report", str(m), "--truth", str(t))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1, r.stderr
