@@ -251,6 +251,24 @@ def real_pairs(root: Path, *, n: int, min_seconds: float = 40.0, max_seconds: fl
 # ----------------------------------------------------------------------------- run
 
 
+def _repeat_similarity(pm, span: tuple[float, float], true_onsets: np.ndarray) -> float:
+    """How alike the notes of the span an excerpt was placed on are to those of its true span.
+
+    Jaccard index of the (pitch, quarter second from the span's start) sets: about 1 when the
+    excerpt was placed on a repeat of the same music, low when on other music.
+    """
+    if not true_onsets.size:
+        return float("nan")
+    t0, t1 = float(true_onsets.min()), float(true_onsets.max())
+    notes = [(n.pitch, n.start) for i in pm.instruments for n in i.notes]
+
+    def key(a: float, b: float) -> set:
+        return {(p, int((s - a) / 0.25)) for p, s in notes if a <= s <= b}
+
+    a, b = key(t0, t1), key(span[0], span[0] + (t1 - t0))
+    return len(a & b) / max(1, len(a | b))
+
+
 def _stats(err: np.ndarray) -> dict:
     e = err[np.isfinite(err)] * 1e3
     if not e.size:
@@ -306,6 +324,7 @@ def run_pair(item: dict, *, seed: int) -> list[dict]:
             # loops) shares no notes with the truth, or has a median error over a second
             "misplaced": {"ours": bool(not e_ours.size or np.median(e_ours) > MISPLACED_S),
                           "peer": bool(not e_peer.size or np.median(e_peer) > MISPLACED_S)},
+            "repeat_similarity": _repeat_similarity(pm, a.span, t_orig[in_rec]) if kind == "excerpt" else None,
             "coverage": float(scored.sum() / max(1, in_rec.sum())),
             "tempo_events": info["tempo_events"], "beats": info["beats"],
             "max_tempo_changes_per_beat": info["max_tempo_changes_per_beat"],
@@ -355,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict = {"mean_ms": {}, "median_ms": {}, "p95_ms": {}, "peer_mean_ms": {}, "peer_median_ms": {},
                      "peer_p95_ms": {}, "pairs": {}, "ratio_peer_over_ours": {}, "seconds_per_pair": {}}
     summary["misplaced"] = {}
+    summary["pairs_run"] = {kind: sum(r["kind"] == kind for r in ok) for kind in ("full", "excerpt")}
     for kind in ("full", "excerpt"):
         every = [r for r in ok if r["kind"] == kind]
         summary["misplaced"][kind] = {w: [r["pair"] for r in every if r["misplaced"][w]] for w in ("ours", "peer")}
@@ -389,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     for kind, m in summary["misplaced"].items():
         print(f"{kind:<8} misplaced (another part of the MIDI): msdmatch {len(m['ours'])}, peer {len(m['peer'])}; "
               f"excluded from the means above")
+    rep = [(r["pair"], round(r["repeat_similarity"], 2)) for r in ok if r["kind"] == "excerpt" and r["misplaced"]["ours"]]
+    if rep:
+        print(f"msdmatch's misplaced excerpts, with the similarity of the notes it chose to the true ones: {rep}")
     print(f"tempo events: at most {summary['max_tempo_events_per_beat']} change per original beat, "
           f"{summary['tempo_events_per_beat']:.3f} events per beat overall; failed pairs: {len(summary['failed_pairs'])}")
     if args.json:
