@@ -287,3 +287,105 @@ def _bar(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="task", disable=None if enabled else True, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- batched stages
+
+
+def hold(client, fn: Callable, items: Sequence, *, name: str, retries: int = 2, **kwargs) -> list:
+    """Submit ``fn(item, **kwargs)`` per item and return the futures, to be held for the whole stage.
+
+    The results stay in the memory of the workers that computed them (a
+    match job's loaded database shards), and the tasks that take them as
+    arguments run there.  A worker that dies takes its results with it;
+    Dask recomputes them from the same call when a task needs them again.
+    Release them with :func:`release` once the stage is done.
+    """
+    token = uuid.uuid4().hex[:8]
+    return [client.submit(fn, x, key=f"{name}-{i}-{token}", retries=retries, **kwargs)
+            for i, x in enumerate(items)]
+
+
+def release(futures: Sequence) -> None:
+    """Let the workers drop what :func:`hold` kept."""
+    for f in futures:
+        f.release()
+
+
+def run_batches(
+    client,
+    batches: Sequence,
+    graph: Callable[[Callable, Any], Any],
+    *,
+    name: str,
+    max_in_flight: int,
+    progress: bool = True,
+    retries: int = 2,
+    unit: str = "batch",
+    weight: Callable[[Any], int] = lambda b: 1,
+) -> list:
+    """Run a stage batch by batch with at most ``max_in_flight`` batches submitted at once.
+
+    ``graph(submit, batch)`` submits one batch's tasks through ``submit(fn,
+    *args, name=..., **kwargs)`` (a ``client.submit`` with retries and a
+    unique key ``<name>-<n>-<token>``; futures may be passed as arguments)
+    and returns the future of its last task, whose result must be small:
+    it is what this returns for the batch.  A batch's intermediate results
+    are released as soon as its last task is done, so the workers' memory is
+    bounded by the batches in flight and the client's by their small
+    results.  Batches run in the order given (earlier ones have priority).
+
+    Raises
+    ------
+    MsdmatchError
+        The task's own error if it is one, else :class:`StageError`, once a
+        batch's task failed after ``retries`` retries; batches not finished
+        are cancelled, those finished stay committed.
+    """
+    from distributed import as_completed
+
+    if not batches:
+        return []
+    token = uuid.uuid4().hex[:8]
+    counter = iter(range(1 << 62))
+
+    def submit(fn: Callable, *args, name: str, **kwargs):
+        return client.submit(fn, *args, key=f"{name}-{next(counter)}-{token}", retries=retries,
+                             priority=-order, **kwargs)
+
+    results: list = [None] * len(batches)
+    pending = list(enumerate(batches))[::-1]
+    index: dict[str, int] = {}
+    ac = as_completed()
+    in_flight: list = []
+    order = 0
+
+    def top_up() -> None:
+        nonlocal order
+        while pending and len(in_flight) < max_in_flight:
+            i, b = pending.pop()
+            order = i
+            fut = graph(submit, b)
+            index[fut.key] = i
+            in_flight.append(fut)
+            ac.add(fut)
+
+    bar = _bar(sum(weight(b) for b in batches), f"{name} ({unit})", progress)
+    n_done = 0
+    try:
+        top_up()
+        for fut in ac:
+            in_flight.remove(fut)
+            if fut.status == "error":
+                exc = fut.exception()
+                client.cancel(in_flight)
+                raise _task_error(exc, name=name, done=n_done, total=len(batches), retries=retries)
+            i = index.pop(fut.key)
+            results[i] = fut.result()
+            fut.release()
+            n_done += 1
+            bar.update(weight(batches[i]))
+            top_up()
+    finally:
+        bar.close()
+    return results

@@ -25,6 +25,13 @@ Conventions
   sign is taken (``verify_dhs_score``): the learned frame features the hash
   bits come from, without the loss of binarising them.  The fusion uses all
   four.
+- The job (:func:`run`) plans query batches (:mod:`msdmatch.match_plan`);
+  each batch goes through prune -> rerank -> screen -> verify -> fusion
+  (:mod:`msdmatch.match_shard`, :mod:`msdmatch.match_batch`,
+  :mod:`msdmatch.verify`) on the cluster (:func:`msdmatch.cluster.run_batches`)
+  and its rows are committed as one part of MATCHES
+  (:mod:`msdmatch.matches_table`); a re-run skips committed batches.  The
+  client holds only the futures of the batches in flight.
 - Output: one row per (query, candidate) with ``query_id, rank, track_id,
   confidence, verify_score, dhs_score, pse_distance, dhs_matrix_mean,
   verify_std_score, verify_dhs_score, verify_high_score, screen_score, stage``;
@@ -32,245 +39,43 @@ Conventions
   ``rerank`` for ranks V+1..R (by the screen's combined score) and ``prune``
   beyond (by PSE distance, only with ``keep='all'``).  Unverified rows have
   NaN ``confidence``; ``screen_score`` is the screen DTW's score, NaN beyond R.
+  Every row has ``thesis_confidence`` (NaN unless verified), each query's
+  top row ``matched``, and the verified row with the best ``verify_score``
+  ``query_start, query_end`` (see :mod:`msdmatch.match_batch`).  Queries
+  that cannot be matched go to the failures table with a reason.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import ModelError, ParameterError
+from .match_plan import DEFAULT_BATCH_SIZE, DbShard, QueryBatch, plan, plan_batches  # noqa: F401
+from .match_shard import (  # noqa: F401 - the stage's public pieces, importable from here
+    DHS_GULLY,
+    DHS_PENALTY,
+    load_shard,
+    merge,
+    shard_rerank,
+    shard_screen,
+    shard_topk,
+)
+from .verify import (  # noqa: F401
+    HIGH_BIN,
+    VERIFY_COLUMNS,
+    VERIFY_GULLY,
+    dhs_nets,
+    standardized_views,
+    verify_batch,
+    verify_scores,
+)
 
-#: DESIGN.md matching constants.
-DHS_PENALTY = 15
-DHS_GULLY = 0.9
-VERIFY_GULLY = 0.96
-#: First bin of ``verify_high_score``: 36 bins above MIDI note 36, i.e. C5 (523 Hz) and up.
-HIGH_BIN = 36
-#: The verify scores, in the order of :func:`verify_scores`' columns.
-VERIFY_COLUMNS = ("verify_score", "verify_std_score", "verify_dhs_score", "verify_high_score")
-
-
-@dataclass(frozen=True)
-class DbShard:
-    """Database rows ``start:stop``."""
-
-    sid: int
-    start: int
-    stop: int
-
-
-def plan(n_db: int, *, n_shards: int) -> list[DbShard]:
-    """Split ``n_db`` rows into ``n_shards`` contiguous shards of near-equal size."""
-    n_shards = max(1, min(n_shards, n_db))
-    cuts = np.linspace(0, n_db, n_shards + 1).round().astype(int)
-    return [DbShard(i, int(a), int(b)) for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]))]
+#: Default threshold of ``matched`` when the fusion model ships none (the thesis's c >= 0.5).
+DEFAULT_THRESHOLD = 0.5
 
 
-# ------------------------------------------------------------ shard functions
-
-
-def load_shard(shard: DbShard, *, url: str, pse: str, dhs: str, storage_options: dict | None = None) -> dict:
-    """Load one database shard's embeddings, hash sequences, bit frequencies and screen frames."""
-    from .dtw import bit_frequencies
-    from .store import open_group
-
-    g = open_group(url, storage_options=storage_options)
-    E = np.asarray(g[f"pse/{pse}"][shard.start : shard.stop], dtype=np.float32)
-    off = np.asarray(g[f"dhs/{dhs}/offsets"][shard.start : shard.stop + 1], dtype=np.int64)
-    words = np.asarray(g[f"dhs/{dhs}/words"][off[0] : off[-1]], dtype=np.uint32)
-    ok = np.all(np.isfinite(E), axis=1) & (np.diff(off) > 0)
-    E[~ok] = 1e6  # failed items: far from everything
-    soff = np.asarray(g["screen/offsets"][shard.start : shard.stop + 1], dtype=np.int64)
-    return {"shard": shard, "E": E, "norms": np.einsum("ij,ij->i", E, E), "words": words,
-            "offsets": off - off[0], "ok": ok, "bits": bit_frequencies(words, off - off[0]),
-            "screen": np.asarray(g["screen/frames"][soff[0] : soff[-1]], dtype=np.int8),
-            "screen_offsets": soff - soff[0]}
-
-
-def shard_topk(data: dict, queries: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Top-k of every query within one shard (global indices via the returned offset)."""
-    from .prune import topk_sq_euclidean
-
-    d, i = topk_sq_euclidean(queries, data["E"], k=k, db_sq_norms=data["norms"])
-    return d, i, data["shard"].start
-
-
-def merge(*parts, k: int):
-    """Merge shard or partial top-ks (one tree-reduction node)."""
-    from .prune import merge_topk
-
-    return merge_topk(list(parts), k=k)
-
-
-def shard_rerank(data: dict, qwords: list[np.ndarray],
-                 cands: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Hamming-DTW of each query against its candidates that live in this shard.
-
-    Parameters
-    ----------
-    qwords : list of np.ndarray [shape=(M_q,), uint32]
-    cands : list of np.ndarray [shape=(c_q,), int64]
-        Global database rows, all inside this shard.
-
-    Returns
-    -------
-    scores : list of (np.ndarray [shape=(c_q,)], np.ndarray [shape=(c_q,)])
-        Per query, the Hamming-DTW scores and the means of the Hamming distance
-        matrices (:func:`msdmatch.dtw.hamming_matrix_mean`), float64.
-    """
-    from .dtw import bit_frequencies, hamming_dtw_many, hamming_matrix_mean
-
-    s0, off, words = data["shard"].start, data["offsets"], data["words"]
-    out = []
-    for qw, c in zip(qwords, cands):
-        if len(c) == 0 or len(qw) == 0:
-            out.append((np.full(len(c), np.inf), np.full(len(c), np.nan)))
-            continue
-        local = c - s0
-        ok = data["ok"][local]
-        lens = off[local + 1] - off[local]
-        sub_off = np.concatenate([[0], np.cumsum(np.where(ok, lens, 0))]).astype(np.int64)
-        sub = np.concatenate([words[off[j] : off[j + 1]] for j in local[ok]]) if ok.any() else np.zeros(0, np.uint32)
-        scores = np.full(len(c), np.inf)
-        if ok.any():
-            keep_off = np.concatenate([[0], sub_off[1:][ok]])
-            scores[ok] = hamming_dtw_many(qw, sub, keep_off, penalty=DHS_PENALTY, gully=DHS_GULLY)
-        qfreq = bit_frequencies(qw, np.array([0, len(qw)]))[0]
-        out.append((scores, hamming_matrix_mean(qfreq, data["bits"][local])))
-    return out
-
-
-def shard_screen(data: dict, qframes: list[np.ndarray], cands: list[np.ndarray]) -> list[np.ndarray]:
-    """Screen DTW scores of each query against its candidates that live in this shard.
-
-    Parameters
-    ----------
-    qframes : list of np.ndarray [shape=(m_q, n_bins), int8]
-        The queries' screen frames.
-    cands : list of np.ndarray [shape=(c_q,), int64]
-        Global database rows, all inside this shard.
-
-    Returns
-    -------
-    scores : list of np.ndarray [shape=(c_q,), float64]
-        :func:`msdmatch.screen.screen_scores` per query.
-    """
-    from .screen import screen_scores
-
-    s0, off, F = data["shard"].start, data["screen_offsets"], data["screen"]
-    return [screen_scores(qf, [F[off[j - s0] : off[j - s0 + 1]] for j in c]) for qf, c in zip(qframes, cands)]
-
-
-def verify_scores(X: np.ndarray, Ys: list[np.ndarray], *, nets: dict, threads: int = 1) -> np.ndarray:
-    """The four verify DTW scores of one query against its candidates.
-
-    Parameters
-    ----------
-    X : np.ndarray [shape=(n_frames, n_bins)]
-        The query's features.
-    Ys : list of np.ndarray [shape=(n_frames_i, n_bins)]
-        The candidates' features.
-    nets : dict
-        The DHS nets, ``{'query': onnx path, 'db': onnx path, 'downsample':
-        int}``, from :func:`dhs_nets`.
-    threads : int
-        onnxruntime threads.
-
-    Returns
-    -------
-    scores : np.ndarray [shape=(len(Ys), 4), dtype=float64]
-        Raffel's normalised cosine-DTW score (lower is better) on the features
-        as stored (column 0), on them standardised per bin (column 1), on
-        the DHS nets' real-valued outputs (column 2) and on bins
-        ``HIGH_BIN:`` standardised per bin (column 3), as
-        :data:`VERIFY_COLUMNS`; ``inf`` where a sequence is empty.
-    """
-    from .dtw import cosine_dtw, cosine_dtw_pair
-    from .embed import embed_sequences
-    from .features import unit_frames
-
-    s = np.full((len(Ys), len(VERIFY_COLUMNS)), np.inf)
-    ok = [n for n, Y in enumerate(Ys) if len(Y)]
-    if not len(X) or not ok:
-        return s
-    ds = nets["downsample"]
-    (Xh,) = embed_sequences([X], nets["query"], downsample=ds, threads=threads)
-    Yh = embed_sequences([Ys[n] for n in ok], nets["db"], downsample=ds, threads=threads)
-    (Xs, Xt), Xh = standardized_views(X), unit_frames(Xh)
-    for n, yh in zip(ok, Yh, strict=True):
-        Ys_, Yt = standardized_views(Ys[n])
-        s[n, :2] = cosine_dtw_pair(X, Ys[n], Xs, Ys_, gully=VERIFY_GULLY)
-        s[n, 2] = cosine_dtw(Xh, unit_frames(yh), gully=VERIFY_GULLY, return_path=False)
-        s[n, 3] = cosine_dtw(Xt, Yt, gully=VERIFY_GULLY, return_path=False)
-    return s
-
-
-def standardized_views(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The bin-standardised frames of verify: all bins, and bins ``HIGH_BIN:`` alone.
-
-    Parameters
-    ----------
-    X : np.ndarray [shape=(n_frames, n_bins)]
-
-    Returns
-    -------
-    all_bins : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
-        :func:`msdmatch.features.standardize_bins` of ``X``.
-    high : np.ndarray [shape=(n_frames, n_bins - HIGH_BIN), dtype=float32]
-        The same of ``X[:, HIGH_BIN:]``: each bin is standardised on its own,
-        so only the frames' normalisation differs.
-    """
-    from .features import standardize_bins, unit_frames
-
-    Z = standardize_bins(X, normalize=False)
-    return unit_frames(Z), unit_frames(Z[:, HIGH_BIN:])
-
-
-def verify_batch(jobs: list[tuple[int, list[int]]], *, q_url: str, db_url: str, nets: dict,
-                 storage_options: dict | None = None) -> list[np.ndarray]:
-    """:func:`verify_scores` of queries against their top candidates, read from the stores.
-
-    Parameters
-    ----------
-    jobs : list of (query_row, [db_row, ...])
-
-    Returns
-    -------
-    scores : list of np.ndarray [shape=(n_candidates, 4), float64]
-    """
-    from .cluster import worker_threads
-    from .store import Store
-
-    Q = Store(q_url, storage_options=storage_options)
-    D = Store(db_url, storage_options=storage_options)
-    threads = worker_threads()
-    return [verify_scores(Q.sequence(qi), [D.sequence(r) for r in rows], nets=nets, threads=threads)
-            for qi, rows in jobs]
-
-
-def dhs_nets(Q, D, models: str | None, dhs: str) -> dict:
-    """ONNX paths of DHS model ``dhs`` for the query store ``Q`` and the database ``D``.
-
-    Returns
-    -------
-    nets : dict
-        ``{'query': path, 'db': path, 'downsample': int}``.
-    """
-    from .embed import resolve_models
-    from .modelfile import check_compatible
-
-    infos = [i for i in resolve_models([models] if models else None, Q.modality) if i.name == dhs]
-    if not infos:
-        raise ModelError(f"DHS model {dhs!r} not found in {models or 'the shipped models'}")
-    info = infos[0]
-    return {"query": str(check_compatible(info, store_params=Q.params, store_modality=Q.modality)),
-            "db": str(check_compatible(info, store_params=D.params, store_modality=D.modality)),
-            "downsample": int(info.downsample)}
-
-
-# ----------------------------------------------------------------- the job
+# ----------------------------------------------------------------- checks
 
 
 def _model_names(Q, D, models: str | None) -> tuple[str, str]:
@@ -307,18 +112,137 @@ def _require_screen(S, role: str) -> None:
         )
 
 
+def _fusion_path(path: str | None, modality: str):
+    from pathlib import Path
+
+    from .modelfile import shipped_model_dir
+
+    if path == "none":
+        return None
+    p = Path(path) if path else shipped_model_dir() / f"fusion-{modality}.json"
+    if not p.is_file():
+        if path:
+            raise ModelError(f"fusion model {path!r} not found")
+        return None
+    return p
+
+
+def _load_fusion(path: str | None, modality: str):
+    p = _fusion_path(path, modality)
+    if p is None:
+        return None
+    from .fusion import FusionModel
+
+    return FusionModel.load(str(p))
+
+
+def _ids_chunks(S, n: int | None = None, chunk: int = 65536):
+    n = S.n if n is None else n
+    for a in range(0, n, chunk):
+        yield S.strings("ids", a, min(n, a + chunk))
+
+
+def _db_identity(D) -> str:
+    from .match_plan import ids_digest
+
+    return ids_digest(_ids_chunks(D)) + f"/r{int(D.attrs.get('revision', 0))}"
+
+
+# ----------------------------------------------------------------- one batch, on the cluster
+
+
+def _db_ids(url: str, storage_options: dict | None):
+    """The database's ids, read once per worker process."""
+    key = (url, repr(sorted((storage_options or {}).items())))
+    cache = _DB_IDS
+    if key not in cache:
+        from .store import open_group
+
+        cache.clear()
+        cache[key] = open_group(url, storage_options=storage_options)["ids"][:]
+    return cache[key]
+
+
+_DB_IDS: dict = {}
+
+
+def _commit_batch(ranked: dict, *verified: dict, qb_ids: list[str], batch, out, db: str, R: int, V: int,
+                  keep: str, fusion_model, threshold: float, storage_options: dict | None,
+                  collect: bool) -> dict:
+    """The batch's rows and failures (:func:`msdmatch.match_batch.assemble`), committed to ``out``."""
+    from .match_batch import assemble
+
+    table, failures, cpu = assemble(ranked, list(verified), ids=qb_ids, db_ids=_db_ids(db, storage_options),
+                                    R=R, V=V, keep=keep, fusion_model=fusion_model, threshold=threshold)
+    if out is not None:
+        out.commit(batch, table, failures)
+    return {"batch": batch, "rows": len(table["query_id"]), "failures": failures, "cpu": cpu,
+            "table": table if collect else None}
+
+
+def _pick(d: dict, key: str):
+    return d[key]
+
+
+def _batch_graph(submit, batch: QueryBatch, *, shards: list[DbShard], data: list, queries: str, db: str,
+                 pse: str, dhs: str, K: int, R: int, V: int, keep: str, nets: dict, fusion_model,
+                 threshold: float, frame_seconds: float, verify_chunks: int, out, collect: bool,
+                 storage_options: dict | None):
+    """Submit one batch's tasks: prune per shard, merge, rerank per shard, screen per shard, verify, commit."""
+    from . import match_batch as mb
+    from . import match_shard as ms
+    from .verify import verify_chunk
+
+    so = storage_options
+    qb = submit(mb.load_queries, batch, url=queries, pse=pse, dhs=dhs, storage_options=so, name="match-queries")
+    parts = [submit(ms.shard_prune_batch, d, qb, k=K, name="match-prune") for d in data]
+    while len(parts) > 1:
+        parts = [submit(ms.merge_batch, *parts[i : i + 4], k=K, name="match-merge") for i in range(0, len(parts), 4)]
+    pruned = parts[0] if len(data) > 1 else submit(ms.merge_batch, parts[0], k=K, name="match-merge")
+    reranks = [submit(ms.shard_rerank_batch, d, qb, pruned, name="match-rerank") for d in data]
+    failed = submit(_pick, qb, "failed", name="match-failed")
+    ranked = submit(mb.rerank_order, pruned, reranks, shards=shards, failed=failed, name="match-order")
+    top = submit(mb.top_rows, ranked, R=R, name="match-top")
+    screens = [submit(ms.shard_screen_batch, d, qb, top, name="match-screen") for d in data]
+    ranked = submit(mb.screen_select, ranked, screens, shards=shards, R=R, name="match-select")
+    ids = submit(_pick, qb, "ids", name="match-ids")
+    verified = []
+    for c in range(verify_chunks):
+        jobs = submit(_verify_jobs, ranked, c, start=batch.start, V=V, chunks=verify_chunks, name="match-jobs")
+        verified.append(submit(verify_chunk, jobs, q_url=queries, db_url=db, nets=nets,
+                               frame_seconds=frame_seconds, storage_options=so, name="match-verify"))
+    return submit(_commit_batch, ranked, *verified, qb_ids=ids, batch=batch, out=out, db=db, R=R, V=V,
+                  keep=keep, fusion_model=fusion_model, threshold=threshold, storage_options=so,
+                  collect=collect, name="match-commit")
+
+
+def _verify_jobs(ranked: dict, c: int, *, start: int, V: int, chunks: int) -> list:
+    from .match_batch import verify_jobs
+
+    js = verify_jobs(ranked, start=start, V=V, chunks=chunks)
+    return js[c] if c < len(js) else []
+
+
+# ----------------------------------------------------------------- the job
+
+
 def run(queries: str, db: str, out: str | None = None, *, models: str | None = None,
         fusion: str | None = None, prune_k: int | None = None, rerank: int = 300, verify: int = 10,
-        keep: str = "rerank", client=None, scheduler: str | None = None, n_workers: int | None = None,
-        n_shards: int | None = None, storage_options: dict | None = None, progress: bool = True) -> dict:
-    """Match every query of ``queries`` against ``db``.
+        keep: str = "rerank", threshold: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+        overwrite: bool = False, client=None, scheduler: str | None = None, n_workers: int | None = None,
+        n_shards: int | None = None, max_in_flight: int | None = None, storage_options: dict | None = None,
+        progress: bool = True) -> dict:
+    """Match every query of ``queries`` against ``db``, batch by batch.
 
     Parameters
     ----------
     queries, db : str
         Embedded MIDI and audio stores.
     out : str, optional
-        ``.csv``, ``.parquet`` or Zarr URL for the MATCHES table.
+        MATCHES: ``.csv``, ``.parquet``, ``.zarr``, or a folder name without
+        an extension (a Parquet dataset, one part per batch); see
+        :mod:`msdmatch.matches_table`.  Committed batches of the same run are
+        skipped on a re-run.  Without it, the table is returned instead.
     models : str, optional
         Model directory used by ``embed`` (default: the shipped models).
     fusion : str, optional
@@ -331,20 +255,41 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
         DHS survivors R (all screened) and verified candidates V.
     keep : {'rerank', 'all'}
         Rows written per query: the R reranked, or all K pruned.
+    threshold : float in [0, 1], optional
+        ``matched`` = a query's top confidence >= threshold (default: the
+        fusion model's ``threshold``, else :data:`DEFAULT_THRESHOLD`).
+    batch_size : int
+        Queries per batch (the unit of work, memory and commit).
+    overwrite : bool
+        Replace an msdmatch MATCHES output of another run at ``out``.
+    max_in_flight : int, optional
+        Batches submitted at once (default: 2 per worker thread, at least 2).
 
     Returns
     -------
-    summary : dict with ``table`` (dict of columns) and timings.
+    summary : dict
+        ``queries``, ``db``, ``K``, ``R``, ``V``, ``threshold``, ``batches_run``,
+        ``batches_skipped``, ``rows``, ``failures`` (count), ``per_query``
+        (CPU-seconds per query of ``prune``, ``rerank``, ``screen``, ``verify``,
+        ``span``, ``assemble`` and ``total``), ``seconds``, ``threads``;
+        ``table`` and ``failures_table`` when ``out`` is None.
     """
-    from .cluster import client_for
+    if keep not in ("rerank", "all"):
+        raise ParameterError(f"keep must be 'rerank' or 'all', got {keep!r}")
+    for name, v in (("rerank", rerank), ("verify", verify), ("batch-size", batch_size)):
+        if v < 1:
+            raise ParameterError(f"--{name} must be >= 1, got {v}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ParameterError(f"--threshold must be in [0, 1], got {threshold}")
+    if out is not None:
+        from .matches_table import check_place
+
+        check_place(str(out), storage_options=storage_options)  # before the stores are opened
+    from .cluster import using_client
+    from .match_plan import MatchParams, ids_digest, run_identity
     from .prune import default_k
     from .store import Store
 
-    if keep not in ("rerank", "all"):
-        raise ParameterError(f"keep must be 'rerank' or 'all', got {keep!r}")
-    for name, v in (("rerank", rerank), ("verify", verify)):
-        if v < 1:
-            raise ParameterError(f"--{name} must be >= 1, got {v}")
     Q = Store(queries, storage_options=storage_options)
     D = Store(db, storage_options=storage_options)
     if D.modality != "audio":
@@ -357,113 +302,128 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
         _require_screen(S, role)
     nets = dhs_nets(Q, D, models, dhs)
     fusion_model = _load_fusion(fusion, Q.modality)
-    if client is None:
-        with client_for(scheduler, n_workers=n_workers, quiet=not progress) as c:
-            return run(queries, db, out, models=models, fusion=fusion, prune_k=prune_k, rerank=rerank,
-                       verify=verify, keep=keep, client=c, n_shards=n_shards,
-                       storage_options=storage_options, progress=progress)
-    from .cluster import total_threads
-
-    t0 = time.perf_counter()
-    client.run(_warm_up)  # numba compiles (or loads its cache) once per worker, outside the timings
-    t = {"start": time.perf_counter(), "warm_up": time.perf_counter() - t0}
+    if threshold is None:
+        threshold = float(fusion_model.threshold) if fusion_model is not None else DEFAULT_THRESHOLD
     K = min(D.n, prune_k or default_k(D.n))
     R, V = min(rerank, K), min(verify, rerank, K)
-    qsoff = np.asarray(Q.group["screen/offsets"][:], np.int64)
-    qs_all = np.asarray(Q.group["screen/frames"][:], np.int8)
-    qframes = [qs_all[a:b] for a, b in zip(qsoff[:-1], qsoff[1:])]
-    qE = np.asarray(Q.group[f"pse/{pse}"][:], dtype=np.float32)
-    q_ok = np.all(np.isfinite(qE), axis=1)
-    qE[~q_ok] = 0.0
-    qoff = np.asarray(Q.group[f"dhs/{dhs}/offsets"][:], np.int64)
-    qw_all = np.asarray(Q.group[f"dhs/{dhs}/words"][:], np.uint32)
-    qwords = [qw_all[a:b] for a, b in zip(qoff[:-1], qoff[1:])]
-    shards = plan(D.n, n_shards=n_shards or 2 * total_threads(client))
-    data = [client.submit(load_shard, s, url=db, pse=pse, dhs=dhs, storage_options=storage_options,
-                          key=f"match-load-shard-{s.sid}-{time.time_ns()}") for s in shards]
-    # 1. PSE prune, tree-reduced
-    # a task, not scattered data: if a worker dies, Dask can recompute it
-    qE_f = client.submit(np.array, qE, pure=False, key=f"match-queries-{time.time_ns()}")
-    qwords_f = client.submit(list, qwords, pure=False, key=f"match-query-words-{time.time_ns()}")
-    qframes_f = client.submit(list, qframes, pure=False, key=f"match-query-screen-{time.time_ns()}")
-    parts = [client.submit(shard_topk, d, qE_f, k=K, key=f"match-prune-{i}-{time.time_ns()}")
-             for i, d in enumerate(data)]
-    while len(parts) > 1:
-        parts = [client.submit(merge, *parts[i : i + 4], k=K, key=f"match-merge-{i}-{time.time_ns()}")
-                 for i in range(0, len(parts), 4)]
-    pdist, pidx = parts[0].result() if len(shards) > 1 else merge(parts[0].result(), k=K)
-    t["prune"] = time.perf_counter()
-    # 2. DHS rerank on the workers holding the candidates
-    owner = np.searchsorted([s.stop for s in shards], pidx, side="right")
-    futs = []
-    for sid, d in enumerate(data):
-        cands = [pidx[q][owner[q] == sid] for q in range(Q.n)]
-        futs.append(client.submit(shard_rerank, d, qwords_f, cands, key=f"match-rerank-{sid}-{time.time_ns()}"))
-    dhs_score = np.full(pidx.shape, np.inf)
-    dhs_mean = np.full(pidx.shape, np.nan)
-    for sid, f in enumerate(futs):
-        for q, (s, m) in enumerate(f.result()):
-            dhs_score[q, owner[q] == sid] = s
-            dhs_mean[q, owner[q] == sid] = m
-    t["rerank"] = time.perf_counter()
-    # order by (normalised dhs score, pse distance); the top R survive
-    from .fusion import dhs_ratio
-    from .screen import screen_order
+    fpath = _fusion_path(fusion, Q.modality)
+    import hashlib
 
-    ratio = dhs_ratio(dhs_score, dhs_mean)
-    order = (np.stack([np.lexsort((pdist[q], ratio[q])) for q in range(Q.n)])
-             if Q.n else np.zeros((0, K), np.int64))
-    # 3. screen the top R on the workers holding them; its order picks the V verified
-    top = pidx[np.arange(Q.n)[:, None], order[:, :R]]
-    towner = np.searchsorted([s.stop for s in shards], top, side="right")
-    futs = [client.submit(shard_screen, d, qframes_f, [top[q][towner[q] == sid] for q in range(Q.n)],
-                          key=f"match-screen-{sid}-{time.time_ns()}") for sid, d in enumerate(data)]
-    sscore = np.full((Q.n, R), np.inf)
-    for sid, f in enumerate(futs):
-        for q, s in enumerate(f.result()):
-            sscore[q, towner[q] == sid] = s
-    for q in range(Q.n):
-        so, _ = screen_order(sscore[q], ratio[q, order[q, :R]])
-        sscore[q] = sscore[q, so]
-        order[q, :R] = order[q, so]
-    t["screen"] = time.perf_counter()
-    # 4. verify
-    jobs = [(q, [int(pidx[q, j]) for j in order[q, :V]]) for q in range(Q.n)]
-    nb = max(1, min(len(jobs), 4 * total_threads(client)))
-    batches = [jobs[i::nb] for i in range(nb)]
-    vf = [client.submit(verify_batch, b, q_url=queries, db_url=db, nets=nets, storage_options=storage_options,
-                        key=f"match-verify-{i}-{time.time_ns()}") for i, b in enumerate(batches)]
-    vscore = np.full((Q.n, V, len(VERIFY_COLUMNS)), np.inf)
-    for b, f in zip(batches, vf):
-        for (q, _), s in zip(b, f.result()):
-            vscore[q, : len(s)] = s
-    t["verify"] = time.perf_counter()
-    for f in data:
-        f.release()
-    table = _assemble(Q, D, pidx, pdist, dhs_score, dhs_mean, order, sscore, vscore, R=R, V=V, keep=keep,
-                      fusion_model=fusion_model, q_ok=q_ok)
-    if out:
-        from .report import write_matches
+    fdigest = hashlib.sha256(fpath.read_bytes()).hexdigest()[:16] if fpath is not None else "none"
+    params = MatchParams(prune_k=K, rerank=R, verify=V, keep=keep, pse=pse, dhs=dhs, fusion=fdigest,
+                         threshold=float(threshold))
+    identity = run_identity(params, db_n=D.n, db_ids=_db_identity(D), queries_n=Q.n,
+                            queries_ids=ids_digest(_ids_chunks(Q)))
+    target = resume = None
+    done: tuple = ()
+    if out is not None:
+        from .matches_table import check_out
 
-        write_matches(table, out, storage_options=storage_options)
-    t["end"] = time.perf_counter()
-    nq = max(Q.n, 1)
-    return {"table": table, "queries": Q.n, "db": D.n, "K": K, "R": R, "V": V,
-            "threads": total_threads(client), "seconds": t["end"] - t["start"],
-            "per_query": {"prune": (t["prune"] - t["start"]) / nq, "rerank": (t["rerank"] - t["prune"]) / nq,
-                          "screen": (t["screen"] - t["rerank"]) / nq, "verify": (t["verify"] - t["screen"]) / nq,
-                          "total": (t["end"] - t["start"]) / nq},
-            "warm_up_seconds": t["warm_up"], "fusion": fusion_model is not None, "out": out}
+        target, resume = check_out(str(out), identity=identity, overwrite=overwrite, storage_options=storage_options,
+                                   prefix_digest=lambda n: ids_digest(_ids_chunks(Q, n)))
+        done = resume.done
+        batch_size = resume.batch_size or batch_size
+    batches = plan_batches(Q.n, batch_size=batch_size, done=done) if not (resume and resume.action == "complete") \
+        else []
+    n_skipped = len(done) if resume is None or resume.action != "complete" else -1
+    summary = {"queries": Q.n, "db": D.n, "K": K, "R": R, "V": V, "threshold": float(threshold),
+               "batch_size": batch_size, "batches_run": len(batches), "batches_skipped": n_skipped,
+               "queries_run": int(sum(b.size for b in batches)), "fusion": fusion_model is not None,
+               "out": out}
+    if target is not None and resume is not None and resume.action == "complete":
+        from .matches_table import read_failures
+
+        summary.update(batches_skipped=len(plan_batches(Q.n, batch_size=batch_size)), rows=None,
+                       failures=len(read_failures(str(out), storage_options=storage_options)["query_id"]),
+                       per_query={}, seconds=0.0, threads=0, complete_already=True)
+        return summary
+    if target is not None:
+        target.dataset.write_meta({"run": identity, "batch_size": batch_size, "complete": False})
+    with using_client(client, scheduler=scheduler, n_workers=n_workers, quiet=not progress) as c:
+        summary.update(_execute(c, batches, Q=Q, D=D, queries=queries, db=db, pse=pse, dhs=dhs, K=K, R=R, V=V,
+                                keep=keep, nets=nets, fusion_model=fusion_model, threshold=float(threshold),
+                                out=target, n_shards=n_shards, max_in_flight=max_in_flight,
+                                storage_options=storage_options, progress=progress))
+    if target is not None:
+        t0 = time.perf_counter()
+        summary.update(target.finish(meta={"run": identity, "batch_size": batch_size}))
+        summary["finish_seconds"] = time.perf_counter() - t0
+    return summary
+
+
+def _execute(client, batches: list[QueryBatch], *, Q, D, queries: str, db: str, pse: str, dhs: str, K: int,
+             R: int, V: int, keep: str, nets: dict, fusion_model, threshold: float, out, n_shards: int | None,
+             max_in_flight: int | None, storage_options: dict | None, progress: bool) -> dict:
+    """Run the batches on ``client``; the summary's counts, timings and (without ``out``) the table."""
+    from .cluster import hold, release, run_batches, total_threads
+
+    threads = total_threads(client)
+    t0 = time.perf_counter()
+    if not batches:
+        return {"rows": 0, "failures": 0, "per_query": {}, "seconds": 0.0, "threads": threads,
+                **({"table": _concat([]), "failures_table": _concat_failures([])} if out is None else {})}
+    client.run(_warm_up)  # numba compiles (or loads its cache) once per worker, outside the timings
+    warm = time.perf_counter() - t0
+    shards = plan(D.n, n_shards=n_shards or 2 * threads)
+    data = hold(client, load_shard, shards, name="match-load-shard", url=db, pse=pse, dhs=dhs,
+                storage_options=storage_options)
+    t1 = time.perf_counter()
+    try:
+        results = run_batches(
+            client, batches,
+            lambda submit, b: _batch_graph(
+                submit, b, shards=shards, data=data, queries=queries, db=db, pse=pse, dhs=dhs, K=K, R=R, V=V,
+                keep=keep, nets=nets, fusion_model=fusion_model, threshold=threshold,
+                frame_seconds=Q.params.frame_seconds, verify_chunks=max(1, min(b.size, 2 * threads)),
+                out=out, collect=out is None, storage_options=storage_options),
+            name="match", max_in_flight=max_in_flight or max(2, 2 * threads), progress=progress,
+            unit="queries", weight=lambda b: b.size)
+    finally:
+        release(data)
+    wall = time.perf_counter() - t1
+    nq = max(1, sum(b.size for b in batches))
+    stages = ("prune", "rerank", "screen", "verify", "span", "assemble")
+    cpu = {s: sum(r["cpu"].get(s, 0.0) for r in results) for s in stages}
+    per_query = {s: cpu[s] / nq for s in stages}
+    per_query["total"] = sum(cpu.values()) / nq
+    s = {"rows": int(sum(r["rows"] for r in results)),
+         "failures": int(sum(len(r["failures"]["query_id"]) for r in results)),
+         "per_query": per_query, "wall_per_query": wall / nq, "seconds": wall, "warm_up_seconds": warm,
+         "threads": threads}
+    if out is None:
+        s["table"] = _concat([r["table"] for r in results])
+        s["failures_table"] = _concat_failures([r["failures"] for r in results])
+    return s
+
+
+def _concat(tables: list[dict]) -> dict:
+    from .match_batch import DECISION_COLUMNS
+    from .report import MATCH_COLUMNS, OPTIONAL_COLUMNS
+
+    if not tables:
+        return {c: np.zeros(0) for c in MATCH_COLUMNS + OPTIONAL_COLUMNS + DECISION_COLUMNS}
+    return {c: np.concatenate([t[c] for t in tables]) for c in tables[0]}
+
+
+def _concat_failures(parts: list[dict]) -> dict:
+    from .match_batch import FAILURE_COLUMNS
+
+    return {c: np.concatenate([np.zeros(0, str)] + [p[c] for p in parts]).astype(str) for c in FAILURE_COLUMNS}
 
 
 def summary_line(s: dict) -> str:
     """One-line summary of :func:`run`'s result."""
+    if s.get("complete_already"):
+        return (f"{s['out']} already holds the matches of all {s['queries']} queries against {s['db']} previews "
+                f"(K={s['K']}, R={s['R']}, V={s['V']}); nothing to do ({s['failures']} failed queries)")
     pq = s["per_query"]
-    return (f"matched {s['queries']} queries against {s['db']} previews (K={s['K']}, R={s['R']}, "
-            f"V={s['V']}) in {s['seconds']:.1f} s on {s['threads']} threads: per query "
-            f"prune {pq['prune'] * 1e3:.1f} ms, rerank {pq['rerank'] * 1e3:.1f} ms, screen "
-            f"{pq['screen'] * 1e3:.1f} ms, verify "
-            f"{pq['verify'] * 1e3:.1f} ms, total {pq['total'] * 1e3:.1f} ms -> {s['out']}")
+    cost = (f"CPU per query prune {pq['prune'] * 1e3:.1f} ms, rerank {pq['rerank'] * 1e3:.1f} ms, screen "
+            f"{pq['screen'] * 1e3:.1f} ms, verify {pq['verify'] * 1e3:.1f} ms, total {pq['total'] * 1e3:.1f} ms"
+            if pq else "no batch to run")
+    return (f"matched {s['queries']} queries against {s['db']} previews (K={s['K']}, R={s['R']}, V={s['V']}): "
+            f"{s['batches_run']} batches run, {s['batches_skipped']} already done, {s['failures']} failed "
+            f"queries, in {s['seconds']:.1f} s on {s['threads']} threads; {cost}; matched = confidence >= "
+            f"{s['threshold']:g} -> {s['out']}")
 
 
 def _warm_up() -> None:
@@ -476,64 +436,5 @@ def _warm_up() -> None:
     hamming_dtw_many(w[:20], w, np.array([0, 20, 40]))
     X = rng.random((20, 48)).astype(np.float32)
     cosine_dtw(X, X, return_path=False)
+    cosine_dtw(X, X, return_path=True)
     topk_sq_euclidean(X[:2], X, k=3)
-
-
-def _load_fusion(path: str | None, modality: str):
-    from pathlib import Path
-
-    from .modelfile import shipped_model_dir
-
-    if path == "none":
-        return None
-    p = Path(path) if path else shipped_model_dir() / f"fusion-{modality}.json"
-    if not p.is_file():
-        if path:
-            raise ModelError(f"fusion model {path!r} not found")
-        return None
-    from .fusion import FusionModel
-
-    return FusionModel.load(str(p))
-
-
-def _assemble(Q, D, pidx, pdist, dhs_score, dhs_mean, order, sscore, vscore, *, R, V, keep, fusion_model,
-              q_ok) -> dict:
-    from .dtw import dtw_confidence
-    from .report import MATCH_COLUMNS, OPTIONAL_COLUMNS
-
-    cols: dict[str, list] = {c: [] for c in MATCH_COLUMNS + OPTIONAL_COLUMNS}
-    dbids = D.ids
-    unverified = np.full(len(VERIFY_COLUMNS), np.nan)
-    for q in range(Q.n):
-        if not q_ok[q]:
-            continue
-        o = order[q]
-        vs = vscore[q]
-        pse_d = np.sqrt(np.maximum(pdist[q], 0.0))
-        if fusion_model is not None:
-            from .fusion import features_for, predict_proba
-
-            conf = predict_proba(fusion_model, features_for(
-                {"dhs_score": dhs_score[q, o[:V]], "pse_distance": pse_d[o[:V]],
-                 "dhs_matrix_mean": dhs_mean[q, o[:V]], **dict(zip(VERIFY_COLUMNS, vs.T, strict=True))}))
-        else:
-            conf = dtw_confidence(vs[:, 0])
-        vorder = np.lexsort((vs[:, 0], -conf))
-        rows = [(o[j], conf[j], vs[j], sscore[q, j], "verify") for j in vorder]
-        rows += [(o[j], np.nan, unverified, sscore[q, j], "rerank") for j in range(V, R)]
-        if keep == "all":
-            rest = np.sort(o[R:])  # pidx is sorted by pse distance already
-            rows += [(j, np.nan, unverified, np.nan, "prune") for j in rest]
-        for rank, (j, c, v, sc, st) in enumerate(rows, start=1):
-            cols["query_id"].append(Q.ids[q])
-            cols["rank"].append(rank)
-            cols["track_id"].append(dbids[int(pidx[q, j])])
-            cols["confidence"].append(float(c))
-            cols["dhs_score"].append(float(dhs_score[q, j]))
-            cols["pse_distance"].append(float(pse_d[j]))
-            cols["dhs_matrix_mean"].append(float(dhs_mean[q, j]))
-            for name, x in zip(VERIFY_COLUMNS, v, strict=True):
-                cols[name].append(float(x))
-            cols["screen_score"].append(float(sc))
-            cols["stage"].append(st)
-    return {k: np.asarray(v) for k, v in cols.items()}

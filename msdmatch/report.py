@@ -123,44 +123,10 @@ def _source(path: str, mode: str, storage_options: dict | None):
 
 
 def read_matches(path: str | os.PathLike, *, storage_options: dict | None = None) -> dict[str, np.ndarray]:
-    """Read a MATCHES table from ``.csv``, ``.parquet`` or a ``.zarr`` group, local or remote.
+    """Read MATCHES in any form (:func:`msdmatch.matches_table.read_matches`)."""
+    from .matches_table import read_matches as read
 
-    Parameters
-    ----------
-    path : str
-        Local path or fsspec URL (``s3://bucket/matches.parquet``).
-    storage_options : dict, optional
-        fsspec options for a remote path.
-
-    Returns
-    -------
-    table : dict of str to np.ndarray [shape=(n,)]
-        ``query_id``/``track_id`` as str, ``rank`` int64, scores float64.
-    """
-    from .store import filesystem
-
-    path = os.fspath(path)
-    fmt = _matches_format(path)
-    fs, fpath = filesystem(path, storage_options)
-    if not fs.exists(fpath):
-        raise MsdmatchError(f"matches file {path} does not exist")
-    if fmt == "zarr":
-        from .store import _read_str, open_group
-
-        g = open_group(path, storage_options=storage_options)
-        table = {c: (np.asarray(_read_str(g, c)) if g[c].dtype.kind in "OTU" else g[c][:])
-                 for c in g.attrs.get("columns", [])}
-    elif fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        with _source(path, "rb", storage_options) as fh:
-            # no threads: pyarrow 26 can abort at exit after a threaded read of a Python file object
-            t = pq.read_table(fh, use_threads=isinstance(fh, str))
-        table = {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
-    else:
-        with _source(path, "rb", storage_options) as fh:
-            table = _read_csv(fh, path)
-    return _check_matches(table, os.path.basename(path.rstrip("/")))
+    return read(path, storage_options=storage_options)
 
 
 def _read_csv(source, name: str | None = None) -> dict[str, np.ndarray]:
@@ -176,39 +142,10 @@ def _read_csv(source, name: str | None = None) -> dict[str, np.ndarray]:
 
 
 def write_matches(table: Mapping, path: str | os.PathLike, *, storage_options: dict | None = None) -> None:
-    """Write a MATCHES table (columns in contract order) to ``.csv``, ``.parquet`` or ``.zarr``.
+    """Write a whole MATCHES table (:func:`msdmatch.matches_table.write_matches`)."""
+    from .matches_table import write_matches as write
 
-    ``path`` is a local path or an fsspec URL; a ``.zarr`` group gets one
-    array per column and the column list in its ``columns`` attribute.
-    """
-    import pyarrow as pa
-
-    path = os.fspath(path)
-    fmt = _matches_format(path)
-    t = _check_matches(table)
-    cols = [c for c in MATCH_COLUMNS + OPTIONAL_COLUMNS if c in t]
-    if fmt == "zarr":
-        from .store import _str_array, open_group
-
-        g = open_group(path, mode="w", storage_options=storage_options)
-        for c in cols:
-            if t[c].dtype.kind == "U":
-                _str_array(g, c, t[c].tolist())
-            else:
-                g.create_array(c, shape=t[c].shape, dtype=t[c].dtype,
-                               chunks=(max(1, min(len(t[c]), 1 << 20)),))[:] = t[c]
-        g.attrs.update({"kind": "msdmatch-matches", "columns": cols})
-        return
-    arrow = pa.table({c: t[c] for c in cols})
-    with _source(path, "wb", storage_options) as fh:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            pq.write_table(arrow, fh)
-        else:
-            import pyarrow.csv as pcsv
-
-            pcsv.write_csv(arrow, fh)
+    write(table, path, storage_options=storage_options)
 
 
 def read_truth(path: str | os.PathLike, *, keep_split: str | None = None) -> dict[str, np.ndarray]:

@@ -133,9 +133,10 @@ def test_db_on_s3(embedded, s3, cluster_client, tmp_path):
     local = _table(match.run(embedded["midi-synth"], embedded["audio"], client=cluster_client,
                              rerank=3, verify=2, progress=False))
     so = s3["storage_options"]
-    remote = _table(match.run(embedded["midi-synth"], f"s3://{b}/db.zarr", f"s3://{b}/out/m.zarr",
-                              client=cluster_client, rerank=3, verify=2, storage_options=so,
-                              progress=False))
+    s = match.run(embedded["midi-synth"], f"s3://{b}/db.zarr", f"s3://{b}/out/m.zarr", client=cluster_client,
+                  rerank=3, verify=2, storage_options=so, progress=False)
+    assert "table" not in s and s["batches_run"] == 1
+    remote = read_matches(f"s3://{b}/out/m.zarr", storage_options=so)
     assert local["track_id"].tolist() == remote["track_id"].tolist()
     np.testing.assert_array_equal(local["confidence"], remote["confidence"])
     # MATCHES on S3, as a Zarr group and as Parquet/CSV files, read back the same
@@ -144,7 +145,8 @@ def test_db_on_s3(embedded, s3, cluster_client, tmp_path):
     for name in ("m.zarr", "m.parquet", "m.csv"):
         back = read_matches(f"s3://{b}/out/{name}", storage_options=so)
         assert list(back) == COLUMNS + ["dhs_matrix_mean", "verify_std_score", "verify_dhs_score",
-                                        "verify_high_score", "screen_score", "stage"], name
+                                        "verify_high_score", "screen_score", "stage", "thesis_confidence",
+                                        "matched", "query_start", "query_end"], name
         assert back["track_id"].tolist() == remote["track_id"].tolist(), name
         np.testing.assert_array_equal(back["confidence"], remote["confidence"])
         np.testing.assert_array_equal(back["rank"], remote["rank"])
@@ -164,12 +166,13 @@ def test_query_store_with_failures_and_tiny_sequences(tiny_corpus, tmp_path, clu
     inst.notes.append(pretty_midi.Note(100, 60, 0.0, 0.1))  # a few frames, one hash word
     pm.instruments.append(inst)
     pm.write(str(src / "blip.mid"))
-    make_midi(7, seconds=8).write(str(src / "short.mid"))
+    make_midi(7, seconds=12).write(str(src / "short.mid"))  # just above MIN_SECONDS
     q = str(tmp_path / "q.zarr")
     featurize.run(str(src), q, client=cluster_client, kind="midi", progress=False)
     embed.run(q, client=cluster_client, progress=False)
     s = match.run(q, embedded["audio"], client=cluster_client, rerank=3, verify=3, progress=False)
     t = s["table"]
-    assert sorted(set(t["query_id"].tolist())) == ["blip", "short"]
+    assert sorted(set(t["query_id"].tolist())) == ["short"]  # broken and blip failed in featurize
+    assert s["failures"] == 0
     for c in ("dhs_score", *match.VERIFY_COLUMNS):
         assert np.all(np.isfinite(t[c])), c
