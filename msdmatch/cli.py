@@ -225,7 +225,9 @@ def embed(store, models, partition_size, scheduler, workers, storage_options, qu
 @main.command()
 @click.argument("queries")
 @click.argument("db")
-@click.option("--out", required=True, metavar="MATCHES", help=".csv, .parquet or a Zarr/S3 URL.")
+@click.option("--out", required=True, metavar="MATCHES",
+              help="A .csv or .parquet file, a .zarr group, or a folder name without an extension "
+                   "(a Parquet dataset, one part per batch); local or s3://.")
 @click.option("--models", default=None, metavar="DIR", help="Models used by embed (default: shipped).")
 @click.option("--fusion", default=None, metavar="JSON", help="Fusion model (default: shipped).")
 @click.option("--prune-k", type=click.IntRange(min=1), default=None,
@@ -236,17 +238,29 @@ def embed(store, models, partition_size, scheduler, workers, storage_options, qu
               help="Candidates verified with full DTW (V).")
 @click.option("--keep", type=click.Choice(["rerank", "all"]), default="rerank", show_default=True,
               help="Rows per query: the R reranked, or all K pruned.")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="A query's top row is `matched` when its confidence reaches this "
+                   "[default: the fusion model's threshold, else 0.5].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Queries per batch, the unit of work and of commit [default: 256].")
+@click.option("--overwrite", is_flag=True,
+              help="Replace msdmatch matches of another run at MATCHES (never anything else).")
 @scheduler_opt
 @workers_opt
 @so_opt
 @quiet_opt
-def match(queries, db, out, models, fusion, prune_k, rerank, verify, keep, scheduler, workers,
-          storage_options, quiet):
-    """Find each MIDI query's recording in DB: prune, rerank, screen, verify."""
+def match(queries, db, out, models, fusion, prune_k, rerank, verify, keep, threshold, batch_size, overwrite,
+          scheduler, workers, storage_options, quiet):
+    """Find each MIDI query's recording in DB: prune, rerank, screen, verify.
+
+    Query batches are committed to MATCHES as they finish; re-running the
+    same command skips them.
+    """
     from . import match as stage
 
     s = stage.run(queries, db, out, models=models, fusion=fusion, prune_k=prune_k, rerank=rerank,
-                  verify=verify, keep=keep, scheduler=scheduler, n_workers=workers,
+                  verify=verify, keep=keep, threshold=threshold, overwrite=overwrite,
+                  batch_size=batch_size or stage.DEFAULT_BATCH_SIZE, scheduler=scheduler, n_workers=workers,
                   storage_options=storage_options, progress=not quiet)
     click.echo(stage.summary_line(s))
 
