@@ -135,6 +135,7 @@ def test_retime_of_a_steady_map_needs_one_tempo(tmp_path):
     assert np.max(np.abs(got - want)) < 0.002
 
 
+@pytest.mark.filterwarnings("ignore:Tempo, Key or Time signature change events")
 def test_retime_reads_the_tempo_map_as_pretty_midi_does(tmp_path):
     """Two tempos on one tick: the last wins; tempo events off the first track are not pretty_midi's."""
     import mido
