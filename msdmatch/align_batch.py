@@ -47,31 +47,6 @@ class Pair:
     confidence: float
 
 
-def _matched_column(path: str, storage_options: dict | None) -> np.ndarray | None:
-    """The ``matched`` column of a MATCHES file, or ``None`` when it has none."""
-    from .report import _matches_format, _read_csv, _source
-
-    fmt = _matches_format(path)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        with _source(path, "rb", storage_options) as fh:
-            schema = pq.read_schema(fh)
-        if "matched" not in schema.names:
-            return None
-        with _source(path, "rb", storage_options) as fh:
-            col = pq.read_table(fh, columns=["matched"], use_threads=False).column("matched")
-        return np.asarray(col.to_numpy(zero_copy_only=False))
-    if fmt == "csv":
-        with _source(path, "rb", storage_options) as fh:
-            t = _read_csv(fh, path)
-        return np.asarray(t["matched"]) if "matched" in t else None
-    from .store import open_group
-
-    g = open_group(path, storage_options=storage_options)
-    return np.asarray(g["matched"][:]) if "matched" in g.attrs.get("columns", []) else None
-
-
 def _truthy(v) -> bool:
     if isinstance(v, str):
         return v.strip().lower() in ("true", "1", "yes")
@@ -116,11 +91,11 @@ def plan(matches: str, *, queries: str, db: str, min_confidence: float | None = 
     failures : list of dict
         Rows with the :data:`_FAILURE_FIELDS`.
     """
-    from .report import read_matches
+    from .matches_table import read_matches
     from .store import Store
 
     table = read_matches(matches, storage_options=storage_options)
-    chosen = select_top(table, matched=_matched_column(matches, storage_options), min_confidence=min_confidence)
+    chosen = select_top(table, matched=table.get("matched"), min_confidence=min_confidence)
     Q = Store(queries, storage_options=storage_options)
     D = Store(db, storage_options=storage_options)
     if D.modality != "audio":
@@ -199,7 +174,8 @@ def run(matches: str, *, queries: str, db: str, out: str, min_confidence: float 
     Parameters
     ----------
     matches : str
-        MATCHES table (``.csv``, ``.parquet`` or ``.zarr``).
+        MATCHES in any form :func:`msdmatch.matches_table.read_matches` reads
+        (``.csv``, ``.parquet``, ``.zarr`` or a Parquet dataset folder).
     queries, db : str
         The MIDI and audio stores MATCHES was computed from (their ``sources``
         locate the files).
