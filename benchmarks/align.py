@@ -27,6 +27,12 @@ pretty_midi.  The peer is the librosa gallery's music-synchronisation recipe
 ``subseq=True`` for excerpts) on the same synthesis and recording, with note
 times interpolated along its path; it is scored on the same notes.
 
+An alignment whose median error exceeds 1 s placed the recording on another
+part of the MIDI (often a repeat: game music loops); such pairs are listed
+under ``misplaced`` and the means (``mean_ms``, ``peer_mean_ms``, ``pairs``)
+are over the pairs both aligners placed; ``all_placed_by_ours`` keeps the
+peer's misplacements in.
+
     .venv/bin/python benchmarks/align.py --corpus /tmp/align_corpus --json /tmp/align.json
 """
 from __future__ import annotations
