@@ -109,6 +109,10 @@ _ARGS: dict[str, dict[str, _Field]] = {
         "rerank": _Field((int,), default=300, minimum=1),
         "verify": _Field((int,), default=10, minimum=1),
         "keep": _Field((str,), default="rerank", choices=("rerank", "all")),
+        "threshold": _Field((float, int), nullable=True,
+                            doc="top-row confidence that counts as matched (default: the fusion model's)"),
+        "batch_size": _Field((int,), default=256, minimum=1, doc="queries per committed batch"),
+        "overwrite": _Field((bool,), default=False),
     },
     "report": {
         "matches": _Field((str,), required=True),
@@ -246,15 +250,21 @@ def json_schema() -> dict:
 
 # -- the plan ---------------------------------------------------------------------------------------
 
-def _n_match_tasks(n_queries: int | None, threads: int) -> dict:
-    shards = 2 * threads  # match.run: n_shards = 2 * total threads
+def _n_match_tasks(n_queries: int | None, threads: int, batch_size: int) -> dict:
+    shards = 2 * threads  # match.run: n_shards = 2 * total threads, loaded once
     merges, level = 0, shards
     while level > 1:
         level = math.ceil(level / 4)
         merges += level
-    verify = min(n_queries, 4 * threads) if n_queries is not None else 4 * threads
-    return {"match-load-shard": shards, "match-prune": shards, "match-merge": merges,
-            "match-rerank": shards, "match-screen": shards, "match-verify": max(verify, 1)}
+    merges = max(merges, 1)
+    if n_queries is None:
+        return {"match-load-shard": shards, "match-batches": None}
+    sizes = [min(batch_size, n_queries - a) for a in range(0, n_queries, batch_size)]
+    nb = len(sizes)
+    verify = sum(max(1, min(b, shards)) for b in sizes)  # match.run: min(batch, 2 * threads) verify tasks
+    return {"match-load-shard": shards, "match-batches": nb, "match-prune": shards * nb,
+            "match-merge": merges * nb, "match-rerank": shards * nb, "match-screen": shards * nb,
+            "match-verify": verify, "match-commit": nb}
 
 
 def plan(spec: JobSpec) -> dict:
@@ -284,8 +294,8 @@ def plan(spec: JobSpec) -> dict:
         tasks = {"embed": parts}
         inputs, outputs = [a["store"]], [f"{a['store']} (pse/<model>, dhs/<model>, screen)"]
     elif spec.stage == "match":
-        parts = 2 * spec.workers
-        tasks = dict(_n_match_tasks(n, spec.workers))
+        parts = math.ceil(n / a["batch_size"]) if n is not None else None
+        tasks = dict(_n_match_tasks(n, spec.workers, a["batch_size"]))
         if a["db_items"] is None:
             notes.append("args.db_items not declared: K defaults to max(1% of DB, 1000)")
         else:

@@ -195,7 +195,8 @@ def test_plan_counts_partitions_tasks_and_cpu_hours():
     assert p["wall_hours"] == pytest.approx(p["cpu_hours"] / 100)
     assert p["outputs"] == ["s3://msdmatch-data/stores/msd-previews.zarr"]
     m = jobspec.plan(jobspec.load(JOBS / "match.yaml"))
-    assert m["tasks"]["match-prune"] == 200 and "K=10000, R=300, V=10" in m["notes"]
+    assert m["tasks"]["match-batches"] == 690 and m["tasks"]["match-prune"] == 200 * 690  # 256 queries a batch
+    assert "K=10000, R=300, V=10" in m["notes"]
 
 
 def test_redact_masks_credentials_by_key_and_by_value(monkeypatch):
