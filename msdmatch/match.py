@@ -418,7 +418,8 @@ def summary_line(s: dict) -> str:
                 f"(K={s['K']}, R={s['R']}, V={s['V']}); nothing to do ({s['failures']} failed queries)")
     pq = s["per_query"]
     cost = (f"CPU per query prune {pq['prune'] * 1e3:.1f} ms, rerank {pq['rerank'] * 1e3:.1f} ms, screen "
-            f"{pq['screen'] * 1e3:.1f} ms, verify {pq['verify'] * 1e3:.1f} ms, total {pq['total'] * 1e3:.1f} ms"
+            f"{pq['screen'] * 1e3:.1f} ms, verify {pq['verify'] * 1e3:.1f} ms, total {pq['total'] * 1e3:.1f} ms "
+            f"(query span {pq['span'] * 1e3:.1f} ms, rows {pq['assemble'] * 1e3:.1f} ms)"
             if pq else "no batch to run")
     return (f"matched {s['queries']} queries against {s['db']} previews (K={s['K']}, R={s['R']}, V={s['V']}): "
             f"{s['batches_run']} batches run, {s['batches_skipped']} already done, {s['failures']} failed "

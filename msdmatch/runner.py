@@ -84,12 +84,12 @@ def _match(spec: jobspec.JobSpec, client, progress: bool, tmp: str) -> tuple[dic
     from . import match
 
     a = spec.args
-    with _output(a["out"], tmp, spec.storage_options, is_dir=False) as out:
-        s = match.run(a["queries"], a["db"], out, models=a["models"], fusion=a["fusion"],
-                      prune_k=a["prune_k"], rerank=a["rerank"], verify=a["verify"], keep=a["keep"],
-                      client=client, storage_options=spec.storage_options, progress=progress)
-    s = {k: v for k, v in s.items() if k != "table"}
-    s["out"] = a["out"]
+    # match commits its batches to `out` itself, locally or on S3, so that a re-run resumes
+    s = match.run(a["queries"], a["db"], a["out"], models=a["models"], fusion=a["fusion"],
+                  prune_k=a["prune_k"], rerank=a["rerank"], verify=a["verify"], keep=a["keep"],
+                  threshold=a["threshold"], batch_size=a["batch_size"], overwrite=a["overwrite"],
+                  client=client, storage_options=spec.storage_options, progress=progress)
+    s = {k: v for k, v in s.items() if k not in ("table", "failures_table")}
     return s, match.summary_line(s)
 
 
