@@ -136,9 +136,10 @@ def fit_from_matches(matches, truth, *, l2: float = 1.0, folds: int = 5, seed: i
     Returns
     -------
     model : FusionModel
-        ``metrics`` of the fit (top-1, log-loss, ECE on the fitted rows) and,
-        with ``folds``, the cross-validated ``cv_*`` figures
-        (:func:`cv_metrics`) beside ``top1_<score>`` of each single score;
+        ``metrics`` of the fit (top-1 over all query runs, log-loss, ECE on
+        the fitted rows) and, with ``folds``, the cross-validated ``cv_*``
+        figures (``cv_top1`` over the query runs that have a match;
+        :func:`cv_metrics`) beside ``top1_<score>`` of each single score (all query runs);
         ``threshold``, ``false_accept_rate`` and ``true_accept_rate`` from
         the cross-validated top-1 confidences when the runs have no-match queries.
     """
@@ -166,7 +167,8 @@ def fit_from_matches(matches, truth, *, l2: float = 1.0, folds: int = 5, seed: i
     ok = ~np.isnan(p)
     top = top1_table(p, rows)
     fields: dict = {}
-    cv = {"cv_folds": folds, "cv_top1": top1_by_query(-p[ok], y[ok], rows["group"][ok])}
+    has = ~top["no_match"]
+    cv = {"cv_folds": folds, "cv_top1": float(np.mean(top["correct"][has])) if has.any() else float("nan")}
     cv.update(cv_metrics(p, rows))
     if top["no_match"].any():
         t = pick_threshold(top["p"], top["no_match"], target=target_false_accept)

@@ -479,13 +479,24 @@ def fit_fusion(
     pen[-1] = 0.0
     beta = np.zeros(d)
     beta[-1] = np.log(y.mean() / (1 - y.mean()))
+    def loss(b: np.ndarray) -> float:  # penalised negative log-likelihood
+        z = Z @ b
+        return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * np.sum(pen * b * b))
+
+    f = loss(beta)
     for _ in range(max_iter):
         p = _sigmoid(Z @ beta)
         grad = Z.T @ (p - y) + pen * beta
         w = np.maximum(p * (1 - p), 1e-12)
         H = (Z * w[:, None]).T @ Z + np.diag(pen) + 1e-9 * np.eye(d)
         step = np.linalg.solve(H, grad)
-        beta -= step
+        # damped Newton: halve the step until the loss does not rise (nearly separable
+        # classes make the full step overshoot)
+        t = 1.0
+        while t > 1e-6 and loss(beta - t * step) > f + 1e-12:
+            t *= 0.5
+        beta -= t * step
+        f = loss(beta)
         if float(grad @ step) < tol:
             break
     model = FusionModel(
