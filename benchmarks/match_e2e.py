@@ -172,7 +172,7 @@ def _is_worker(pid: int) -> bool:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"multiprocessing" in cmd or b"spawn_main" in cmd
+    return b"spawn_main" in cmd  # not the resource tracker
 
 
 def run_match(q: str, db: str, out: str, *, workers: int, prune_k: int | None, extra: list[str]) -> dict:
@@ -206,11 +206,14 @@ def run_match(q: str, db: str, out: str, *, workers: int, prune_k: int | None, e
         raise SystemExit(f"unexpected summary line: {line}")
     gib = 2.0**30
     client = peaks.pop(proc.pid, 0)
+    workers_gib = sorted((v / gib for v in peaks.values()), reverse=True)
+    print(f"  peak RSS: client {client / gib:.3f} GiB, workers {', '.join(f'{w:.3f}' for w in workers_gib)} GiB",
+          flush=True)
     return {"line": line, "seconds": float(m[1]), "threads": int(m[2]),
             "per_query_cpu_s": {k: float(m[i]) / 1e3 for i, k in
                                 zip(range(3, 8), ("prune", "rerank", "screen", "verify", "total"))},
             "client_rss_gib": client / gib,
-            "worker_rss_gib": sorted((v / gib for v in peaks.values()), reverse=True)}
+            "worker_rss_gib": workers_gib}
 
 
 def main() -> None:

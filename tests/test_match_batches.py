@@ -273,3 +273,18 @@ def test_queries_that_cannot_be_matched_go_to_the_failures_table(embedded, clust
     assert "no finite PSE embedding" in f["reason"][0] and "empty hash sequence" in f["reason"][1]
     for c in ("dhs_score", *match.VERIFY_COLUMNS):
         assert np.all(np.isfinite(t[c][t["stage"] == "verify"])), c
+
+
+def test_a_changed_db_is_refused_and_overwrite_replaces(embedded, cluster_client, copy_store, tmp_path):
+    import zarr
+
+    out = str(tmp_path / "ds")
+    kw = dict(client=cluster_client, rerank=3, verify=2, batch_size=4, progress=False)
+    match.run(embedded["midi-synth"], embedded["audio"], out, **kw)
+    db = copy_store(embedded["audio"], "db2.zarr")
+    zarr.open_group(db, mode="r+")["ids"][0] = "TRRENAMED000000"
+    with pytest.raises(ParameterError, match=r"the DB changed since.*--overwrite"):
+        match.run(embedded["midi-synth"], db, out, **kw)
+    assert json.loads((Path(out) / META).read_text())["complete"]  # untouched
+    s = match.run(embedded["midi-synth"], db, out, overwrite=True, **kw)
+    assert s["batches_run"] == 2 and "TRRENAMED000000" in read_matches(out)["track_id"].tolist()
