@@ -12,7 +12,7 @@ distance over windows (:func:`msdmatch.prune.topk_multi`).
     python benchmarks/pse_recall.py --corpus DIR --db DB.zarr \\
         --queries synth=Q-SYNTH.zarr --queries pianoroll=Q-PR.zarr \\
         --models shipped=msdmatch/shipped --models new=/tmp/models [--windows 30:15] \\
-        [--splits valid,test] [--json OUT.json]
+        [--splits valid,test] [--generated] [--distractors STORE=CORPUS] [--json OUT.json]
 """
 from __future__ import annotations
 
@@ -28,14 +28,29 @@ import numpy as np
 SHARES = (0.001, 0.005, 0.01, 0.02, 0.05, 0.10)
 
 
-def truth_for(corpus: Path, splits: set[str]) -> dict[str, set[str]]:
-    """``query_id -> {track_id}`` for the queries of ``splits`` (split.csv)."""
+def truth_for(corpus: Path, splits: set[str], *, generated: bool = False) -> dict[str, set[str]]:
+    """``query_id -> {track_id}`` for the queries of ``splits`` (split.csv).
+
+    With ``generated``, also every generated song's query (recordings.jsonl
+    ``source == ''``): a corpus of another seed than the training corpus's has
+    no generated song in common with it, while music21 works keep their split.
+    """
+    gen = set()
+    if generated:
+        with open(corpus / "recordings.jsonl", encoding="utf-8") as fh:
+            gen = {r["query_id"] for r in map(json.loads, fh) if r["query_id"] and not r["source"]}
     out: dict[str, set[str]] = {}
     with open(corpus / "split.csv", encoding="utf-8") as fh:
         for r in csv.DictReader(fh):
-            if r["query_id"] and r["split"] in splits:
+            if r["query_id"] and (r["split"] in splits or r["query_id"] in gen):
                 out.setdefault(r["query_id"], set()).add(r["track_id"])
     return out
+
+
+def works(corpus: Path) -> dict[str, str]:
+    """``track_id -> music21 work`` ('' for a generated song) of a corpus's previews."""
+    with open(corpus / "recordings.jsonl", encoding="utf-8") as fh:
+        return {r["track_id"]: r["source"] or "" for r in map(json.loads, fh) if not r["error"]}
 
 
 def pse_nets(model_dir: Path, modality: str) -> Path | None:
@@ -73,16 +88,35 @@ def main() -> None:
     ap.add_argument("--queries", action="append", required=True, metavar="NAME=STORE")
     ap.add_argument("--models", action="append", required=True, metavar="NAME=DIR")
     ap.add_argument("--splits", default="valid,test")
+    ap.add_argument("--generated", action="store_true",
+                    help="also every generated song's query (a dev corpus of another seed)")
     ap.add_argument("--windows", action="append", default=[], metavar="SECONDS:HOP")
+    ap.add_argument("--distractors", action="append", default=[], metavar="STORE=CORPUS",
+                    help="more previews (never a training corpus): STORE's, but for those of a "
+                         "music21 work that is a query's (CORPUS's recordings.jsonl)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    truth = truth_for(a.corpus, set(a.splits.split(",")))
+    truth = truth_for(a.corpus, set(a.splits.split(",")), generated=a.generated)
     db = Store(a.db)
     db_ids = list(db.strings("ids", 0, db.n))
-    col = {t: i for i, t in enumerate(db_ids)}
     db_seqs = db.sequences(0, db.n)
-    result: dict = {"db": db.n, "splits": a.splits, "recall": {}}
-    print(f"db {db.n} previews; splits {a.splits}")
+    own = works(a.corpus)
+    query_works = {own[t] for ts in truth.values() for t in ts if own.get(t)}
+    for spec in a.distractors:
+        url, corpus = spec.split("=", 1)
+        other = works(Path(corpus))
+        extra = Store(url)
+        ids = list(extra.strings("ids", 0, extra.n))
+        seqs = extra.sequences(0, extra.n)
+        have = set(db_ids)
+        keep = [i for i, t in enumerate(ids)
+                if t in other and other[t] not in query_works and t not in have]
+        db_ids += [ids[i] for i in keep]
+        db_seqs += [seqs[i] for i in keep]
+    col = {t: i for i, t in enumerate(db_ids)}
+    n_db = len(db_ids)
+    result: dict = {"db": n_db, "splits": a.splits, "recall": {}}
+    print(f"db {n_db} previews; splits {a.splits}")
     for spec in a.models:
         mname, mdir = spec.split("=", 1)
         for qspec in a.queries:
@@ -100,7 +134,7 @@ def main() -> None:
             E_db = embed(db_seqs, d / "audio.onnx").astype(np.float64)
             E_q = embed(seqs, d / "midi.onnx").astype(np.float64)
             dist = ((E_q**2).sum(1)[:, None] - 2 * E_q @ E_db.T + (E_db**2).sum(1)[None])
-            rows = {"whole": recall_curve(ranks(dist, cols), db.n)}
+            rows = {"whole": recall_curve(ranks(dist, cols), n_db)}
             for w in a.windows:
                 sec, hop = (float(x) for x in w.split(":"))
                 fr = qs.params.frame_rate
@@ -112,8 +146,8 @@ def main() -> None:
                 owner = np.repeat(np.arange(len(seqs)), [len(o) for o in offs])
                 dmin = np.full_like(dist, np.inf)
                 np.minimum.at(dmin, owner, dw)
-                rows[f"windows {w}"] = recall_curve(ranks(dmin, cols), db.n)
-                rows[f"windows {w} + whole"] = recall_curve(ranks(np.minimum(dmin, dist), cols), db.n)
+                rows[f"windows {w}"] = recall_curve(ranks(dmin, cols), n_db)
+                rows[f"windows {w} + whole"] = recall_curve(ranks(np.minimum(dmin, dist), cols), n_db)
                 rows[f"windows {w}"]["vectors_per_query"] = float(len(wins) / len(seqs))
             for k, v in rows.items():
                 print(f"{mname:10s} {qname:10s} {k:22s} n={len(seqs)} " +
