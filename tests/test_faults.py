@@ -42,7 +42,7 @@ EMBED_PATHS = ("pse/pse-midi-synth", "pse/pse-midi-pianoroll", "dhs/dhs-midi-syn
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """N_ITEMS MIDI songs (8 s) and their renderings as MP3 under another soundfont."""
+    """N_ITEMS MIDI songs (12 s, above MIN_SECONDS) and their renderings as MP3 under another soundfont."""
     from conftest import write_mp3
 
     from msdmatch.synth import render
@@ -51,7 +51,7 @@ def corpus(tmp_path_factory):
     (root / "midi").mkdir()
     (root / "audio").mkdir()
     for k in range(N_ITEMS):
-        pm = make_midi(100 + k, seconds=8.0)
+        pm = make_midi(100 + k, seconds=12.0)
         pm.write(str(root / "midi" / f"q{k:03d}.mid"))
         y = render(pm, sr=22050, soundfont="FluidR3_GM.sf2")
         write_mp3(root / "audio" / f"TRFAULT{k:010d}.mp3", y * 0.8, 22050)
@@ -196,17 +196,22 @@ def test_worker_killed_mid_embed(reference, fragile_client, copy_store):
     np.testing.assert_array_equal(np.diff(off), -(-np.diff(Store(url).offsets) // 8))
 
 
-def test_worker_killed_mid_match(reference, fragile_client):
+def test_worker_killed_mid_match(reference, fragile_client, tmp_path):
+    from msdmatch.report import read_matches
+
     _wait_workers(fragile_client)
-    # Killed while it prunes, reranks, screens or verifies: its loaded DB shards are lost and recomputed.
-    killer = WorkerKiller(fragile_client, ("match-prune", "match-rerank", "match-screen", "match-verify"))
+    out = tmp_path / "matches"
+    # Killed once a batch is committed, while it runs any match task: the DB shards it held are
+    # recomputed, its batch runs again, and the batches committed before stay.
+    killer = WorkerKiller(fragile_client, ("match-",), ready=lambda: any(out.glob("part-*.parquet")))
     killer.start()
-    s = match.run(reference["emb-midi"], reference["emb-audio"], client=fragile_client, rerank=8,
-                  verify=4, progress=False)
+    s = match.run(reference["emb-midi"], reference["emb-audio"], str(out), client=fragile_client, rerank=8,
+                  verify=4, batch_size=2, progress=False)
     done = time.monotonic()
     killer.stop.set()
     assert killer.killed and killer.at < done, "the kill did not land during the stage"
-    t = s["table"]
+    assert s["batches_run"] == N_ITEMS // 2 and s["failures"] == 0
+    t = read_matches(str(out))
     for q in Store(reference["emb-midi"]).ids:  # every query once, ranks 1..R, no duplicate candidate
         sel = t["query_id"] == q
         assert t["rank"][sel].tolist() == list(range(1, 9))
@@ -291,7 +296,7 @@ def _interrupted(proc: subprocess.Popen, log: Path) -> None:
     err = log.read_text()
     assert proc.returncode == 130, f"exit code {proc.returncode}: SIGINT did not land mid-stage\n{err}"
     lines = [ln for ln in err.splitlines() if ln.startswith("msdmatch:")]
-    assert lines == ["msdmatch: error: interrupted; re-run the same command to resume"], err
+    assert lines == ["msdmatch: interrupted; re-run the same command to resume"], err
     assert "Traceback" not in err
     # nothing may write to the store once the command has returned
     wait_for(lambda: not any(map(_alive, workers)), timeout=30, what="the interrupted run's workers to exit")
@@ -373,24 +378,36 @@ def _wait_until_running(proc: subprocess.Popen, log: Path, name: str) -> None:
                  timeout=180, what=f"a {name} task", every=0.05)
 
 
+def _batch_counts(line: str) -> tuple[int, int]:
+    import re
+
+    m = re.search(r"(\d+) batches run, (\d+) already done", line)
+    assert m, line
+    return int(m[1]), int(m[2])
+
+
 def test_sigint_mid_match_then_rerun(reference, big, tmp_path):
     from msdmatch.report import read_matches
 
-    out = tmp_path / "matches.parquet"
-    # 40 queries x 200 previews, 30 candidates verified each: 4 verify tasks of over a second on one worker
+    out = tmp_path / "matches"  # a Parquet dataset: one part per committed batch of 4 queries
+    # 40 queries x 200 previews, 30 candidates verified each: 10 batches of several seconds on one worker
     args = ["match", reference["emb-midi"], big["emb"], "--rerank", "100", "--verify", "30",
-            "--workers", "1"]
+            "--workers", "1", "--batch-size", "4"]
     _run_cli(args + ["--out", str(tmp_path / "undisturbed.parquet"), "--quiet"])
     log = tmp_path / "err.txt"
     proc = _start(args + ["--out", str(out)], log)
     try:
-        _wait_until_running(proc, log, "match-verify")
+        wait_for(lambda: proc.poll() is not None or len(list(out.glob("part-*.parquet"))) >= 1, timeout=300,
+                 what="a committed match batch")
         _interrupted(proc, log)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert not out.exists()  # match writes its table only once it is whole
-    _run_cli(args + ["--out", str(out), "--quiet"])
+    done_before = len(list(out.glob("part-*.parquet")))
+    assert 1 <= done_before < N_ITEMS // 4
+    assert not (tmp_path / "undisturbed.parquet.msdmatch-parts").exists()
+    ran, skipped = _batch_counts(_run_cli(args + ["--out", str(out), "--quiet"]).stdout)
+    assert (ran, skipped) == (N_ITEMS // 4 - done_before, done_before)  # committed batches not recomputed
     got, ref = read_matches(str(out)), read_matches(str(tmp_path / "undisturbed.parquet"))
     assert len(got["query_id"]) == 100 * N_ITEMS
     assert_same_table(ref, got)
