@@ -171,13 +171,23 @@ def _close_quietly(client, cluster) -> None:
 
 @contextlib.contextmanager
 def using_client(client=None, *, scheduler: str | None = None, n_workers: int | None = None,
-                 quiet: bool = False) -> Iterator[Any]:
+                 dashboard: bool = True, quiet: bool = False) -> Iterator[Any]:
     """The caller's client if it gave one, else a new one from :func:`client_for`, closed on exit."""
     if client is not None:
         yield client
         return
-    with client_for(scheduler, n_workers=n_workers, quiet=quiet) as c:
+    with client_for(scheduler, n_workers=n_workers, dashboard=dashboard, quiet=quiet) as c:
         yield c
+
+
+def active_client():
+    """The ``distributed.Client`` this process is already using, or None."""
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
 
 
 def worker_threads() -> int:

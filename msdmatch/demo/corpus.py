@@ -309,18 +309,10 @@ def _make_partition(specs, *, out_dir: str, style: str = "default") -> list[dict
 def _run(specs: list[SongSpec], *, out_dir: str, n_workers: int, progress: bool,
          style: str = "default") -> list[dict]:
     """Build the songs on the active distributed Client, else on a LocalCluster."""
-    from ..cluster import client_for
+    from ..cluster import active_client, using_client
 
-    try:
-        from distributed import default_client
-
-        client = default_client()
-    except ValueError:
-        client = None
-    if client is None:
-        with client_for(None, n_workers=n_workers, dashboard=False, quiet=True) as c:
-            return _run_on(c, specs, out_dir=out_dir, progress=progress, style=style)
-    return _run_on(client, specs, out_dir=out_dir, progress=progress, style=style)
+    with using_client(active_client(), n_workers=n_workers, dashboard=False, quiet=True) as c:
+        return _run_on(c, specs, out_dir=out_dir, progress=progress, style=style)
 
 
 def _run_on(client, specs: list[SongSpec], *, out_dir: str, progress: bool,
