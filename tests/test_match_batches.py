@@ -172,6 +172,7 @@ def test_bad_out_is_refused_fast_before_the_cluster_starts(embedded, tmp_path):
 
 
 @pytest.mark.safety
+@pytest.mark.slow  # three CLI runs, each with its own LocalCluster
 def test_matches_of_another_run_need_overwrite(embedded, tmp_path):
     out = tmp_path / "ds"
     r, _ = _cli_match(embedded, out, "--quiet", "--batch-size", "4")
