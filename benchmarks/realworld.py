@@ -161,7 +161,7 @@ def build(out: str, *, seed: int = 0, debs: str | None = None, workers: int = 2,
         "dropped_parts": sum(1 for p in qplans if p["drop"] >= 0 and p["track_id"] not in failed),
         "dropped_melody": sum(1 for p in qplans if p["drop_is_melody"] and p["track_id"] not in failed),
         "seconds": {"fetch": t_fetch, "render": t_render, "total": time.perf_counter() - t0},
-        "render_cpu_seconds": float(sum(s for _, s, _ in results)),
+        "render_worker_seconds": float(sum(s for _, s, _ in results)),  # wall time inside the processes
     }
     with open(os.path.join(out, "build.json"), "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=1)
