@@ -161,12 +161,12 @@ def differences(recorded: dict, current: dict) -> list[str]:
     compared by the caller); a smaller or rewritten query store is.
     """
     out = []
+    if recorded.get("db") != current.get("db"):  # first: K, R and V follow from the DB's size
+        r, c = recorded.get("db", {}), current.get("db", {})
+        what = "size" if r.get("n") != c.get("n") else "ids or models"
+        out.append(f"the DB changed since (its {what}: {r.get('n')} -> {c.get('n')} items)")
     for k, v in current.get("params", {}).items():
         old = recorded.get("params", {}).get(k)
         if old != v:
             out.append(f"{k} {old!r} -> {v!r}")
-    if recorded.get("db") != current.get("db"):
-        r, c = recorded.get("db", {}), current.get("db", {})
-        what = "size" if r.get("n") != c.get("n") else "ids or models"
-        out.append(f"the DB changed since (its {what}: {r.get('n')} -> {c.get('n')} items)")
     return out

@@ -84,3 +84,48 @@ def test_append_refuses_another_modality_and_overwrite(tiny_corpus, tmp_path, cl
     with pytest.raises(ParameterError, match="same kind"):
         featurize.run(str(midi), url, client=cluster_client, kind="midi", mode="pianoroll", append=True,
                       progress=False)
+
+
+def test_match_after_appending_matches_only_the_new_queries(tiny_corpus, tmp_path, cluster_client):
+    """New queries appended to the query store: a re-run commits only their batches; a grown DB is refused."""
+    from msdmatch import embed, featurize, match
+    from msdmatch.errors import ParameterError
+    from msdmatch.matches_table import read_matches
+
+    midi = sorted((tiny_corpus / "midi").glob("*.mid"))
+    first, later = tmp_path / "qa", tmp_path / "qb"
+    first.mkdir()
+    later.mkdir()
+    for k, f in enumerate(midi):
+        shutil.copy(f, (first if k < 4 else later) / f.name)
+    db, q, out = str(tmp_path / "db.zarr"), str(tmp_path / "q.zarr"), str(tmp_path / "matches")
+    kw = dict(client=cluster_client, progress=False)
+    featurize.run(str(tiny_corpus / "audio"), db, kind="audio", **kw)
+    featurize.run(str(first), q, kind="midi", mode="pianoroll", **kw)
+    embed.run(db, **kw)
+    embed.run(q, **kw)
+    s1 = match.run(q, db, out, batch_size=2, **kw)
+    assert (s1["batches_run"], s1["batches_skipped"]) == (2, 0)
+    featurize.run(str(later), q, kind="midi", mode="pianoroll", append=True, **kw)
+    embed.run(q, **kw)
+    s2 = match.run(q, db, out, batch_size=2, **kw)
+    assert (s2["batches_run"], s2["batches_skipped"]) == (1, 2)
+    grown = read_matches(out)
+    fresh = match.run(q, db, str(tmp_path / "fresh.parquet"), batch_size=2, **kw)
+    assert fresh["queries"] == 6
+    again = read_matches(str(tmp_path / "fresh.parquet"))
+    assert sorted(set(grown["query_id"].tolist())) == sorted(set(again["query_id"].tolist()))
+    order = lambda t: np.lexsort((t["rank"], t["query_id"]))  # noqa: E731
+    np.testing.assert_array_equal(grown["track_id"][order(grown)], again["track_id"][order(again)])
+    # the database grows: results against the old one are not mixed with new ones
+    extra = tmp_path / "more"
+    extra.mkdir()
+    from conftest import make_midi, write_mp3
+
+    from msdmatch.synth import render
+
+    write_mp3(extra / "TRNEW000000000001.mp3", render(make_midi(9, seconds=12.0), sr=22050) * 0.8, 22050)
+    featurize.run(str(extra), db, kind="audio", append=True, **kw)
+    embed.run(db, **kw)
+    with pytest.raises(ParameterError, match="DB changed.*--overwrite"):
+        match.run(q, db, out, batch_size=2, **kw)
