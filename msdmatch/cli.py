@@ -12,6 +12,8 @@ import time
 
 import click
 
+from .params import EMBED, FEATURIZE
+
 
 def _fail(msg: str, code: int) -> None:
     msg = msg.removeprefix("msdmatch: ").removeprefix("error: ")
@@ -130,13 +132,10 @@ def featurize() -> None:
     """Compute CQT features of audio previews or MIDI files into a Zarr store."""
 
 
-def _featurize(kind, src, out, mode, soundfont, partition_size, scheduler, workers,
-               storage_options, overwrite, quiet):
+def _featurize(kind: str, *, quiet: bool, workers: int | None, **options) -> None:
     from . import featurize as stage
 
-    summary = stage.run(src, out, scheduler=scheduler, n_workers=workers, kind=kind, mode=mode,
-                        soundfont=soundfont, partition_size=partition_size,
-                        storage_options=storage_options, overwrite=overwrite, progress=not quiet)
+    summary = stage.run(kind=kind, n_workers=workers, progress=not quiet, **options)
     click.echo(summary.line())
 
 
@@ -144,9 +143,12 @@ def _featurize_options(f):
     for opt in reversed([
         click.argument("src"),
         click.option("--out", required=True, metavar="STORE", help="Store path or s3:// URL."),
-        click.option("--partition-size", type=click.IntRange(min=1), default=100, show_default=True,
-                     help="Files per task."),
-        click.option("--overwrite", is_flag=True, help="Start the store afresh instead of resuming."),
+        click.option("--partition-size", type=click.IntRange(min=1), default=FEATURIZE.partition_size,
+                     show_default=True, help="Files per task."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace the msdmatch store at STORE instead of resuming it (never anything else)."),
+        click.option("--append", is_flag=True,
+                     help="Add SRC's new items to the complete store STORE (ids already there are skipped)."),
         scheduler_opt, workers_opt, so_opt, quiet_opt,
     ]):
         f = opt(f)
@@ -155,13 +157,12 @@ def _featurize_options(f):
 
 @featurize.command("audio")
 @_featurize_options
-def featurize_audio(src, out, partition_size, overwrite, scheduler, workers, storage_options, quiet):
+def featurize_audio(**options):
     """Featurize audio files (mp3, wav, flac, ogg) from SRC into STORE.
 
     SRC is a directory (recursive), a glob, a manifest (.txt/.csv) or an s3:// prefix.
     """
-    _featurize("audio", src, out, "synth", None, partition_size, scheduler, workers,
-               storage_options, overwrite, quiet)
+    _featurize("audio", **options)
 
 
 @featurize.command("midi")
@@ -169,14 +170,12 @@ def featurize_audio(src, out, partition_size, overwrite, scheduler, workers, sto
 @click.option("--mode", type=click.Choice(["synth", "pianoroll"]), default="synth", show_default=True,
               help="Synthesize with fluidsynth, or use the piano roll.")
 @click.option("--soundfont", default=None, help="Soundfont for --mode synth (default: TimGM6mb).")
-def featurize_midi(src, out, partition_size, overwrite, scheduler, workers, storage_options, quiet,
-                   mode, soundfont):
+def featurize_midi(**options):
     """Featurize MIDI files from SRC into STORE.
 
     SRC is a directory (recursive), a glob, a manifest (.txt/.csv) or an s3:// prefix.
     """
-    _featurize("midi", src, out, mode, soundfont, partition_size, scheduler, workers,
-               storage_options, overwrite, quiet)
+    _featurize("midi", **options)
 
 
 @main.command("demo-data")
@@ -207,7 +206,7 @@ def demo_data(out, songs, distractors, seed, balanced, style, workers):
 @click.argument("store")
 @click.option("--models", multiple=True, metavar="DIR",
               help="Model directory, or a directory of them (default: the shipped models). Repeatable.")
-@click.option("--partition-size", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--partition-size", type=click.IntRange(min=1), default=EMBED.partition_size, show_default=True,
               help="Items per task.")
 @scheduler_opt
 @workers_opt

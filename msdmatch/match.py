@@ -292,6 +292,9 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
 
     Q = Store(queries, storage_options=storage_options)
     D = Store(db, storage_options=storage_options)
+    if D.n == 0:
+        raise ParameterError(f"DB store {db!r} is empty: every input failed ({len(D.failures())} rows in its "
+                             "failures table say why); featurize previews that decode before matching")
     if D.modality != "audio":
         raise ParameterError(f"DB store {db!r} holds {D.modality!r} features; expected 'audio' (swapped arguments?)")
     if Q.modality == "audio":

@@ -384,7 +384,7 @@ def read_matches(path: str | os.PathLike, *, storage_options: dict | None = None
     form = out_form(path)
     fs, root = _fs(path, storage_options)
     if not fs.exists(root):
-        raise MsdmatchError(f"matches {path} does not exist")
+        raise ParameterError(f"MATCHES {path!r} does not exist; expected the --out of `msdmatch match`")
     name = os.path.basename(path.rstrip("/"))
     if form == "zarr":
         from .store import _read_str, open_group

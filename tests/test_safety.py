@@ -374,3 +374,18 @@ def test_bad_truth_or_matches_is_one_line(small_matches, tmp_path, case):
     r = msdmatch("report", str(m), "--truth", str(t))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1, r.stderr
+
+
+def test_an_empty_database_says_so(tmp_path, cluster_client):
+    from msdmatch import featurize
+
+    a, m = tmp_path / "a", tmp_path / "m"
+    a.mkdir()
+    m.mkdir()
+    (a / "broken.mp3").write_bytes(b"\x00" * 500)
+    make_midi(2, seconds=12.0).write(str(m / "song.mid"))
+    featurize.run(str(a), str(tmp_path / "db.zarr"), client=cluster_client, kind="audio", progress=False)
+    featurize.run(str(m), str(tmp_path / "q.zarr"), client=cluster_client, kind="midi", mode="pianoroll",
+                  progress=False)
+    r = msdmatch("match", str(tmp_path / "q.zarr"), str(tmp_path / "db.zarr"), "--out", str(tmp_path / "m.csv"))
+    one_line_exit_2(r, "is empty")
