@@ -195,7 +195,7 @@ def assemble(ranked: dict, verified: list[dict], *, ids: list[str], db_ids, R: i
     t = time.thread_time()
     failed = dict(ranked["failed"])
     vscore_of: dict[int, np.ndarray] = {}
-    span_of: dict[int, tuple[float, float]] = {}
+    span_of: dict[int, dict[int, tuple[float, float]]] = {}
     for v in verified:
         vscore_of.update(v["scores"])
         span_of.update(v["spans"])
@@ -221,9 +221,8 @@ def assemble(ranked: dict, verified: list[dict], *, ids: list[str], db_ids, R: i
         else:
             conf = dtw_confidence(vs[:, 0])
         vorder = np.lexsort((vs[:, 0], -conf))
-        span_row = int(np.argmin(vs[:, 0])) if q in span_of else -1
-        rows = [(o[j], conf[j], vs[j], sscore[q, j], "verify", span_of[q] if j == span_row else None)
-                for j in vorder]
+        spans = span_of.get(q, {})
+        rows = [(o[j], conf[j], vs[j], sscore[q, j], "verify", spans.get(int(j))) for j in vorder]
         rows += [(o[j], np.nan, unverified, sscore[q, j], "rerank", None) for j in range(V, R)]
         if keep == "all":
             rest = np.sort(o[R:])  # pidx is sorted by pse distance already

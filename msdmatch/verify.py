@@ -149,7 +149,7 @@ def verify_batch(jobs: list[tuple[int, list[int]]], *, q_url: str, db_url: str, 
 
 def verify_chunk(jobs: list[tuple[int, int, list[int]]], *, q_url: str, db_url: str, nets: dict,
                  frame_seconds: float, storage_options: dict | None = None) -> dict:
-    """Verify some queries of a batch, and the span of the query their first candidate covers.
+    """Verify some queries of a batch, and the span of the query that their best candidates cover.
 
     Parameters
     ----------
@@ -164,8 +164,9 @@ def verify_chunk(jobs: list[tuple[int, int, list[int]]], *, q_url: str, db_url: 
     -------
     result : dict
         ``scores``: local query index -> np.ndarray [shape=(n_candidates, 4)];
-        ``spans``: local query index -> (start, end) seconds of the query
-        covered by its first candidate's alignment; ``failed``: local query
+        ``spans``: local query index -> {candidate index: (start, end)
+        seconds of the query covered by that candidate's alignment}, for the
+        best candidate by each verify score (those that can rank first); ``failed``: local query
         index -> reason; ``cpu``: thread CPU-seconds of the scores;
         ``span_cpu``: those of the spans.
     """
@@ -176,7 +177,7 @@ def verify_chunk(jobs: list[tuple[int, int, list[int]]], *, q_url: str, db_url: 
     D = Store(db_url, storage_options=storage_options)
     threads = worker_threads()
     scores: dict[int, np.ndarray] = {}
-    spans: dict[int, tuple[float, float]] = {}
+    spans: dict[int, dict[int, tuple[float, float]]] = {}
     failed: dict[int, str] = {}
     cpu = span_cpu = 0.0
     for q, qi, rows in jobs:
@@ -190,8 +191,10 @@ def verify_chunk(jobs: list[tuple[int, int, list[int]]], *, q_url: str, db_url: 
         finally:
             cpu += time.thread_time() - t
         t = time.thread_time()
-        if rows:
-            spans[q] = query_span(X, Ys[int(np.argmin(scores[q][:, 0]))], frame_seconds=frame_seconds)
+        # the candidates that can rank first after fusion: the best by each verify score
+        best = sorted({int(np.argmin(scores[q][:, c])) for c in range(scores[q].shape[1])}) if rows else []
+        spans[q] = {j: query_span(X, Ys[j], frame_seconds=frame_seconds) for j in best
+                    if np.isfinite(scores[q][j]).any()}
         span_cpu += time.thread_time() - t
     return {"scores": scores, "spans": spans, "failed": failed, "cpu": cpu, "span_cpu": span_cpu}
 
