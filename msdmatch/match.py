@@ -14,17 +14,8 @@ Conventions
 - The screen (:mod:`msdmatch.screen`) runs a coarse cosine DTW on the top R
   candidates' screen frames, held by the shards beside the hash words, and
   picks the V that verify sees by the sum of its z-score and the DHS ratio's.
-- Verify runs cosine DTW four times (:func:`verify_scores`): on the
-  features as stored (the thesis's ``verify_score``), on features
-  standardised per bin over each sequence (``verify_std_score``,
-  :func:`msdmatch.features.standardize_bins`), which takes out a
-  recording's static equalisation, on the same for the top octave of bins
-  only (``verify_high_score``, from :data:`HIGH_BIN`: where melodies sit,
-  above a bass part or a high-pass that a recording and its transcription
-  may disagree on), and on the DHS nets' real-valued outputs before their
-  sign is taken (``verify_dhs_score``): the learned frame features the hash
-  bits come from, without the loss of binarising them.  The fusion uses all
-  four.
+- Verify (:mod:`msdmatch.verify`) runs four cosine DTWs on the top V;
+  the fusion uses all four.
 - The job (:func:`run`) plans query batches (:mod:`msdmatch.match_plan`);
   each batch goes through prune -> rerank -> screen -> verify -> fusion
   (:mod:`msdmatch.match_shard`, :mod:`msdmatch.match_batch`,

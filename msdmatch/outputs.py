@@ -155,6 +155,14 @@ def _check_parent(path: str, storage_options: dict | None) -> None:
     probe_writable(parent)
 
 
+def _check_new(path: str, storage_options: dict | None) -> None:
+    """A new output: a remote prefix must accept writes, a local one's folder must exist and be writable."""
+    if _is_remote(path):
+        probe_writable(path, storage_options=storage_options)
+    else:
+        _check_parent(path, storage_options)
+
+
 def check_store_out(url: str, *, src: str | None = None, overwrite: bool = False,
                     storage_options: dict | None = None) -> str:
     """Decide whether a store may be written at ``url``.
@@ -184,10 +192,7 @@ def check_store_out(url: str, *, src: str | None = None, overwrite: bool = False
     if kind == "file":
         raise ParameterError(f"--out {url!r} is an existing file, not an msdmatch store; choose another --out")
     if kind == "absent" or not names:
-        if _is_remote(url):
-            probe_writable(url, storage_options=storage_options)
-        else:
-            _check_parent(url, storage_options)
+        _check_new(url, storage_options)
         return "new"
     attrs = _read_json(f"{url.rstrip('/')}/zarr.json", storage_options).get("attributes", {})
     if "msdmatch_format" not in attrs:
@@ -221,10 +226,7 @@ def check_out_dir(path: str, *, kind: str, overwrite: bool = False, storage_opti
     if what == "file":
         raise ParameterError(f"--out {path!r} is an existing file; expected a folder for the {kind} output")
     if what == "absent" or not names:
-        if _is_remote(path):
-            probe_writable(path, storage_options=storage_options)
-        else:
-            _check_parent(path, storage_options)
+        _check_new(path, storage_options)
         return
     mark = _read_json(f"{path.rstrip('/')}/{MARKER}", storage_options)
     if not mark:
