@@ -12,7 +12,7 @@ import time
 
 import click
 
-from .params import EMBED, FEATURIZE
+from .params import EMBED, FEATURIZE, MATCH
 
 
 def _fail(msg: str, code: int) -> None:
@@ -231,17 +231,17 @@ def embed(store, models, partition_size, scheduler, workers, storage_options, qu
 @click.option("--fusion", default=None, metavar="JSON", help="Fusion model (default: shipped).")
 @click.option("--prune-k", type=click.IntRange(min=1), default=None,
               help="PSE survivors K (default: max(1% of DB, 1000)).")
-@click.option("--rerank", type=click.IntRange(min=1), default=300, show_default=True,
+@click.option("--rerank", type=click.IntRange(min=1), default=MATCH.rerank, show_default=True,
               help="DHS survivors R, screened with a coarse DTW.")
-@click.option("--verify", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--verify", type=click.IntRange(min=1), default=MATCH.verify, show_default=True,
               help="Candidates verified with full DTW (V).")
-@click.option("--keep", type=click.Choice(["rerank", "all"]), default="rerank", show_default=True,
+@click.option("--keep", type=click.Choice(["rerank", "all"]), default=MATCH.keep, show_default=True,
               help="Rows per query: the R reranked, or all K pruned.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="A query's top row is `matched` when its confidence reaches this "
                    "[default: the fusion model's threshold, else 0.5].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Queries per batch, the unit of work and of commit [default: 256].")
+              help=f"Queries per batch, the unit of work and of commit [default: {MATCH.batch_size}].")
 @click.option("--overwrite", is_flag=True,
               help="Replace msdmatch matches of another run at MATCHES (never anything else).")
 @scheduler_opt

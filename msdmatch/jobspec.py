@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ParameterError
-from .params import EMBED, FEATURIZE
+from .params import EMBED, FEATURIZE, MATCH
 
 SPEC_VERSION = 1
 STAGES = ("featurize", "embed", "match", "report")
@@ -106,12 +106,12 @@ _ARGS: dict[str, dict[str, _Field]] = {
         "models": _Field((str,), nullable=True),
         "fusion": _Field((str,), nullable=True),
         "prune_k": _Field((int,), minimum=1, nullable=True),
-        "rerank": _Field((int,), default=300, minimum=1),
-        "verify": _Field((int,), default=10, minimum=1),
-        "keep": _Field((str,), default="rerank", choices=("rerank", "all")),
+        "rerank": _Field((int,), default=MATCH.rerank, minimum=1),
+        "verify": _Field((int,), default=MATCH.verify, minimum=1),
+        "keep": _Field((str,), default=MATCH.keep, choices=("rerank", "all")),
         "threshold": _Field((float, int), nullable=True,
                             doc="top-row confidence that counts as matched (default: the fusion model's)"),
-        "batch_size": _Field((int,), default=256, minimum=1, doc="queries per committed batch"),
+        "batch_size": _Field((int,), default=MATCH.batch_size, minimum=1, doc="queries per committed batch"),
         "overwrite": _Field((bool,), default=False),
     },
     "report": {

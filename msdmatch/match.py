@@ -52,6 +52,7 @@ from .match_shard import (  # noqa: F401 - the stage's public pieces, importable
     shard_screen,
     shard_topk,
 )
+from .params import MATCH
 from .verify import (  # noqa: F401
     HIGH_BIN,
     VERIFY_COLUMNS,
@@ -218,8 +219,8 @@ def _verify_jobs(ranked: dict, c: int, *, start: int, V: int, chunks: int) -> li
 
 
 def run(queries: str, db: str, out: str | None = None, *, models: str | None = None,
-        fusion: str | None = None, prune_k: int | None = None, rerank: int = 300, verify: int = 10,
-        keep: str = "rerank", threshold: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+        fusion: str | None = None, prune_k: int | None = None, rerank: int = MATCH.rerank, verify: int = MATCH.verify,
+        keep: str = MATCH.keep, threshold: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
         overwrite: bool = False, client=None, scheduler: str | None = None, n_workers: int | None = None,
         n_shards: int | None = None, max_in_flight: int | None = None, storage_options: dict | None = None,
         progress: bool = True) -> dict:

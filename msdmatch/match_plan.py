@@ -20,10 +20,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .errors import ParameterError
+from .params import MATCH
 
 #: Queries per batch by default: one batch's (queries x K) arrays at K = 10,000
 #: are 256 x 10,000 x 8 bytes = 20 MB each.
-DEFAULT_BATCH_SIZE = 256
+DEFAULT_BATCH_SIZE = MATCH.batch_size
 
 
 @dataclass(frozen=True)

@@ -125,5 +125,28 @@ class EmbedOptions:
     partition_size: int = 256
 
 
+@dataclass(frozen=True)
+class MatchOptions:
+    """The match job's defaults (CLI, job specs, ``run``).
+
+    Parameters
+    ----------
+    rerank : int
+        DHS survivors R, all screened.
+    verify : int
+        Candidates verified with full DTW, V.
+    keep : {'rerank', 'all'}
+        Rows per query: the R reranked, or all K pruned.
+    batch_size : int
+        Queries per batch, the unit of work and of commit.
+    """
+
+    rerank: int = 300
+    verify: int = 10
+    keep: str = "rerank"
+    batch_size: int = 256
+
+
 FEATURIZE = FeaturizeOptions()
 EMBED = EmbedOptions()
+MATCH = MatchOptions()
