@@ -194,7 +194,7 @@ def run(matches: str, *, queries: str, db: str, out: str, min_confidence: float 
     summary : dict
         ``pairs``, ``written``, ``skipped``, ``failed`` and ``out``.
     """
-    from .cluster import client_for, run_shards
+    from .cluster import run_shards, using_client
     from .outputs import mark_out_dir
 
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
@@ -214,15 +214,13 @@ def run(matches: str, *, queries: str, db: str, out: str, min_confidence: float 
 
         soundfont = resolve_soundfont(soundfont)
     mark_out_dir(out, kind=OUT_KIND, matches=str(matches))
-    if client is None and pairs:
-        with client_for(scheduler, n_workers=n_workers, quiet=not progress) as c:
-            return run(matches, queries=queries, db=db, out=out, min_confidence=min_confidence,
-                       soundfont=soundfont, shard_size=shard_size, client=c, storage_options=storage_options,
-                       progress=progress)
     shards = [pairs[i: i + shard_size] for i in range(0, len(pairs), shard_size)]
-    results = run_shards(client, align_shard, shards, name="align",
-                         kwargs={"out_dir": os.path.abspath(out), "soundfont": soundfont,
-                                 "storage_options": storage_options}, progress=progress) if shards else []
+    results = []
+    if shards:
+        with using_client(client, scheduler=scheduler, n_workers=n_workers, quiet=not progress) as c:
+            results = run_shards(c, align_shard, shards, name="align",
+                                 kwargs={"out_dir": os.path.abspath(out), "soundfont": soundfont,
+                                         "storage_options": storage_options}, progress=progress)
     flat = [r for part in results for r in part]
     by_id = {p.query_id: p for p in pairs}
     for r in flat:
