@@ -66,7 +66,8 @@ def test_pianoroll_folds_octaves_and_skips_drums():
     pm = pretty_midi.PrettyMIDI()
     inst = pretty_midi.Instrument(0)
     inst.notes += [pretty_midi.Note(100, 24, 0.0, 1.0),   # C1: below range, folds to row 0
-                   pretty_midi.Note(100, 96, 1.0, 2.0)]   # C7: above range, folds to row 36
+                   pretty_midi.Note(100, 96, 1.0, 2.0),   # C7: above range, folds to row 36
+                   pretty_midi.Note(100, 48, 11.0, 12.0)]  # the notes span the 10 s minimum
     drum = pretty_midi.Instrument(0, is_drum=True)
     drum.notes.append(pretty_midi.Note(100, 60, 0.0, 2.0))  # would be row 24 if counted
     pm.instruments += [inst, drum]
@@ -96,7 +97,7 @@ def test_midi_refusals():
 def test_midi_cqt_real_fluidsynth_matches_pianoroll_pitch():
     pm = pretty_midi.PrettyMIDI()
     inst = pretty_midi.Instrument(0)  # acoustic grand piano, rendered by fluidsynth
-    inst.notes.append(pretty_midi.Note(110, 69, 0.0, 2.0))  # A4 -> bin 33
+    inst.notes.append(pretty_midi.Note(110, 69, 0.0, 12.0))  # A4 -> bin 33, over the 10 s minimum
     pm.instruments.append(inst)
     X = features.midi_cqt(pm)
     assert X.shape[1] == 48 and X.shape[0] >= int(2 * DEFAULT_PARAMS.frame_rate)
