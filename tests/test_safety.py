@@ -225,14 +225,14 @@ def test_library_warnings_stay_off_stderr(tmp_path):
 def test_ctrl_c_is_one_line_and_exit_130(tiny_corpus, tmp_path):
     src = tmp_path / "many"
     src.mkdir()
-    for k in range(40):
+    for k in range(200):  # seconds of work left for one worker when the first partition starts
         shutil.copy(next((tiny_corpus / "audio").glob("*.mp3")), src / f"TR{k:04d}.mp3")
     p = subprocess.Popen([sys.executable, "-m", "msdmatch.cli", "featurize", "audio", str(src), "--out",
-                          str(tmp_path / "db.zarr"), "--partition-size", "1", "--workers", "2"],
+                          str(tmp_path / "db.zarr"), "--partition-size", "2", "--workers", "1"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list((tmp_path / "db.zarr").glob("_parts/featurize/p*/zarr.json")):
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
