@@ -229,7 +229,9 @@ def test_ctrl_c_is_one_line_and_exit_130(tiny_corpus, tmp_path):
         shutil.copy(next((tiny_corpus / "audio").glob("*.mp3")), src / f"TR{k:04d}.mp3")
     p = subprocess.Popen([sys.executable, "-m", "msdmatch.cli", "featurize", "audio", str(src), "--out",
                           str(tmp_path / "db.zarr"), "--partition-size", "2", "--workers", "1"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         # as from a terminal's shell: SIGINT at its default, whatever this process ignores
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list((tmp_path / "db.zarr").glob("_parts/featurize/p*/zarr.json")):
         time.sleep(0.05)
