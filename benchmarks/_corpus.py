@@ -20,7 +20,7 @@ def previews(out: Path, *, n: int, distinct: int = 25, seconds: float = 30.0) ->
     """``n`` 30 s MP3 previews (``distinct`` renderings, copied under new names)."""
     import lameenc
 
-    from msdmatch.synth import render
+    from msdmatch.io.synth import render
 
     out.mkdir(parents=True, exist_ok=True)
     base = []

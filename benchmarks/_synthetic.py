@@ -13,7 +13,7 @@ import numpy as np
 
 
 def _model_infos(store, models: str | None, midi_modality: str | None = None):
-    from msdmatch.embed import resolve_models
+    from msdmatch.stages.embed import resolve_models
 
     infos = resolve_models([models] if models else None, store.modality)
     if midi_modality:  # an audio store holds every modality's codes: take the queries'
@@ -34,9 +34,9 @@ def real_codes(url: str, *, models: str | None = None, max_items: int = 400, thr
 
     Returns ``(E, words, features, how)``, where ``how`` says where the codes came from.
     """
-    from msdmatch.embed import embed_sequences, pack_bits
-    from msdmatch.modelfile import check_compatible
-    from msdmatch.store import Store
+    from msdmatch.io.modelfile import check_compatible
+    from msdmatch.io.store import Store
+    from msdmatch.stages.embed import embed_sequences, pack_bits
 
     store = Store(url)
     pse, dhs = _model_infos(store, models, midi_modality)

@@ -104,7 +104,7 @@ def render_recording(perf, *, soundfont: str, fx: dict | None, seed: int, mp3_sr
     import soundfile as sf
 
     from msdmatch.demo.recording import apply_effects, encode_mp3
-    from msdmatch.synth import render
+    from msdmatch.io.synth import render
 
     y = render(perf, sr=22050, soundfont=soundfont, tail=1.0)
     if fx is not None:
@@ -139,8 +139,8 @@ def ours(data: bytes, pm, y: np.ndarray, synth: np.ndarray, *, mode: str, ticks:
     import mido
     import pretty_midi
 
-    from msdmatch.align import align, retime_to
-    from msdmatch.retime import read_label
+    from msdmatch.kernels.retime import read_label
+    from msdmatch.stages.align.pair import align, retime_to
 
     a = align(pm, y, 22050, mode=mode, synth=synth)
     out, info = retime_to(mido.MidiFile(file=io.BytesIO(data)), pm, a)
@@ -287,7 +287,7 @@ def run_pair(item: dict, *, seed: int) -> list[dict]:
     import pretty_midi
 
     from msdmatch.demo.recording import plan_recording, warp_times
-    from msdmatch.synth import render
+    from msdmatch.io.synth import render
 
     data = item["bytes"] if "bytes" in item else Path(item["midi"]).read_bytes()
     pm = pretty_midi.PrettyMIDI(io.BytesIO(data))

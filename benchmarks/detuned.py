@@ -28,7 +28,7 @@ def detuned_copy(demo: Path, out: Path, cents: float) -> int:
     import numpy as np
     import soundfile as sf
 
-    from msdmatch.decode import decode_audio
+    from msdmatch.io.decode import decode_audio
     from msdmatch.models.pairs import read_truth
 
     test = {t for _, t, _ in read_truth(str(demo / "truth_test.csv"))}

@@ -19,7 +19,7 @@ import numba
 import numpy as np
 from _timing import best_time  # noqa: E402
 
-from msdmatch.dtw import cosine_dtw, cosine_dtw_pair, hamming_dtw_many
+from msdmatch.kernels.dtw import cosine_dtw, cosine_dtw_pair, hamming_dtw_many
 
 
 def related_words(rng: np.random.Generator, base: np.ndarray, n_flips: int) -> np.ndarray:
@@ -121,8 +121,8 @@ def time_cosine(rng: np.random.Generator, n_x: int, n_y: int, repeats: int) -> N
 
     Y is a time-warped excerpt of X, like a preview inside a whole song.
     """
-    from msdmatch import _dtw_kernels as _k
-    from msdmatch.features import standardize_bins
+    from msdmatch.kernels import _dtw_kernels as _k
+    from msdmatch.kernels.features import standardize_bins
 
     X = unit_frames(rng, n_x)
     start = int(rng.integers(0, max(1, n_x - n_y)))

@@ -1,13 +1,13 @@
 """Embed throughput: previews per second per core for PSE + DHS, ONNX against torch, 1 and 2 workers.
 
-1. Direct: :func:`msdmatch.embed.embed_sequences` with the shipped audio nets
+1. Direct: :func:`msdmatch.stages.embed.embed_sequences` with the shipped audio nets
    (PSE and DHS together) on real 30 s previews of a featurized audio store,
    one onnxruntime thread; best of ``--repeats`` (CPU and wall seconds).
 2. Torch: the same batches through the torch nets rebuilt from each
    model.json's architecture, with the weights read from the ONNX
    initializers whose names and shapes match (the count is printed; if any
    are missing the comparison is of speed only), one torch thread.
-3. Stage: :func:`msdmatch.embed.run` on fresh copies of the store, on a
+3. Stage: :func:`msdmatch.stages.embed.run` on fresh copies of the store, on a
    LocalCluster of 2 single-threaded workers, with the tasks pinned to one
    worker and then spread over both, alternately, ``--repeats`` times each
    (after a first run of each that is every worker's one-time start-up:
@@ -60,7 +60,7 @@ def torch_net(info, onnx_path):
 def run_torch(nets, seqs, downsample):
     import torch
 
-    from msdmatch.embed import batches
+    from msdmatch.stages.embed import batches
 
     lengths = np.array([s.shape[0] for s in seqs])
     with torch.inference_mode():
@@ -85,8 +85,8 @@ def stage(src: str, models, repeats: int) -> tuple[list[dict], list[dict]]:
     """
     import dask
 
-    from msdmatch.cluster import client_for
-    from msdmatch.embed import run
+    from msdmatch.executor import client_for
+    from msdmatch.stages.embed import run
 
     tmp = tempfile.mkdtemp(prefix="embed-bench-")
     runs: dict[int, list] = {1: [], 2: []}
@@ -119,9 +119,9 @@ def main() -> None:
 
     import torch
 
-    from msdmatch.embed import embed_sequences, resolve_models
-    from msdmatch.modelfile import check_compatible
-    from msdmatch.store import Store
+    from msdmatch.io.modelfile import check_compatible
+    from msdmatch.io.store import Store
+    from msdmatch.stages.embed import embed_sequences, resolve_models
 
     torch.set_num_threads(1)
     store = Store(args.store)

@@ -29,11 +29,11 @@ def main() -> None:
     import soundfile as sf
     from _corpus import previews, song
 
-    from msdmatch import featurize
-    from msdmatch.cluster import client_for
-    from msdmatch.features import midi_cqt
+    from msdmatch.executor import client_for
+    from msdmatch.io.sources import Item
     from msdmatch.params import DEFAULT_PARAMS as P
-    from msdmatch.sources import Item
+    from msdmatch.stages import featurize
+    from msdmatch.stages.featurize import midi_cqt
 
     work = Path(args.workdir)
     paths = previews(work / "audio", n=args.n)

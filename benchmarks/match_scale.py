@@ -7,24 +7,24 @@ bits), and the queries are the real embeddings and hashes of a MIDI store.
 It times, on one core (BLAS and numba limited to one thread; best of
 ``--repeats``, CPU seconds of this process and wall seconds):
 
-* the batched PSE prune (:func:`msdmatch.prune.topk_sq_euclidean`) per query
+* the batched PSE prune (:func:`msdmatch.kernels.prune.topk_sq_euclidean`) per query
   at each ``--sizes`` entry count, K = ``default_k(n)`` (1%) or ``--prune-k``;
 * the DHS rerank per query, the query's hash sequence cut or tiled to
   ``--query-frames`` / 8 steps: gathering the K candidates' hash words,
-  :func:`msdmatch.dtw.hamming_dtw_many` and the candidates' Hamming matrix
-  means (:func:`msdmatch.dtw.hamming_matrix_mean`), as the match stage runs
+  :func:`msdmatch.kernels.dtw.hamming_dtw_many` and the candidates' Hamming matrix
+  means (:func:`msdmatch.kernels.dtw.hamming_matrix_mean`), as the match stage runs
   them: every candidate scored exactly (early abandoning by the raw score,
   ``top_r``, would be wrong for a ranking by the ratio), top R by ratio;
-* the screen per query: :func:`msdmatch.screen.screen_scores` of the
+* the screen per query: :func:`msdmatch.kernels.screen.screen_scores` of the
   query's screen frames (from its CQT cut or tiled to ``--query-frames``)
-  against R real previews' screen frames, and :func:`msdmatch.screen.screen_order`;
-* the verify per query: :func:`msdmatch.match.verify_scores` of a real
+  against R real previews' screen frames, and :func:`msdmatch.kernels.screen.screen_order`;
+* the verify per query: :func:`msdmatch.stages.match.job.verify_scores` of a real
   query's CQT (cut or tiled to ``--query-frames``) against V real previews,
   as the match stage runs it: the DHS nets on the query and the previews,
   then four cosine DTWs per preview (features as stored, bin-standardised,
   the DHS nets' real-valued outputs, and the top octave bin-standardised);
 * the prune + rerank of a batch on 1 and 2 worker processes, each running
-  :func:`msdmatch.match.shard_topk` and :func:`msdmatch.match.shard_rerank`
+  :func:`msdmatch.stages.match.prune.shard_topk` and :func:`msdmatch.stages.match.rerank.shard_rerank`
   on its own half of the database, for the 2-worker speed-up.
 
 Usage: ``python benchmarks/match_scale.py [--quick] [--store DB.zarr] [--queries Q.zarr]``
@@ -63,9 +63,9 @@ def _tile(x: np.ndarray, n: int) -> np.ndarray:
 
 
 def rerank(qw: np.ndarray, cand: np.ndarray, words: np.ndarray, offsets: np.ndarray, bits: np.ndarray, r: int):
-    from msdmatch.dtw import bit_frequencies, hamming_dtw_many, hamming_matrix_mean
-    from msdmatch.fusion import dhs_ratio
-    from msdmatch.match import DHS_GULLY, DHS_PENALTY
+    from msdmatch.kernels.dtw import bit_frequencies, hamming_dtw_many, hamming_matrix_mean
+    from msdmatch.kernels.fusion import dhs_ratio
+    from msdmatch.stages.match.rerank import DHS_GULLY, DHS_PENALTY
 
     lens = offsets[cand + 1] - offsets[cand]
     sub_off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
@@ -78,7 +78,9 @@ def rerank(qw: np.ndarray, cand: np.ndarray, words: np.ndarray, offsets: np.ndar
 
 def _shard_work(args):
     """One worker task: prune + rerank a query batch against one database shard."""
-    from msdmatch.match import DbShard, shard_rerank, shard_topk
+    from msdmatch.stages.match.plan import DbShard
+    from msdmatch.stages.match.prune import shard_topk
+    from msdmatch.stages.match.rerank import shard_rerank
 
     sid, a, b, k, r = args
     E, W, off, Q, QW = (_SHARED[x] for x in ("E", "words", "offsets", "Q", "QW"))
@@ -124,16 +126,17 @@ def main() -> None:
 
     from threadpoolctl import threadpool_limits
 
-    from msdmatch.dtw import bit_frequencies, cosine_dtw
-    from msdmatch.features import unit_frames
-    from msdmatch.match import VERIFY_COLUMNS, _model_names, dhs_nets, verify_scores
-    from msdmatch.prune import default_k, topk_sq_euclidean
-    from msdmatch.screen import screen_frames, screen_order, screen_scores
+    from msdmatch.kernels.dtw import bit_frequencies, cosine_dtw
+    from msdmatch.kernels.features import unit_frames
+    from msdmatch.kernels.prune import default_k, topk_sq_euclidean
+    from msdmatch.kernels.screen import screen_frames, screen_order, screen_scores
+    from msdmatch.stages.match.job import _model_names
+    from msdmatch.stages.match.verify import VERIFY_COLUMNS, dhs_nets, verify_scores
 
     threadpool_limits(1)
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    from msdmatch.store import Store
+    from msdmatch.io.store import Store
 
     QE, QW, QF, qhow = real_codes(args.queries, models=args.models, max_items=max(args.batch, 64))
     E_real, W_real, F_real, how = real_codes(args.store, models=args.models,

@@ -7,7 +7,7 @@ audio net with onnxruntime on one thread (best of 5), the validation BC from
 among every preview of the database store:
 
 * DHS: by the DHS ratio (Hamming-DTW score / mean of the Hamming distance
-  matrix), scored by ``msdmatch.match.shard_rerank`` as ``msdmatch match``
+  matrix), scored by ``msdmatch.stages.match.rerank.shard_rerank`` as ``msdmatch match``
   scores; recall in the top 10 and 15;
 * PSE: by Euclidean distance; recall in the top 1% (the issue's target), 2%,
   5% and 10% of the database (the ``--prune-k`` trade-off).
@@ -30,12 +30,13 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from _timing import best_time  # noqa: E402
 
-from msdmatch.dtw import bit_frequencies  # noqa: E402
-from msdmatch.embed import embed_sequences, pack_bits  # noqa: E402
-from msdmatch.match import DbShard, shard_rerank  # noqa: E402
-from msdmatch.modelfile import check_compatible, load_model, run_net  # noqa: E402
+from msdmatch.io.modelfile import check_compatible, load_model, run_net  # noqa: E402
+from msdmatch.io.store import Store  # noqa: E402
+from msdmatch.kernels.dtw import bit_frequencies  # noqa: E402
 from msdmatch.models.pairs import read_truth  # noqa: E402
-from msdmatch.store import Store  # noqa: E402
+from msdmatch.stages.embed import embed_sequences, pack_bits  # noqa: E402
+from msdmatch.stages.match.plan import DbShard  # noqa: E402
+from msdmatch.stages.match.rerank import shard_rerank  # noqa: E402
 
 
 def ms_per_preview(onnx: str, repeats: int = 5) -> float:

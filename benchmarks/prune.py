@@ -2,8 +2,8 @@
 
 Times the product's own code path as ``msdmatch match`` runs it: the database
 split into shards (``--shards``, match's default on a one-thread worker is 2),
-:func:`msdmatch.prune.topk_sq_euclidean` on each shard with its precomputed
-norms, then :func:`msdmatch.prune.merge_topk`; float32 embeddings as match
+:func:`msdmatch.kernels.prune.topk_sq_euclidean` on each shard with its precomputed
+norms, then :func:`msdmatch.kernels.prune.merge_topk`; float32 embeddings as match
 loads them, and a float16 database beside.  Peers, on the same arrays with the
 same K (:func:`default_k`): faiss's exact ``IndexFlatL2`` on one thread
 (``faiss.omp_set_num_threads(1)``; ``faiss-cpu`` is in the ``dev`` extra, a
@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from _timing import best  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from msdmatch.prune import default_k, merge_topk, topk_sq_euclidean  # noqa: E402
+from msdmatch.kernels.prune import default_k, merge_topk, topk_sq_euclidean  # noqa: E402
 
 #: Issue 22: the batched prune's budget per query at 1M entries, one core.
 BUDGET_MS = 10.0

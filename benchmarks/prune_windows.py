@@ -1,8 +1,8 @@
 """Cost of windowed PSE queries: the batched prune with several vectors per query, one core.
 
-Times :func:`msdmatch.prune.topk_multi` (``W`` vectors per query, exact top-K
+Times :func:`msdmatch.kernels.prune.topk_multi` (``W`` vectors per query, exact top-K
 by the minimum distance over a query's vectors) against the one-vector prune
-(:func:`msdmatch.prune.topk_sq_euclidean`, ``W = 1``) on the same synthetic
+(:func:`msdmatch.kernels.prune.topk_sq_euclidean`, ``W = 1``) on the same synthetic
 1M-entry database (``benchmarks/prune.py``'s clustered tanh embeddings), K =
 :func:`default_k`, queries in batches.  Prints milliseconds per query, the
 ratio to ``W = 1`` and the issue-22 check (<= 10 ms per query at 1M).  Each
@@ -26,7 +26,7 @@ from _timing import best  # noqa: E402
 from prune import BUDGET_MS, embeddings  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from msdmatch.prune import default_k, topk_multi, topk_sq_euclidean  # noqa: E402
+from msdmatch.kernels.prune import default_k, topk_multi, topk_sq_euclidean  # noqa: E402
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ Models are run straight from their ONNX files (no store is written), so
 several model directories with the same model names can be compared on the
 same stores.  ``--windows SECONDS:HOP`` also embeds each query as windows of
 that length (last window flush with the end) and ranks by the minimum
-distance over windows (:func:`msdmatch.prune.topk_multi`).
+distance over windows (:func:`msdmatch.kernels.prune.topk_multi`).
 
     python benchmarks/pse_recall.py --corpus DIR --db DB.zarr \\
         --queries synth=Q-SYNTH.zarr --queries pianoroll=Q-PR.zarr \\
@@ -60,7 +60,7 @@ def pse_nets(model_dir: Path, modality: str) -> Path | None:
 
 
 def embed(seqs, onnx: Path) -> np.ndarray:
-    from msdmatch.embed import embed_sequences
+    from msdmatch.stages.embed import embed_sequences
 
     return np.stack(embed_sequences(list(seqs), str(onnx))).astype(np.float32)
 
@@ -79,8 +79,8 @@ def recall_curve(r: np.ndarray, n_db: int) -> dict[str, float]:
 
 
 def main() -> None:
-    from msdmatch.prune import query_windows
-    from msdmatch.store import Store
+    from msdmatch.io.store import Store
+    from msdmatch.kernels.prune import query_windows
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", required=True, type=Path)

@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--tolerance", type=float, default=0.5, help="seconds")
     a = ap.parse_args()
-    from msdmatch.matches_table import read_matches
+    from msdmatch.io.matches_table import read_matches
 
     root = Path(a.demo)
     plans = {}

@@ -12,7 +12,7 @@ import time
 
 import click
 
-from .params import EMBED, FEATURIZE, MATCH
+from msdmatch.params import EMBED, FEATURIZE, MATCH
 
 
 def _fail(msg: str, code: int) -> None:
@@ -51,7 +51,7 @@ class _Group(click.Group):
     def main(self, *args, **kwargs):  # noqa: D401
         import logging
 
-        from .errors import MsdmatchError
+        from msdmatch.errors import MsdmatchError
 
         # aiohttp/s3fs tasks orphaned by a storage outage are reported as one line below,
         # not as asyncio's "Task exception was never retrieved" tracebacks
@@ -133,7 +133,7 @@ def featurize() -> None:
 
 
 def _featurize(kind: str, *, quiet: bool, workers: int | None, **options) -> None:
-    from . import featurize as stage
+    from msdmatch.stages import featurize as stage
 
     summary = stage.run(kind=kind, n_workers=workers, progress=not quiet, **options)
     click.echo(summary.line())
@@ -195,7 +195,7 @@ def demo_data(out, songs, distractors, seed, balanced, style, workers):
     """Build the demo corpus in OUT: midi/, audio/, truth.csv, split.csv."""
     import os
 
-    from .demo import build_corpus
+    from msdmatch.demo import build_corpus
 
     s = build_corpus(out, songs=songs, distractors=distractors, seed=seed, balanced=balanced,
                      style=style, n_workers=workers or os.cpu_count() or 1)
@@ -214,7 +214,7 @@ def demo_data(out, songs, distractors, seed, balanced, style, workers):
 @quiet_opt
 def embed(store, models, partition_size, scheduler, workers, storage_options, quiet):
     """Write PSE embeddings and packed DHS hashes for every item of STORE."""
-    from . import embed as stage
+    from msdmatch.stages import embed as stage
 
     s = stage.run(store, models=list(models) or None, scheduler=scheduler, n_workers=workers,
                   partition_size=partition_size, storage_options=storage_options, progress=not quiet)
@@ -255,7 +255,7 @@ def match(queries, db, out, models, fusion, prune_k, rerank, verify, keep, thres
     Query batches are committed to MATCHES as they finish; re-running the
     same command skips them.
     """
-    from . import match as stage
+    from msdmatch.stages.match import job as stage
 
     s = stage.run(queries, db, out, models=models, fusion=fusion, prune_k=prune_k, rerank=rerank,
                   verify=verify, keep=keep, threshold=threshold, overwrite=overwrite,
@@ -282,8 +282,8 @@ def match(queries, db, out, models, fusion, prune_k, rerank, verify, keep, thres
 @so_opt
 def report(matches, truth, out, queries, db, brute_force, threshold, scheduler, workers, storage_options):
     """Rank table, MRR, per-stage recall, calibration, open-set decisions and plots for MATCHES."""
-    from .baselines import run_report
-    from .report import rank_table
+    from msdmatch.evaluation.metrics import rank_table
+    from msdmatch.stages.report import run_report
 
     if bool(queries) != bool(db):
         raise click.UsageError("--queries and --db go together")
@@ -322,13 +322,13 @@ def _comparison_lines(m: dict) -> str:
 @workers_opt
 def demo(out, songs, distractors, seed, mode, brute_force, scheduler, workers):
     """Build the demo corpus in OUT and run the whole cascade on it."""
-    from .demo.pipeline import run_demo
+    from msdmatch.demo.pipeline import run_demo
 
     t0 = time.perf_counter()
     m = run_demo(out, songs=songs, distractors=distractors, seed=seed, mode=mode,
                  brute_force=brute_force, scheduler=scheduler, n_workers=workers,
                  say=lambda s: click.echo(s, err=True))
-    from .report import rank_table
+    from msdmatch.evaluation.metrics import rank_table
 
     pq = m["match_per_query_seconds"]
     click.echo(f"\ntest split of the demo corpus ({m['n_queries']} queries, {m.get('db_size', '?')} previews):")
@@ -353,10 +353,10 @@ def demo(out, songs, distractors, seed, mode, brute_force, scheduler, workers):
 def calibrate(matches, truth, split, target_false_accept, out):
     """Fit the fused, calibrated confidence and its threshold on MATCHES of validation queries.
 
-    Give open-set runs (see `python -m msdmatch.openset`): queries matched
+    Give open-set runs (see `python -m msdmatch.evaluation.openset`): queries matched
     against a database without their recording, their truth track_id empty.
     """
-    from .calibrate import calibrate_files
+    from msdmatch.stages.calibrate import calibrate_files
 
     model = calibrate_files(list(matches), list(truth), split=split, out=out,
                             target_false_accept=target_false_accept)
@@ -380,8 +380,8 @@ def align(query_midi, track_audio, out, soundfont, mode, overwrite):
     Every track and event is kept; for an excerpt, notes outside the aligned span
     are dropped and the file records the span.
     """
-    from .align import align_files, check_align_out
-    from .errors import InputError, ParameterError
+    from msdmatch.errors import InputError, ParameterError
+    from msdmatch.stages.align.pair import align_files, check_align_out
 
     check_align_out(out, overwrite=overwrite)
     try:
@@ -413,9 +413,9 @@ def align(query_midi, track_audio, out, soundfont, mode, overwrite):
 def train(queries, db, truth, out, kind, search, minutes, seed, align_with, dhs_dir):
     """Train the DHS and PSE nets (torch) and export them to ONNX."""
     try:
-        from .models.train import train_models
+        from msdmatch.models.train import train_models
     except ImportError as e:
-        from .errors import ParameterError
+        from msdmatch.errors import ParameterError
 
         raise ParameterError(f"training needs torch: pip install 'msdmatch[train]' ({e})") from None
     dirs = train_models(queries, db, truth, out_dir=out, kind=kind, seed=seed, max_minutes=minutes,
@@ -440,7 +440,7 @@ def train(queries, db, truth, out, kind, search, minutes, seed, align_with, dhs_
 def align_matches(matches, queries, db, out, min_confidence, soundfont, scheduler, workers, storage_options,
                   quiet):
     """Write an aligned MIDI file for every confident match in MATCHES (resumable)."""
-    from . import align_batch
+    from msdmatch.stages.align import batch as align_batch
 
     s = align_batch.run(matches, queries=queries, db=db, out=out, min_confidence=min_confidence,
                         soundfont=soundfont, scheduler=scheduler, n_workers=workers,
@@ -458,7 +458,7 @@ def run(spec, scheduler, dry_run, quiet):
 
     --dry-run prints partitions, tasks, CPU-hours and outputs without touching data.
     """
-    from .runner import run_spec
+    from msdmatch.runner import run_spec
 
     result = run_spec(spec, scheduler=scheduler, dry_run=dry_run, progress=not quiet)
     click.echo(result["text"])

@@ -30,8 +30,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ParameterError
-from .params import EMBED, FEATURIZE, MATCH
+from msdmatch.errors import ParameterError
+from msdmatch.params import EMBED, FEATURIZE, MATCH
 
 SPEC_VERSION = 1
 STAGES = ("featurize", "embed", "match", "report")
@@ -299,7 +299,7 @@ def plan(spec: JobSpec) -> dict:
         if a["db_items"] is None:
             notes.append("args.db_items not declared: K defaults to max(1% of DB, 1000)")
         else:
-            from .prune import default_k
+            from msdmatch.kernels.prune import default_k
 
             k = min(a["db_items"], a["prune_k"] or default_k(a["db_items"]))
             notes.append(f"K={k}, R={min(a['rerank'], k)}, V={min(a['verify'], a['rerank'], k)}")

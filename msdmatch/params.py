@@ -82,7 +82,7 @@ class FeatureParams:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            from .errors import FormatMismatchError
+            from msdmatch.errors import FormatMismatchError
 
             raise FormatMismatchError(
                 f"unknown feature parameters {sorted(unknown)}; was this written "

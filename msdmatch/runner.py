@@ -1,7 +1,7 @@
 """Run one job spec (``jobs/*.yaml``) on a Dask cluster: ``msdmatch run SPEC``.
 
 The spec is validated and planned by :mod:`msdmatch.jobspec`; this module
-picks the cluster through :func:`msdmatch.cluster.client_for` (``--scheduler``,
+picks the cluster through :func:`msdmatch.executor.client_for` (``--scheduler``,
 then ``DASK_SCHEDULER_ADDRESS``, else a LocalCluster, whose dashboard link is
 printed when the stage starts) and calls the stage's own ``run`` function.
 
@@ -18,8 +18,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import jobspec
-from .errors import MsdmatchError
+from msdmatch import jobspec
+from msdmatch.errors import MsdmatchError
 
 
 def _remote(url: str | None) -> bool:
@@ -60,7 +60,7 @@ def _output(url: str | None, tmp: str, storage_options: dict | None, *, is_dir: 
 
 
 def _featurize(spec: jobspec.JobSpec, client, progress: bool, tmp: str) -> tuple[dict, str]:
-    from . import featurize
+    from msdmatch.stages import featurize
 
     a = spec.args
     s = featurize.run(a["src"], a["out"], client=client, kind=a["kind"], mode=a["mode"],
@@ -72,7 +72,7 @@ def _featurize(spec: jobspec.JobSpec, client, progress: bool, tmp: str) -> tuple
 
 
 def _embed(spec: jobspec.JobSpec, client, progress: bool, tmp: str) -> tuple[dict, str]:
-    from . import embed
+    from msdmatch.stages import embed
 
     a = spec.args
     s = embed.run(a["store"], models=a["models"], client=client, partition_size=a["partition_size"],
@@ -81,7 +81,7 @@ def _embed(spec: jobspec.JobSpec, client, progress: bool, tmp: str) -> tuple[dic
 
 
 def _match(spec: jobspec.JobSpec, client, progress: bool, tmp: str) -> tuple[dict, str]:
-    from . import match
+    from msdmatch.stages.match import job as match
 
     a = spec.args
     # match commits its batches to `out` itself, locally or on S3, so that a re-run resumes
@@ -94,8 +94,8 @@ def _match(spec: jobspec.JobSpec, client, progress: bool, tmp: str) -> tuple[dic
 
 
 def _report(spec: jobspec.JobSpec, client, progress: bool, tmp: str) -> tuple[dict, str]:
-    from .baselines import run_report
-    from .report import rank_table
+    from msdmatch.evaluation.metrics import rank_table
+    from msdmatch.stages.report import run_report
 
     a = spec.args
     matches = _fetch(a["matches"], tmp, spec.storage_options)
@@ -156,7 +156,7 @@ def run_spec(path: str | os.PathLike, *, scheduler: str | None = None, dry_run: 
     try:
         with tempfile.TemporaryDirectory(prefix="msdmatch-run-") as tmp:
             if _needs_cluster(spec):
-                from .cluster import client_for
+                from msdmatch.executor import client_for
 
                 with client_for(scheduler, quiet=not progress) as client:
                     summary, line = _STAGES[spec.stage](spec, client, progress, tmp)

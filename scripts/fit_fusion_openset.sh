@@ -10,7 +10,7 @@
 # - database: every preview of that corpus plus the non-test previews of a second corpus of
 #   distractors (seed 2), about 1,950 previews;
 # - open set: two databases, each without the recordings of a complementary half of the queries
-#   (python -m msdmatch.openset), so every query is matched once with and once without its
+#   (python -m msdmatch.evaluation.openset), so every query is matched once with and once without its
 #   recording and half of each run's queries have no match.
 # `msdmatch calibrate` fits the fusion on both runs, cross-validates it by query and picks the
 # threshold that accepts at most 2% of the no-match queries.  Every step resumes: a re-run skips
@@ -28,7 +28,7 @@ mkdir -p "$OUT"
 [ -f "$W/extra_corpus/corpus.json" ] || \
     $MS demo-data "$W/extra_corpus" --songs 1 --distractors 500 --seed 2 --balanced
 O="$W/openset"
-$PY -m msdmatch.openset "$W/train_corpus" "$W/extra_corpus" --split valid --out "$O"
+$PY -m msdmatch.evaluation.openset "$W/train_corpus" "$W/extra_corpus" --split valid --out "$O"
 for half in a b; do
   $MS featurize audio "$O/db-$half.txt" --out "$O/db-$half.zarr"
   $MS embed "$O/db-$half.zarr" --models "$MODELS"

@@ -68,7 +68,7 @@ def write_mp3(path: Path, y: np.ndarray, sr: int, *, kbps: int = 128) -> None:
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """6 MIDI files and their 'recordings' (another soundfont, MP3)."""
-    from msdmatch.synth import render
+    from msdmatch.io.synth import render
 
     root = tmp_path_factory.mktemp("tiny")
     (root / "midi").mkdir()
@@ -84,7 +84,7 @@ def tiny_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cluster_client():
     """A real LocalCluster with 2 process workers, as the stages start one."""
-    from msdmatch.cluster import client_for
+    from msdmatch.executor import client_for
 
     with client_for(None, n_workers=2, dashboard=False, quiet=True) as client:
         yield client
@@ -143,7 +143,7 @@ def s3(s3_server, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_stores(tiny_corpus, tmp_path_factory, cluster_client):
     """Featurized tiny corpus: {'audio': url, 'midi-synth': url, 'midi-pianoroll': url} (not embedded)."""
-    from msdmatch import featurize
+    from msdmatch.stages import featurize
 
     root = tmp_path_factory.mktemp("stores")
     out = {}

@@ -141,7 +141,7 @@ def _write(d: Path, name: str, data: bytes | None, limit: int) -> None:
 
 def write_bad_audio(d: Path, good_mp3: bytes, *, n: int = 110, seed: int = 7) -> dict[str, str]:
     """Write ``n`` bad audio files into ``d``; returns {file name: kind}."""
-    from msdmatch.decode import MAX_AUDIO_BYTES
+    from msdmatch.io.decode import MAX_AUDIO_BYTES
 
     rng = np.random.default_rng(seed)
     out = {}
@@ -155,7 +155,7 @@ def write_bad_audio(d: Path, good_mp3: bytes, *, n: int = 110, seed: int = 7) ->
 
 def write_bad_midi(d: Path, good_mid: bytes, *, n: int = 110, seed: int = 11) -> dict[str, str]:
     """Write ``n`` bad MIDI files into ``d``; returns {file name: kind}."""
-    from msdmatch.decode import MAX_MIDI_BYTES
+    from msdmatch.io.decode import MAX_MIDI_BYTES
 
     rng = np.random.default_rng(seed)
     out = {}

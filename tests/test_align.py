@@ -71,7 +71,7 @@ def test_retime_keeps_every_event_and_writes_one_tempo_change_per_beat_at_most(t
     import mido
     import pretty_midi
 
-    from msdmatch.retime import beat_ticks, map_times, read_label, retime
+    from msdmatch.kernels.retime import beat_ticks, map_times, read_label, retime
 
     _rich_midi(tmp_path / "rich.mid")
     mid = mido.MidiFile(str(tmp_path / "rich.mid"))
@@ -117,7 +117,7 @@ def test_retime_of_a_steady_map_needs_one_tempo(tmp_path):
     import mido
     import pretty_midi
 
-    from msdmatch.retime import beat_ticks, retime
+    from msdmatch.kernels.retime import beat_ticks, retime
 
     _rich_midi(tmp_path / "rich.mid")
     mid = mido.MidiFile(str(tmp_path / "rich.mid"))
@@ -141,7 +141,7 @@ def test_retime_reads_the_tempo_map_as_pretty_midi_does(tmp_path):
     import mido
     import pretty_midi
 
-    from msdmatch.retime import beat_ticks, retime
+    from msdmatch.kernels.retime import beat_ticks, retime
 
     mid = mido.MidiFile(type=1, ticks_per_beat=96)
     mid.tracks.append(mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500000, time=0),
@@ -167,7 +167,7 @@ def test_retime_of_an_excerpt_drops_notes_outside_and_records_the_span(tmp_path)
     import mido
     import pretty_midi
 
-    from msdmatch.retime import beat_ticks, read_label, retime
+    from msdmatch.kernels.retime import beat_ticks, read_label, retime
 
     _rich_midi(tmp_path / "rich.mid")
     mid = mido.MidiFile(str(tmp_path / "rich.mid"))
@@ -197,8 +197,8 @@ def test_align_retimes_a_stretched_rendition_with_a_compact_tempo_map(tmp_path):
     import mido
     import pretty_midi
 
-    from msdmatch.align import align, retime_to
-    from msdmatch.synth import render
+    from msdmatch.io.synth import render
+    from msdmatch.stages.align.pair import align, retime_to
 
     pm = make_midi(11, seconds=24.0)
     perf = make_midi(11, seconds=24.0)
@@ -221,8 +221,8 @@ def test_align_retimes_a_stretched_rendition_with_a_compact_tempo_map(tmp_path):
 
 
 def test_align_finds_an_excerpt_inside_the_midi():
-    from msdmatch.align import align
-    from msdmatch.synth import render
+    from msdmatch.io.synth import render
+    from msdmatch.stages.align.pair import align
 
     pm = make_midi(5, seconds=60.0, drums=False)
     perf = make_midi(5, seconds=60.0, drums=False)
@@ -247,7 +247,7 @@ def test_align_finds_an_excerpt_inside_the_midi():
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    from msdmatch.synth import render
+    from msdmatch.io.synth import render
 
     root = tmp_path_factory.mktemp("pair")
     pm = make_midi(3, seconds=14.0)
@@ -266,7 +266,7 @@ def _one_line(r) -> None:
 def test_align_cli_writes_a_labelled_file_and_replaces_only_its_own(pair, tmp_path):
     import mido
 
-    from msdmatch.retime import read_label
+    from msdmatch.kernels.retime import read_label
 
     out = tmp_path / "aligned.mid"
     r = msdmatch("align", str(pair / "song.mid"), str(pair / "rec.mp3"), "--out", str(out))
@@ -306,7 +306,7 @@ def test_align_cli_refuses_a_pair_that_covers_too_little(pair, tmp_path):
 @pytest.fixture(scope="module")
 def batch(tiny_corpus, tmp_path_factory, cluster_client):
     """Stores of 4 pairs whose sources are then spoiled: one MIDI unreadable, one recording silent."""
-    from msdmatch import featurize
+    from msdmatch.stages import featurize
 
     root = tmp_path_factory.mktemp("batch")
     for d in ("midi", "audio"):
@@ -331,8 +331,8 @@ def batch(tiny_corpus, tmp_path_factory, cluster_client):
 def test_align_matches_writes_resumes_and_records_failures(batch, tmp_path, cluster_client):
     import mido
 
-    from msdmatch import align_batch
-    from msdmatch.retime import read_label
+    from msdmatch.kernels.retime import read_label
+    from msdmatch.stages.align import batch as align_batch
 
     out = tmp_path / "aligned"
     s = align_batch.run(str(batch / "matches.csv"), queries=str(batch / "q.zarr"), db=str(batch / "d.zarr"),
@@ -356,7 +356,7 @@ def test_align_matches_writes_resumes_and_records_failures(batch, tmp_path, clus
 
 
 def test_select_top_uses_matched_when_present():
-    from msdmatch.align_batch import select_top
+    from msdmatch.stages.align.batch import select_top
 
     t = {"query_id": np.array(["a", "b", "c", "a"]), "rank": np.array([1, 1, 1, 2]),
          "track_id": np.array(["x", "y", "z", "w"]), "confidence": np.array([0.4, 0.9, 0.6, 0.3])}

@@ -27,8 +27,8 @@ def _url(where, tmp_path, s3, name):
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_append_then_embed_only_the_new_items(where, tiny_corpus, tmp_path, cluster_client, request):
-    from msdmatch import embed, featurize
-    from msdmatch.store import Store
+    from msdmatch.io.store import Store
+    from msdmatch.stages import embed, featurize
 
     s3 = request.getfixturevalue("s3") if where == "s3" else None
     first, second, every = _split(tiny_corpus, tmp_path)
@@ -68,8 +68,8 @@ def test_append_then_embed_only_the_new_items(where, tiny_corpus, tmp_path, clus
 
 
 def test_append_refuses_another_modality_and_overwrite(tiny_corpus, tmp_path, cluster_client):
-    from msdmatch import featurize
     from msdmatch.errors import ParameterError
+    from msdmatch.stages import featurize
 
     first, second, _ = _split(tiny_corpus, tmp_path)
     url = str(tmp_path / "db.zarr")
@@ -86,11 +86,13 @@ def test_append_refuses_another_modality_and_overwrite(tiny_corpus, tmp_path, cl
                       progress=False)
 
 
-def test_match_after_appending_matches_only_the_new_queries(tiny_corpus, tmp_path, cluster_client):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_match_after_appending_matches_only_the_new_queries(where, tiny_corpus, tmp_path, cluster_client, request):
     """New queries appended to the query store: a re-run commits only their batches; a grown DB is refused."""
-    from msdmatch import embed, featurize, match
     from msdmatch.errors import ParameterError
-    from msdmatch.matches_table import read_matches
+    from msdmatch.io.matches_table import read_matches
+    from msdmatch.stages import embed, featurize
+    from msdmatch.stages.match import job as match
 
     midi = sorted((tiny_corpus / "midi").glob("*.mid"))
     first, later = tmp_path / "qa", tmp_path / "qb"
@@ -98,8 +100,9 @@ def test_match_after_appending_matches_only_the_new_queries(tiny_corpus, tmp_pat
     later.mkdir()
     for k, f in enumerate(midi):
         shutil.copy(f, (first if k < 4 else later) / f.name)
-    db, q, out = str(tmp_path / "db.zarr"), str(tmp_path / "q.zarr"), str(tmp_path / "matches")
-    kw = dict(client=cluster_client, progress=False)
+    s3 = request.getfixturevalue("s3") if where == "s3" else None
+    (db, so), (q, _), (out, _) = (_url(where, tmp_path, s3, n) for n in ("db.zarr", "q.zarr", "matches"))
+    kw = dict(client=cluster_client, progress=False, storage_options=so)
     featurize.run(str(tiny_corpus / "audio"), db, kind="audio", **kw)
     featurize.run(str(first), q, kind="midi", mode="pianoroll", **kw)
     embed.run(db, **kw)
@@ -110,7 +113,7 @@ def test_match_after_appending_matches_only_the_new_queries(tiny_corpus, tmp_pat
     embed.run(q, **kw)
     s2 = match.run(q, db, out, batch_size=2, **kw)
     assert (s2["batches_run"], s2["batches_skipped"]) == (1, 2)
-    grown = read_matches(out)
+    grown = read_matches(out, storage_options=so)
     fresh = match.run(q, db, str(tmp_path / "fresh.parquet"), batch_size=2, **kw)
     assert fresh["queries"] == 6
     again = read_matches(str(tmp_path / "fresh.parquet"))
@@ -122,7 +125,7 @@ def test_match_after_appending_matches_only_the_new_queries(tiny_corpus, tmp_pat
     extra.mkdir()
     from conftest import make_midi, write_mp3
 
-    from msdmatch.synth import render
+    from msdmatch.io.synth import render
 
     write_mp3(extra / "TRNEW000000000001.mp3", render(make_midi(9, seconds=12.0), sr=22050) * 0.8, 22050)
     featurize.run(str(extra), db, kind="audio", append=True, **kw)

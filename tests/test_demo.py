@@ -154,7 +154,7 @@ def test_time_warp_is_monotonic_and_bounded(rng):
 
 
 def test_recording_differs_from_query(rng, tmp_path):
-    from msdmatch.synth import render
+    from msdmatch.io.synth import render
 
     pm = S.generated_song(rng=rng)
     mp3, plan = R.make_recording(pm, rng=np.random.default_rng(5))

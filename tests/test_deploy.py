@@ -131,7 +131,7 @@ def _flat(doc: dict, prefix: str = "") -> dict:
 def test_image_gives_workers_the_same_dask_settings_as_a_local_cluster():
     import yaml
 
-    from msdmatch.cluster import MONITORING, WORKER_MALLOC
+    from msdmatch.executor import MONITORING, WORKER_MALLOC
 
     assert ("COPY", "deploy/dask-config.yaml /etc/dask/msdmatch.yaml") in _dockerfile()
     doc = yaml.safe_load((DEPLOY / "dask-config.yaml").read_text())

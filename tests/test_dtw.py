@@ -1,4 +1,4 @@
-"""Tests for msdmatch.dtw against hand-worked examples and numpy references."""
+"""Tests for msdmatch.kernels.dtw against hand-worked examples and numpy references."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from msdmatch.dtw import (
+from msdmatch.errors import ParameterError
+from msdmatch.kernels.dtw import (
     bit_frequencies,
     cosine_dtw,
     dtw_confidence,
@@ -16,7 +17,6 @@ from msdmatch.dtw import (
     hamming_dtw_many,
     hamming_matrix_mean,
 )
-from msdmatch.errors import ParameterError
 
 
 @pytest.fixture
@@ -276,7 +276,7 @@ def test_cosine_errors() -> None:
 
 def cost_median(dots: np.ndarray) -> tuple[np.ndarray, float, bool]:
     """Run the cost and median kernels on float32 dot products."""
-    from msdmatch import _dtw_kernels as _k
+    from msdmatch.kernels import _dtw_kernels as _k
 
     flat = np.array(dots, dtype=np.float32).reshape(-1)
     hist, exact = _k._cost_in_place(flat, True)
@@ -359,7 +359,7 @@ def test_cosine_score_without_path_equals_with_path(n, m, gully, seed, penalty) 
 
 def test_cosine_score_kernel_start_cell(rng: np.random.Generator) -> None:
     # The start cell carried through the DP is the traceback's first cell.
-    from msdmatch import _dtw_kernels as _k
+    from msdmatch.kernels import _dtw_kernels as _k
 
     X = unit_rows(rng, 120)
     Y = X[np.sort(rng.integers(20, 90, 70))]
@@ -375,7 +375,7 @@ def test_cosine_score_kernel_start_cell(rng: np.random.Generator) -> None:
 def test_cosine_realistic_sizes_match_float64_pipeline(rng: np.random.Generator) -> None:
     # The float32 cost path gives the same score as float64 costs with
     # np.median and a numpy box mean.
-    from msdmatch import _dtw_kernels as _k
+    from msdmatch.kernels import _dtw_kernels as _k
 
     X = unit_rows(rng, 400).astype(np.float16)
     Y = X[np.sort(rng.integers(50, 350, 260))]
@@ -412,8 +412,8 @@ def test_hamming_matrix_mean_equals_mean_of_popcount_matrix(rng) -> None:
 
 def test_cosine_dtw_pair_equals_two_calls(rng: np.random.Generator) -> None:
     # The interleaved pair kernel is the single kernel twice, bit for bit.
-    from msdmatch.dtw import cosine_dtw_pair
-    from msdmatch.features import standardize_bins
+    from msdmatch.kernels.dtw import cosine_dtw_pair
+    from msdmatch.kernels.features import standardize_bins
 
     X = unit_rows(rng, 90)
     for Y in (X[np.sort(rng.integers(10, 80, 40))], unit_rows(rng, 130), unit_rows(rng, 1)):
@@ -427,7 +427,7 @@ def test_cosine_dtw_pair_equals_two_calls(rng: np.random.Generator) -> None:
 
 
 def test_cosine_dtw_pair_refuses_views_of_different_lengths(rng: np.random.Generator) -> None:
-    from msdmatch.dtw import cosine_dtw_pair
+    from msdmatch.kernels.dtw import cosine_dtw_pair
 
     X, Y = unit_rows(rng, 20), unit_rows(rng, 10)
     with pytest.raises(ParameterError, match="same numbers of frames"):

@@ -6,11 +6,11 @@ import sys
 import numpy as np
 import pytest
 
-from msdmatch import embed as stage
 from msdmatch.errors import FormatMismatchError
-from msdmatch.modelfile import load_model, run_net
-from msdmatch.screen import screen_frames
-from msdmatch.store import Store
+from msdmatch.io.modelfile import load_model, run_net
+from msdmatch.io.store import Store
+from msdmatch.kernels.screen import screen_frames
+from msdmatch.stages import embed as stage
 
 
 def _direct(model_name: str, modality: str, X: np.ndarray) -> np.ndarray:
@@ -62,8 +62,8 @@ def test_resume_after_interruption(tiny_stores, copy_store, cluster_client):
 
 
 def test_refuses_other_feature_parameters(tiny_corpus, tmp_path, cluster_client):
-    from msdmatch import featurize
     from msdmatch.params import FeatureParams
+    from msdmatch.stages import featurize
 
     url = str(tmp_path / "db60.zarr")
     featurize.run(str(tiny_corpus / "audio"), url, client=cluster_client, kind="audio",
@@ -73,7 +73,7 @@ def test_refuses_other_feature_parameters(tiny_corpus, tmp_path, cluster_client)
 
 
 def test_refuses_model_of_another_modality(tiny_stores, copy_store, cluster_client):
-    from msdmatch.modelfile import shipped_model_dir
+    from msdmatch.io.modelfile import shipped_model_dir
 
     url = copy_store(tiny_stores["midi-pianoroll"])
     with pytest.raises(FormatMismatchError, match="modality 'midi-pianoroll'.*'midi-synth'"):
@@ -82,14 +82,14 @@ def test_refuses_model_of_another_modality(tiny_stores, copy_store, cluster_clie
 
 
 def test_embed_on_s3_read_back_in_another_process(tiny_corpus, s3, cluster_client):
-    from msdmatch import featurize
+    from msdmatch.stages import featurize
 
     url = f"s3://{s3['bucket']}/q.zarr"
     so = s3["storage_options"]
     featurize.run(str(tiny_corpus / "midi"), url, client=cluster_client, kind="midi", mode="pianoroll",
                   storage_options=so, progress=False)
     stage.run(url, client=cluster_client, storage_options=so, progress=False)
-    code = ("import json, sys\nfrom msdmatch.store import Store\n"
+    code = ("import json, sys\nfrom msdmatch.io.store import Store\n"
             f"s = Store({url!r}, storage_options=json.loads(sys.argv[1]))\n"
             "print(json.dumps(s.group['pse/pse-midi-pianoroll'][:].tolist()))")
     r = subprocess.run([sys.executable, "-c", code, json.dumps(so)], capture_output=True, text=True,

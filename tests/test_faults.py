@@ -25,9 +25,10 @@ import numpy as np
 import pytest
 from conftest import make_midi
 
-from msdmatch import embed, featurize, match
 from msdmatch.errors import FormatMismatchError, ParameterError, StoreError
-from msdmatch.store import Store
+from msdmatch.io.store import Store
+from msdmatch.stages import embed, featurize
+from msdmatch.stages.match import job as match
 
 pytestmark = pytest.mark.faults
 
@@ -45,7 +46,7 @@ def corpus(tmp_path_factory):
     """N_ITEMS MIDI songs (12 s, above MIN_SECONDS) and their renderings as MP3 under another soundfont."""
     from conftest import write_mp3
 
-    from msdmatch.synth import render
+    from msdmatch.io.synth import render
 
     root = tmp_path_factory.mktemp("faults")
     (root / "midi").mkdir()
@@ -131,7 +132,7 @@ def fragile_client():
     """A LocalCluster of its own (2 process workers) whose workers the tests kill."""
     from distributed import Client, LocalCluster
 
-    from msdmatch.cluster import WORKER_ENV
+    from msdmatch.executor import WORKER_ENV
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       env=WORKER_ENV) as cluster, Client(cluster) as client:
@@ -197,7 +198,7 @@ def test_worker_killed_mid_embed(reference, fragile_client, copy_store):
 
 
 def test_worker_killed_mid_match(reference, fragile_client, tmp_path):
-    from msdmatch.report import read_matches
+    from msdmatch.evaluation.metrics import read_matches
 
     _wait_workers(fragile_client)
     out = tmp_path / "matches"
@@ -387,7 +388,7 @@ def _batch_counts(line: str) -> tuple[int, int]:
 
 
 def test_sigint_mid_match_then_rerun(reference, big, tmp_path):
-    from msdmatch.report import read_matches
+    from msdmatch.evaluation.metrics import read_matches
 
     out = tmp_path / "matches"  # a Parquet dataset: one part per committed batch of 4 queries
     # 40 queries x 200 previews, 30 candidates verified each: 10 batches of several seconds on one worker
@@ -590,7 +591,7 @@ def test_resume_on_s3_sees_the_parts_its_workers_committed(reference, corpus, s3
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_of_writers_starting_at_once_exactly_one_gets_the_lease(where, request, tmp_path):
-    from msdmatch.lock import store_lease
+    from msdmatch.io.lock import store_lease
 
     if where == "s3":
         s3 = request.getfixturevalue("s3")
@@ -675,7 +676,7 @@ def _set_attrs(url: str, **attrs) -> None:
 
 def test_other_format_version_is_refused_by_every_stage(corpus, reference, copy_store, cluster_client,
                                                         tmp_path):
-    from msdmatch.baselines import run_report
+    from msdmatch.stages.report import run_report
 
     fmt = r"msdmatch_format=99 .*re-run `msdmatch featurize` into a new store"
     feat = copy_store(reference["feat-audio"], "feat.zarr")
@@ -693,7 +694,7 @@ def test_other_format_version_is_refused_by_every_stage(corpus, reference, copy_
     truth.write_text("query_id,track_id\n" + "".join(
         f"q{k:03d},TRFAULT{k:010d}\n" for k in range(N_ITEMS)))
     matches = tmp_path / "m.csv"
-    from msdmatch.report import write_matches
+    from msdmatch.evaluation.metrics import write_matches
 
     write_matches(reference["match"], str(matches))
     with pytest.raises(FormatMismatchError, match=fmt):
@@ -716,7 +717,7 @@ def test_other_feature_parameters_are_refused_by_every_stage(corpus, reference, 
 
 
 def test_model_of_another_format_is_refused(reference, copy_store, cluster_client, tmp_path):
-    from msdmatch.modelfile import shipped_model_dir
+    from msdmatch.io.modelfile import shipped_model_dir
 
     model = tmp_path / "pse-old"
     shutil.copytree(shipped_model_dir() / "pse-midi-pianoroll", model)

@@ -4,9 +4,10 @@ import pretty_midi
 import pytest
 from conftest import make_midi
 
-from msdmatch import features
 from msdmatch.errors import InputError
+from msdmatch.kernels import features
 from msdmatch.params import DEFAULT_PARAMS, FeatureParams
+from msdmatch.stages.featurize import midi_cqt
 
 
 def test_audio_cqt_shape_and_norm(rng):
@@ -91,7 +92,7 @@ def test_midi_refusals():
         features.pianoroll(pm)
     long = make_midi(1, seconds=30.0)
     with pytest.raises(InputError, match="too long"):
-        features.midi_cqt(long, params=FeatureParams(max_frames=100))
+        midi_cqt(long, params=FeatureParams(max_frames=100))
 
 
 def test_midi_cqt_real_fluidsynth_matches_pianoroll_pitch():
@@ -99,14 +100,14 @@ def test_midi_cqt_real_fluidsynth_matches_pianoroll_pitch():
     inst = pretty_midi.Instrument(0)  # acoustic grand piano, rendered by fluidsynth
     inst.notes.append(pretty_midi.Note(110, 69, 0.0, 12.0))  # A4 -> bin 33, over the 10 s minimum
     pm.instruments.append(inst)
-    X = features.midi_cqt(pm)
+    X = midi_cqt(pm)
     assert X.shape[1] == 48 and X.shape[0] >= int(2 * DEFAULT_PARAMS.frame_rate)
     assert int(np.argmax(X[10])) == 33
     assert int(np.argmax(features.pianoroll(pm)[10])) == 33
 
 
 def test_beat_sync_shortens(rng):
-    from msdmatch.synth import render
+    from msdmatch.io.synth import render
 
     y = render(make_midi(3, seconds=10.0), sr=22050)
     full = features.audio_cqt(y, 22050)
@@ -126,7 +127,7 @@ def test_standardize_bins_removes_a_static_eq(rng):
 
 @pytest.fixture(scope="module")
 def rendered_song():
-    from msdmatch.synth import render
+    from msdmatch.io.synth import render
 
     return render(make_midi(5, seconds=20.0), sr=22050)
 

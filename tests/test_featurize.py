@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from msdmatch import featurize as stage
 from msdmatch.errors import FormatMismatchError, ParameterError, StoreError
-from msdmatch.sources import Item
-from msdmatch.store import Store
+from msdmatch.io.sources import Item
+from msdmatch.io.store import Store
+from msdmatch.stages import featurize as stage
 
 
 def test_store_equals_pure_functions(tiny_corpus, tmp_path, cluster_client):
@@ -184,7 +184,7 @@ def test_second_writer_is_refused_while_the_first_holds_the_lease(tiny_corpus, t
     import subprocess
     import sys
 
-    from msdmatch.lock import store_lease
+    from msdmatch.io.lock import store_lease
 
     out = str(tmp_path / "db.zarr")
     with store_lease(out, stage="featurize"):
@@ -200,7 +200,7 @@ def test_stale_lease_of_a_dead_process_is_taken_over(tmp_path):
     import json
     import socket
 
-    from msdmatch.lock import store_lease
+    from msdmatch.io.lock import store_lease
 
     out = str(tmp_path / "db.zarr")
     (tmp_path / "db.zarr.lock").write_text(json.dumps(
@@ -211,7 +211,7 @@ def test_stale_lease_of_a_dead_process_is_taken_over(tmp_path):
 
 
 def test_local_cluster_workers_get_thread_limits_malloc_and_monitoring_settings(cluster_client):
-    from msdmatch.cluster import MONITORING, WORKER_ENV, WORKER_MALLOC
+    from msdmatch.executor import MONITORING, WORKER_ENV, WORKER_MALLOC
 
     def env():
         import os

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from msdmatch.errors import ModelError, ParameterError
-from msdmatch.fusion import (
+from msdmatch.kernels.fusion import (
     ALL_FEATURES,
     DEFAULT_THRESHOLD,
     FEATURE_NAMES,

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from conftest import make_midi
 
-from msdmatch import embed, match
 from msdmatch.errors import ParameterError
-from msdmatch.report import read_matches, write_matches
+from msdmatch.evaluation.metrics import read_matches, write_matches
+from msdmatch.stages import embed
+from msdmatch.stages.match import job as match
+from msdmatch.stages.match import verify
 
 COLUMNS = ["query_id", "rank", "track_id", "confidence", "verify_score", "dhs_score", "pse_distance"]
 
@@ -52,16 +54,16 @@ def test_sharded_equals_single_process(embedded, cluster_client):
 
 
 def test_verify_and_screen_scores_are_cosine_dtws_of_their_views(embedded, cluster_client):
-    from msdmatch.dtw import cosine_dtw
-    from msdmatch.features import standardize_bins, unit_frames
-    from msdmatch.modelfile import run_net
-    from msdmatch.screen import screen_frames, unpack
-    from msdmatch.store import Store
+    from msdmatch.io.modelfile import run_net
+    from msdmatch.io.store import Store
+    from msdmatch.kernels.dtw import cosine_dtw
+    from msdmatch.kernels.features import standardize_bins, unit_frames
+    from msdmatch.kernels.screen import screen_frames, unpack
 
     t = _table(match.run(embedded["midi-synth"], embedded["audio"], client=cluster_client, rerank=6,
                          verify=6, progress=False))
     Q, D = Store(embedded["midi-synth"]), Store(embedded["audio"])
-    nets = match.dhs_nets(Q, D, None, "dhs-midi-synth")
+    nets = verify.dhs_nets(Q, D, None, "dhs-midi-synth")
 
     def outputs(x, onnx):  # one unbatched sequence through onnxruntime, cut to its own steps
         y = run_net(onnx, x[None].astype(np.float32), np.ones((1, len(x)), np.float32))[0]
@@ -71,10 +73,10 @@ def test_verify_and_screen_scores_are_cosine_dtws_of_their_views(embedded, clust
     for k in (0, 7, 20):
         q, d = t["query_id"][k], t["track_id"][k]
         want = cosine_dtw(outputs(Q.sequence(qrow[q]), nets["query"]), outputs(D.sequence(drow[d]), nets["db"]),
-                          gully=match.VERIFY_GULLY, return_path=False)
+                          gully=verify.VERIFY_GULLY, return_path=False)
         assert t["verify_dhs_score"][k] == pytest.approx(want, abs=1e-5)
         top = [standardize_bins(s.sequence(r)[:, 36:]) for s, r in ((Q, qrow[q]), (D, drow[d]))]  # C5-B5
-        want = cosine_dtw(*top, gully=match.VERIFY_GULLY, return_path=False)
+        want = cosine_dtw(*top, gully=verify.VERIFY_GULLY, return_path=False)
         assert t["verify_high_score"][k] == pytest.approx(want, abs=1e-6)
         want = cosine_dtw(*[unpack(screen_frames(s.sequence(r))) for s, r in ((Q, qrow[q]), (D, drow[d]))],
                           gully=0.96, return_path=False)
@@ -156,7 +158,7 @@ def test_db_on_s3(embedded, s3, cluster_client, tmp_path):
 def test_query_store_with_failures_and_tiny_sequences(tiny_corpus, tmp_path, cluster_client, embedded):
     import pretty_midi
 
-    from msdmatch import featurize
+    from msdmatch.stages import featurize
 
     src = tmp_path / "midi"
     src.mkdir()
@@ -174,5 +176,5 @@ def test_query_store_with_failures_and_tiny_sequences(tiny_corpus, tmp_path, clu
     t = s["table"]
     assert sorted(set(t["query_id"].tolist())) == ["short"]  # broken and blip failed in featurize
     assert s["failures"] == 0
-    for c in ("dhs_score", *match.VERIFY_COLUMNS):
+    for c in ("dhs_score", *verify.VERIFY_COLUMNS):
         assert np.all(np.isfinite(t[c])), c

@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from msdmatch import embed, match
 from msdmatch.errors import ParameterError
-from msdmatch.match_plan import QueryBatch, plan_batches
-from msdmatch.matches_table import META, read_failures, read_matches
+from msdmatch.io.matches_table import META, read_failures, read_matches
+from msdmatch.stages import embed
+from msdmatch.stages.match import job as match
+from msdmatch.stages.match import verify
+from msdmatch.stages.match.plan import QueryBatch, plan_batches
 
 CLI = [sys.executable, "-m", "msdmatch.cli"]
 
@@ -189,7 +191,7 @@ def test_matches_of_another_run_need_overwrite(embedded, tmp_path):
 
 
 def _check_decisions(t: dict, threshold: float) -> None:
-    from msdmatch.dtw import dtw_confidence
+    from msdmatch.kernels.dtw import dtw_confidence
 
     top = t["rank"] == 1
     np.testing.assert_array_equal(t["matched"], top & (t["confidence"] >= threshold))
@@ -199,7 +201,7 @@ def _check_decisions(t: dict, threshold: float) -> None:
 
 
 def test_matched_threshold_and_thesis_confidence_from_the_api(embedded, cluster_client, tmp_path):
-    from msdmatch.modelfile import shipped_model_dir
+    from msdmatch.io.modelfile import shipped_model_dir
 
     kw = dict(client=cluster_client, rerank=4, verify=3, progress=False)
     s = match.run(embedded["midi-synth"], embedded["audio"], **kw)
@@ -232,8 +234,8 @@ def test_matched_threshold_from_the_cli(embedded, tmp_path):
 
 
 def test_query_span_of_the_rows_that_can_rank_first(embedded, cluster_client):
-    from msdmatch.store import Store
-    from msdmatch.verify import VERIFY_COLUMNS
+    from msdmatch.io.store import Store
+    from msdmatch.stages.match.verify import VERIFY_COLUMNS
 
     t = match.run(embedded["midi-synth"], embedded["audio"], client=cluster_client, rerank=4, verify=3,
                   progress=False)["table"]
@@ -276,7 +278,7 @@ def test_queries_that_cannot_be_matched_go_to_the_failures_table(embedded, clust
     assert f["query_id"].tolist() == ["song1", "song5"]
     assert f["stage"].tolist() == ["embed", "embed"]
     assert "no finite PSE embedding" in f["reason"][0] and "empty hash sequence" in f["reason"][1]
-    for c in ("dhs_score", *match.VERIFY_COLUMNS):
+    for c in ("dhs_score", *verify.VERIFY_COLUMNS):
         assert np.all(np.isfinite(t[c][t["stage"] == "verify"])), c
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from msdmatch.errors import FormatMismatchError, ModelError, ParameterError
-from msdmatch.modelfile import (
+from msdmatch.io.modelfile import (
     check_compatible,
     default_models,
     load_model,
@@ -162,6 +162,6 @@ def test_modelfile_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, msdmatch.modelfile, msdmatch.models; print('torch' in sys.modules)"
+    code = "import sys, msdmatch.io.modelfile, msdmatch.models; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -87,7 +87,7 @@ def test_shapes_and_dtypes(kind, rng):
 @pytest.mark.parametrize("name", ["dhs-midi-synth", "dhs-midi-pianoroll", "pse-midi-synth", "pse-midi-pianoroll"])
 def test_shipped_models_have_the_default_architecture(name):
     """`msdmatch train` (and scripts/train_shipped.sh) trains the widths that are shipped."""
-    from msdmatch.modelfile import shipped_model_dir
+    from msdmatch.io.modelfile import shipped_model_dir
 
     info = json.loads((shipped_model_dir() / name / "model.json").read_text())
     kind, modality = name.split("-", 1)
@@ -318,7 +318,7 @@ def test_parity_check_catches_a_different_net(tmp_path):
 
 
 def test_export_model_writes_loadable_model(tmp_path):
-    from msdmatch.modelfile import check_compatible, load_model, run_net
+    from msdmatch.io.modelfile import check_compatible, load_model, run_net
     from msdmatch.params import DEFAULT_PARAMS
 
     torch.manual_seed(0)
@@ -338,7 +338,7 @@ def test_export_model_writes_loadable_model(tmp_path):
 
 
 def test_train_models_end_to_end(corpus, tmp_path):
-    from msdmatch.modelfile import load_model
+    from msdmatch.io.modelfile import load_model
 
     qs, ds, truth = corpus
     hp = {"dhs": HParams(batch=6, crop=32), "pse": HParams(alpha=3.34, margin=1.06, beta=0.0,
@@ -368,7 +368,7 @@ def test_random_search_writes_trials(corpus, tmp_path):
 
 def test_pooled_pse_trains_on_an_exported_dhs_and_searches_its_head(corpus, tmp_path):
     """`msdmatch train --kind pse` builds the PSE on the DHS model already in OUT (its weights.npz)."""
-    from msdmatch.modelfile import load_model
+    from msdmatch.io.modelfile import load_model
 
     qs, ds, truth = corpus
     with pytest.raises(ModelError, match="needs a DHS model|model.json"):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from msdmatch.calibrate import fit_from_matches, pick_threshold, rescore, top1_table
 from msdmatch.errors import ParameterError
-from msdmatch.fusion import DEFAULT_THRESHOLD, FusionModel, read_threshold
-from msdmatch.openset import open_truth, removed_queries, truth_sets, write_open_set
+from msdmatch.evaluation.openset import open_truth, removed_queries, truth_sets, write_open_set
+from msdmatch.kernels.fusion import DEFAULT_THRESHOLD, FusionModel, read_threshold
+from msdmatch.stages.calibrate import fit_from_matches, pick_threshold, rescore, top1_table
 
 
 def test_removed_queries_is_a_fixed_share_independent_of_order():
@@ -151,7 +151,7 @@ def test_rescore_reranks_the_verified_rows(rng):
 
 def test_report_cli_warns_on_stderr_and_refuses_bad_truth(tmp_path):
     from msdmatch.cli import main
-    from msdmatch.report import write_matches
+    from msdmatch.evaluation.metrics import write_matches
 
     m, _ = open_set_runs(np.random.default_rng(0), 3)
     write_matches({k: v for k, v in m.items() if k != "stage"}, tmp_path / "m.csv")

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from msdmatch.calibrate import fit_from_matches
 from msdmatch.errors import ParameterError
+from msdmatch.stages.calibrate import fit_from_matches
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from msdmatch.errors import ParameterError
-from msdmatch.prune import default_k, merge_topk, topk_sq_euclidean
+from msdmatch.kernels.prune import default_k, merge_topk, topk_sq_euclidean
 
 
 def brute(q: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +96,7 @@ def test_errors():
 
 
 def test_query_windows_cover_the_query():
-    from msdmatch.prune import query_windows
+    from msdmatch.kernels.prune import query_windows
 
     assert query_windows(10, length=4, hop=3).tolist() == [0, 3, 6]
     assert query_windows(11, length=4, hop=3).tolist() == [0, 3, 6, 7]
@@ -108,7 +108,7 @@ def test_query_windows_cover_the_query():
 @given(st.integers(0, 2**31 - 1), st.integers(1, 60))
 @settings(max_examples=25, deadline=None)
 def test_topk_multi_equals_brute_force_min_over_windows(seed, k):
-    from msdmatch.prune import topk_multi
+    from msdmatch.kernels.prune import topk_multi
 
     rng = np.random.default_rng(seed)
     db = rng.standard_normal((300, 8)).astype(np.float32)
@@ -128,7 +128,7 @@ def test_topk_multi_equals_brute_force_min_over_windows(seed, k):
 
 
 def test_topk_multi_rejects_bad_offsets():
-    from msdmatch.prune import topk_multi
+    from msdmatch.kernels.prune import topk_multi
 
     w = np.zeros((3, 4), np.float32)
     with pytest.raises(ParameterError):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from msdmatch.errors import MsdmatchError, ParameterError
-from msdmatch.report import (
+from msdmatch.evaluation.metrics import (
     decision_metrics,
     evaluate,
     plot_distance_histograms,

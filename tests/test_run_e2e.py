@@ -79,8 +79,9 @@ print(json.dumps({c: t.column(c).to_pylist() for c in t.column_names}))
 @pytest.fixture
 def local_matches(tiny_stores, copy_store, cluster_client, tmp_path):
     """The same cascade run locally (LocalCluster, local stores) -> MATCHES table."""
-    from msdmatch import embed, match
-    from msdmatch.report import read_matches
+    from msdmatch.evaluation.metrics import read_matches
+    from msdmatch.stages import embed
+    from msdmatch.stages.match import job as match
 
     q, d = copy_store(tiny_stores["midi-pianoroll"], "q.zarr"), copy_store(tiny_stores["audio"], "d.zarr")
     for url in (q, d):

@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 
-from msdmatch import featurize as stage
-from msdmatch.store import Store
+from msdmatch.io.store import Store
+from msdmatch.stages import featurize as stage
 
 
 def test_featurize_to_s3_and_read_back_in_another_process(tiny_corpus, s3, cluster_client):
@@ -18,7 +18,7 @@ def test_featurize_to_s3_and_read_back_in_another_process(tiny_corpus, s3, clust
     assert s.items == 6
     code = (
         "import json, sys, numpy as np\n"
-        "from msdmatch.store import Store\n"
+        "from msdmatch.io.store import Store\n"
         f"s = Store({url!r}, storage_options=json.loads(sys.argv[1]))\n"
         "print(json.dumps({'ids': s.ids, 'offsets': s.offsets.tolist(),"
         " 'sum': float(np.asarray(s.group['features'][:], dtype=np.float64).sum())}))\n"

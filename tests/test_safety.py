@@ -139,9 +139,9 @@ def test_demo_and_train_refuse_a_foreign_folder(tmp_path):
 
 
 def test_too_short_audio_and_midi_are_failures(tmp_path, cluster_client):
-    from msdmatch import featurize
-    from msdmatch.store import Store
-    from msdmatch.synth import render
+    from msdmatch.io.store import Store
+    from msdmatch.io.synth import render
+    from msdmatch.stages import featurize
 
     a, m = tmp_path / "a", tmp_path / "m"
     a.mkdir()
@@ -194,7 +194,7 @@ def test_missing_parent_is_refused_before_any_work(audio_src, tmp_path):
 
 
 def test_read_only_store_in_embed_is_one_line(tiny_corpus, tmp_path, cluster_client):
-    from msdmatch import featurize
+    from msdmatch.stages import featurize
 
     db = tmp_path / "db.zarr"
     featurize.run(str(tiny_corpus / "audio"), str(db), client=cluster_client, kind="audio", progress=False)
@@ -257,8 +257,9 @@ def _slow_featurize(tmp_path, tiny_corpus, client, lease_module, monkeypatch):
 
 def test_lost_lease_stops_the_writer_renewal_fails(tiny_corpus, tmp_path, cluster_client, monkeypatch):
     """The lease file is replaced by a folder: renewal fails, the writer stops before its next commit."""
-    from msdmatch import featurize, lock
     from msdmatch.errors import StoreError
+    from msdmatch.io import lock
+    from msdmatch.stages import featurize
 
     src = _slow_featurize(tmp_path, tiny_corpus, cluster_client, lock, monkeypatch)
     out = tmp_path / "db.zarr"
@@ -285,9 +286,10 @@ def test_lost_lease_stops_the_writer_taken_over(tiny_corpus, tmp_path, cluster_c
     """Another writer takes the lease over: the first stops and commits nothing more."""
     import json
 
-    from msdmatch import featurize, lock
     from msdmatch.errors import StoreError
-    from msdmatch.store import committed_parts, open_group
+    from msdmatch.io import lock
+    from msdmatch.io.store import committed_parts, open_group
+    from msdmatch.stages import featurize
 
     src = _slow_featurize(tmp_path, tiny_corpus, cluster_client, lock, monkeypatch)
     out = tmp_path / "db.zarr"
@@ -379,7 +381,7 @@ def test_bad_truth_or_matches_is_one_line(small_matches, tmp_path, case):
 
 
 def test_an_empty_database_says_so(tmp_path, cluster_client):
-    from msdmatch import featurize
+    from msdmatch.stages import featurize
 
     a, m = tmp_path / "a", tmp_path / "m"
     a.mkdir()

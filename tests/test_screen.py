@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from msdmatch import screen
-from msdmatch.dtw import cosine_dtw
 from msdmatch.errors import ParameterError
-from msdmatch.features import standardize_bins, unit_frames
+from msdmatch.kernels import screen
+from msdmatch.kernels.dtw import cosine_dtw
+from msdmatch.kernels.features import standardize_bins, unit_frames
 
 
 def test_screen_frames_pool_standardised_windows():

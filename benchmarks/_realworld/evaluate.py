@@ -82,8 +82,8 @@ def store_ranks(queries: str, db: str, truth: dict[str, str], *, model: str) -> 
     out : dict
         ``pse`` and ``baseline`` rank arrays, ``query_ids`` ranked and ``n_db``.
     """
-    from msdmatch.baselines import meanstd_embedding
-    from msdmatch.store import Store
+    from msdmatch.io.store import Store
+    from msdmatch.stages.report import meanstd_embedding
 
     Q, D = Store(queries), Store(db)
     row = {t: i for i, t in enumerate(D.ids)}

@@ -95,8 +95,8 @@ def _fit(y: np.ndarray, n: int) -> np.ndarray:
 
 
 def render_fluidsynth(perf, *, soundfont: str, sr: int = RENDER_SR) -> np.ndarray:
-    """Render with fluidsynth and ``soundfont`` through :func:`msdmatch.synth.render` (30 s out)."""
-    from msdmatch.synth import render
+    """Render with fluidsynth and ``soundfont`` through :func:`msdmatch.io.synth.render` (30 s out)."""
+    from msdmatch.io.synth import render
 
     return _fit(render(perf, sr=sr, soundfont=soundfont, tail=0.0), int(PREVIEW_SECONDS * sr))
 

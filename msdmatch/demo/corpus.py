@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, ParameterError
+from msdmatch.errors import InputError, ParameterError
 
 #: Fraction of songs taken from the music21 corpus; the rest are generated.
 MUSIC21_FRACTION = 0.5
@@ -148,7 +148,7 @@ def plan_corpus(*, songs: int, distractors: int, seed: int,
     n_m21 = int(round(n * music21_fraction))
     if works is None:
         if n_m21:
-            from .songs import music21_catalog
+            from msdmatch.demo.songs import music21_catalog
 
             works = [w.key for w in music21_catalog()]
             order = np.random.default_rng((seed, 2**20)).permutation(len(works))
@@ -189,7 +189,7 @@ def _round_robin(works: list[str]) -> list[str]:
     groups: dict[str, list[str]] = {}
     for w in works:
         groups.setdefault(w.split("/", 1)[0], []).append(w)
-    from .songs import interleave
+    from msdmatch.demo.songs import interleave
 
     return interleave([groups[k] for k in sorted(groups)])
 
@@ -200,7 +200,7 @@ def make_song(spec: SongSpec):
     A music21 work that cannot be parsed falls back to a generated song, so
     the result is still deterministic.
     """
-    from . import songs
+    from msdmatch.demo import songs
 
     rng = np.random.default_rng((spec.seed, spec.index, _STREAM_SONG))
     if spec.work:
@@ -230,7 +230,7 @@ def make_item(spec: SongSpec, *, out_dir: str, style: str = "default") -> dict:
         the duplicate preview was made, or None), ``seconds`` (wall time)
         and ``error`` (``''`` on success).
     """
-    from .recording import make_recording
+    from msdmatch.demo.recording import make_recording
 
     t0 = time.perf_counter()
     row = asdict(spec)
@@ -276,7 +276,14 @@ def make_duplicate(pm, plan: dict, mp3: bytes, *, rng: np.random.Generator) -> t
         ``{'kind': 'offset', 'offset': seconds}`` (same rendition, window moved)
         or ``{'kind': 'reencode', 'kbps': int, 'gain': float}``.
     """
-    from .recording import PREVIEW_SECONDS, RENDER_SR, apply_effects, encode_mp3, perform, render_window
+    from msdmatch.demo.recording import (
+        PREVIEW_SECONDS,
+        RENDER_SR,
+        apply_effects,
+        encode_mp3,
+        perform,
+        render_window,
+    )
 
     latest = max(0.0, pm.get_end_time() * plan["warp_rate"] - PREVIEW_SECONDS)
     shift = float(rng.uniform(*_DUPLICATE_SHIFT)) * (1 if rng.random() < 0.5 else -1)
@@ -309,7 +316,7 @@ def _make_partition(specs, *, out_dir: str, style: str = "default") -> list[dict
 def _run(specs: list[SongSpec], *, out_dir: str, n_workers: int, progress: bool,
          style: str = "default") -> list[dict]:
     """Build the songs on the active distributed Client, else on a LocalCluster."""
-    from ..cluster import active_client, using_client
+    from msdmatch.executor import active_client, using_client
 
     with using_client(active_client(), n_workers=n_workers, dashboard=False, quiet=True) as c:
         return _run_on(c, specs, out_dir=out_dir, progress=progress, style=style)
@@ -317,7 +324,7 @@ def _run(specs: list[SongSpec], *, out_dir: str, n_workers: int, progress: bool,
 
 def _run_on(client, specs: list[SongSpec], *, out_dir: str, progress: bool,
             style: str = "default") -> list[dict]:
-    from ..cluster import run_shards, total_threads
+    from msdmatch.executor import run_shards, total_threads
 
     size = max(1, min(25, -(-len(specs) // (8 * total_threads(client)))))
     parts = [specs[i : i + size] for i in range(0, len(specs), size)]
@@ -363,7 +370,7 @@ def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: in
     """
     if not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
         raise ParameterError(f"n_workers={n_workers!r} must be a positive integer")
-    from .recording import STYLES
+    from msdmatch.demo.recording import STYLES
 
     if style not in STYLES:
         raise ParameterError(f"style={style!r} must be one of {', '.join(STYLES)}")
@@ -421,7 +428,7 @@ def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: in
 
 
 def _recording_soundfonts() -> tuple[str, ...]:
-    from .recording import RECORDING_SOUNDFONTS
+    from msdmatch.demo.recording import RECORDING_SOUNDFONTS
 
     return RECORDING_SOUNDFONTS
 

@@ -26,11 +26,12 @@ def run_demo(out_dir: str, *, songs: int = 200, distractors: int = 800, seed: in
              mode: str = "synth", brute_force: int = 10, scheduler: str | None = None,
              n_workers: int | None = None, say: Callable[[str], None] = print) -> dict:
     """Run the demo end to end; returns the report metrics plus timings."""
-    from .. import embed, featurize, match
-    from ..baselines import run_report
-    from ..cluster import client_for
-    from ..outputs import check_out_dir, mark_out_dir
-    from . import build_corpus
+    from msdmatch.demo import build_corpus
+    from msdmatch.executor import client_for
+    from msdmatch.io.outputs import check_out_dir, mark_out_dir
+    from msdmatch.stages import embed, featurize
+    from msdmatch.stages.match import job as match
+    from msdmatch.stages.report import run_report
 
     check_out_dir(str(out_dir), kind="demo")  # a foreign folder is refused before any work
     mark_out_dir(str(out_dir), kind="demo")
@@ -73,7 +74,7 @@ def run_demo(out_dir: str, *, songs: int = 200, distractors: int = 800, seed: in
     metrics["match_per_query_seconds"] = m["per_query"]
     metrics["match_threads"] = m["threads"]
     metrics["stage_seconds"] = t
-    from ..report import json_safe
+    from msdmatch.evaluation.metrics import json_safe
 
     (out / "report" / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False))
     return metrics

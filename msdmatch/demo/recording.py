@@ -30,7 +30,7 @@ import copy
 
 import numpy as np
 
-from ..errors import InputError, ParameterError
+from msdmatch.errors import InputError, ParameterError
 
 #: Soundfonts used for recordings (never TimGM6mb, which renders queries).
 RECORDING_SOUNDFONTS = ("FluidR3_GM.sf2", "MuseScore_General_Lite.sf3")
@@ -427,13 +427,13 @@ def _window(insts: list, plan: dict):
 
 def render_window(perf, *, soundfont: str, sr: int = RENDER_SR,
                   seconds: float = PREVIEW_SECONDS) -> np.ndarray:
-    """Synthesize a cropped performance with :func:`msdmatch.synth.render`.
+    """Synthesize a cropped performance with :func:`msdmatch.io.synth.render`.
 
     Parameters
     ----------
     perf : pretty_midi.PrettyMIDI
     soundfont : str
-        Name or path, see :func:`msdmatch.synth.resolve_soundfont`.
+        Name or path, see :func:`msdmatch.io.synth.resolve_soundfont`.
     sr : int
     seconds : float
         Output length.
@@ -443,7 +443,7 @@ def render_window(perf, *, soundfont: str, sr: int = RENDER_SR,
     y : np.ndarray [shape=(round(seconds*sr),), dtype=float32]
         Peak 1, or all zeros if the window holds no notes.
     """
-    from ..synth import render
+    from msdmatch.io.synth import render
 
     n_out = int(round(seconds * sr))
     out = np.zeros(n_out, dtype=np.float32)

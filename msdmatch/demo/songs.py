@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from msdmatch.errors import InputError
 
 #: Shortest and longest song in seconds; previews are 30 s subsequences.
 MIN_SECONDS = 45.0

@@ -14,11 +14,11 @@ __all__ = ["train_models", "export_model", "check_parity"]
 
 def __getattr__(name: str) -> Any:
     if name == "train_models":
-        from .train import train_models
+        from msdmatch.models.train import train_models
 
         return train_models
     if name in ("export_model", "check_parity"):
-        from . import export
+        from msdmatch.models import export
 
         return getattr(export, name)
     raise AttributeError(name)

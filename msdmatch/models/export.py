@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ModelError
-from ..params import FORMAT_VERSION, FeatureParams
-from .nets import NetConfig, build_net, n_parameters
-from .pairs import pad_batch
+from msdmatch.errors import ModelError
+from msdmatch.models.nets import NetConfig, build_net, n_parameters
+from msdmatch.models.pairs import pad_batch
+from msdmatch.params import FORMAT_VERSION, FeatureParams
 
 __all__ = ["export_onnx", "check_parity", "export_model", "load_nets", "PSE_TOL", "DHS_MIN_AGREEMENT"]
 
@@ -237,7 +237,7 @@ def load_nets(model_dir: str | Path, *, modality: str, params: FeatureParams) ->
     FormatMismatchError
         Another MIDI modality or other feature parameters than ``params``.
     """
-    from ..modelfile import check_compatible, load_model
+    from msdmatch.io.modelfile import check_compatible, load_model
 
     info = load_model(model_dir)
     if info.kind != "dhs":

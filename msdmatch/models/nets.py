@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ParameterError
+from msdmatch.errors import ParameterError
 
 __all__ = ["NetConfig", "DHSNet", "PSENet", "PooledHashPSENet", "build_net", "default_config", "n_parameters"]
 

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ParameterError, StoreError
-from ..params import DEFAULT_PARAMS, MODALITIES, FeatureParams
+from msdmatch.errors import ParameterError, StoreError
+from msdmatch.params import DEFAULT_PARAMS, MODALITIES, FeatureParams
 
 __all__ = [
     "MemoryStore",
@@ -52,7 +52,7 @@ SPLITS = ("train", "valid", "test")
 
 @dataclass
 class MemoryStore:
-    """An in-memory feature store with the read interface of ``msdmatch.store``.
+    """An in-memory feature store with the read interface of ``msdmatch.io.store``.
 
     Parameters
     ----------
@@ -97,7 +97,7 @@ class MemoryStore:
 def as_store(store: Any, *, storage_options: dict | None = None) -> Any:
     """Open ``store`` if it is a path or URL; return store objects unchanged."""
     if isinstance(store, (str, os.PathLike)):
-        from .. import store as store_mod
+        from msdmatch.io import store as store_mod
 
         opener = getattr(store_mod, "open_store", None) or store_mod.Store
         return opener(os.fspath(store), storage_options=storage_options)
@@ -105,7 +105,7 @@ def as_store(store: Any, *, storage_options: dict | None = None) -> Any:
         if not hasattr(store, attr):
             raise ParameterError(
                 f"store={type(store).__name__} has no {attr!r}; pass a store URL or an "
-                "object from msdmatch.store.open_store"
+                "object from msdmatch.io.store.open_store"
             )
     return store
 
@@ -245,7 +245,7 @@ def align_pairs(
         of shape ``(L, n_bins)``: for every audio frame ``j`` on the path,
         the audio frame and the first MIDI frame aligned to it.
     """
-    from ..dtw import cosine_dtw, dtw_confidence
+    from msdmatch.kernels.dtw import cosine_dtw, dtw_confidence
 
     kept, rejected = [], []
     for p in pairs:

@@ -45,9 +45,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ParameterError
-from .nets import NetConfig, build_net, default_config, share_weights
-from .pairs import (
+from msdmatch.errors import ParameterError
+from msdmatch.models.nets import NetConfig, build_net, default_config, share_weights
+from msdmatch.models.pairs import (
     Pair,
     align_pairs,
     aligned_batch,
@@ -778,13 +778,13 @@ def train_models(
     dirs : dict
         ``{'dhs': Path, 'pse': Path}`` for the kinds trained.
     """
-    from .export import export_model, load_nets
+    from msdmatch.models.export import export_model, load_nets
 
     kinds = {"both": ["dhs", "pse"], "pse": ["pse"], "dhs": ["dhs"]}.get(kind)
     if kinds is None:
         raise ParameterError(f"kind={kind!r} must be 'both', 'dhs' or 'pse'")
     say = progress or (lambda msg: log.info(msg))
-    from ..outputs import check_out_dir, mark_out_dir
+    from msdmatch.io.outputs import check_out_dir, mark_out_dir
 
     check_out_dir(str(out_dir), kind="models")  # a foreign folder is refused before any work
     qs, ds = as_store(query_store), as_store(db_store)
@@ -846,7 +846,7 @@ def train_models(
                                    steps=res.steps, seconds=round(res.seconds, 1)),
                      real_inputs=real)
         if report:
-            from .report import training_report
+            from msdmatch.models.report import training_report
 
             training_report(res.history, res.metrics["matched"], res.metrics["unmatched"],
                             path=mdir / "training.png", title=f"{k}-{qs.modality}",

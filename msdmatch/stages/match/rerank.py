@@ -1,0 +1,122 @@
+"""Rerank: DHS Hamming-DTW of each query against its pruned candidates, shard by shard.
+
+The kernel is :func:`msdmatch.kernels.dtw.hamming_dtw_many`.  Candidates are
+ordered by the DHS score over the mean of the Hamming distance matrix
+(:func:`msdmatch.kernels.fusion.dhs_ratio`), then by PSE distance.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from msdmatch.stages.match.shard import in_shard, owners, per_query
+
+#: DESIGN.md matching constants.
+DHS_PENALTY = 15
+
+DHS_GULLY = 0.9
+
+
+
+def shard_rerank(data: dict, qwords: list[np.ndarray],
+                 cands: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Hamming-DTW of each query against its candidates that live in this shard.
+
+    Parameters
+    ----------
+    qwords : list of np.ndarray [shape=(M_q,), uint32]
+    cands : list of np.ndarray [shape=(c_q,), int64]
+        Global database rows, all inside this shard.
+
+    Returns
+    -------
+    scores : list of (np.ndarray [shape=(c_q,)], np.ndarray [shape=(c_q,)])
+        Per query, the Hamming-DTW scores and the means of the Hamming distance
+        matrices (:func:`msdmatch.kernels.dtw.hamming_matrix_mean`), float64.
+    """
+    return [_rerank_one(data, qw, c) for qw, c in zip(qwords, cands)]
+
+
+
+def _rerank_one(data: dict, qw: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from msdmatch.kernels.dtw import bit_frequencies, hamming_dtw_many, hamming_matrix_mean
+
+    s0, off, words = data["shard"].start, data["offsets"], data["words"]
+    if len(c) == 0 or len(qw) == 0:
+        return np.full(len(c), np.inf), np.full(len(c), np.nan)
+    local = c - s0
+    ok = data["ok"][local]
+    lens = off[local + 1] - off[local]
+    sub_off = np.concatenate([[0], np.cumsum(np.where(ok, lens, 0))]).astype(np.int64)
+    sub = np.concatenate([words[off[j] : off[j + 1]] for j in local[ok]]) if ok.any() else np.zeros(0, np.uint32)
+    scores = np.full(len(c), np.inf)
+    if ok.any():
+        keep_off = np.concatenate([[0], sub_off[1:][ok]])
+        scores[ok] = hamming_dtw_many(qw, sub, keep_off, penalty=DHS_PENALTY, gully=DHS_GULLY)
+    qfreq = bit_frequencies(qw, np.array([0, len(qw)]))[0]
+    return scores, hamming_matrix_mean(qfreq, data["bits"][local])
+
+
+
+def shard_rerank_batch(data: dict, qb: dict, pruned: dict) -> dict:
+    """Hamming-DTW of each query of a batch against its pruned candidates in this shard.
+
+    Returns
+    -------
+    result : dict
+        ``scores``: per query, ``(dhs_score, dhs_matrix_mean)`` of the
+        candidates ``pruned['i'][q][in this shard]`` (None for a failed query);
+        ``failed``; ``cpu``.
+    """
+    t = time.thread_time()
+    pidx = pruned["i"]
+    items = [(data, qb["words"][q], pidx[q][in_shard(data, pidx[q])]) for q in range(len(pidx))]
+    scores, failed = per_query(_rerank_one, items, qb["failed"])
+    return {"scores": scores, "failed": failed, "cpu": time.thread_time() - t}
+
+
+
+def rerank_order(pruned: dict, parts: list[dict], *, shards, failed: dict) -> dict:
+    """Gather the shards' rerank scores and order each query's candidates.
+
+    Parameters
+    ----------
+    pruned : dict
+        The batch's merged PSE top-K, ``d`` squared distances and ``i`` global
+        rows, np.ndarray [shape=(n, K)].
+    parts : list of dict
+        :func:`msdmatch.stages.match.rerank.shard_rerank_batch` per shard, in shard order.
+    shards : list of DbShard
+    failed : dict
+        The batch's failed queries so far.
+
+    Returns
+    -------
+    ranked : dict
+        ``pidx``, ``pdist`` [shape=(n, K)]; ``dhs_score``, ``dhs_mean``,
+        ``ratio`` [shape=(n, K), float64]; ``order`` [shape=(n, K), int64]:
+        columns of ``pidx`` by (DHS ratio, PSE distance); ``failed``; ``cpu``
+        (prune and rerank).
+    """
+    from msdmatch.kernels.fusion import dhs_ratio
+
+    t = time.thread_time()
+    pdist, pidx = pruned["d"], pruned["i"]
+    n, K = pidx.shape
+    failed = dict(failed)
+    owner = owners(shards, pidx)
+    dhs_score = np.full(pidx.shape, np.inf)
+    dhs_mean = np.full(pidx.shape, np.nan)
+    for sid, part in enumerate(parts):
+        failed.update({q: f"rerank: {r}" for q, r in part["failed"].items() if q not in failed})
+        for q, sm in enumerate(part["scores"]):
+            if sm is not None:
+                dhs_score[q, owner[q] == sid] = sm[0]
+                dhs_mean[q, owner[q] == sid] = sm[1]
+    ratio = dhs_ratio(dhs_score, dhs_mean)
+    order = (np.stack([np.lexsort((pdist[q], ratio[q])) for q in range(n)]) if n else np.zeros((0, K), np.int64))
+    cpu = {"prune": pruned["cpu"], "rerank": sum(p["cpu"] for p in parts) + time.thread_time() - t}
+    return {"pidx": pidx, "pdist": pdist, "dhs_score": dhs_score, "dhs_mean": dhs_mean, "ratio": ratio,
+            "order": order, "failed": failed, "cpu": cpu}
+
