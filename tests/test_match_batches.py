@@ -255,6 +255,23 @@ def test_query_span_of_the_rows_that_can_rank_first(embedded, cluster_client):
         assert t["query_end"][r] - t["query_start"][r] > 0.5 * seconds
 
 
+def test_query_span_is_the_path_of_the_bin_standardised_dtw():
+    from msdmatch.kernels.dtw import cosine_dtw
+    from msdmatch.kernels.features import standardize_bins
+
+    rng = np.random.default_rng(0)
+    X = rng.gamma(0.5, size=(400, 84)).astype(np.float32)
+    # the candidate: query frames 120..269 under a steep static equalisation (an offset per bin), plus noise
+    Y = X[120:270] + np.linspace(-3, 3, 84, dtype=np.float32) + rng.normal(0, 0.05, (150, 84)).astype(np.float32)
+    fs = 0.05
+    _, path = cosine_dtw(standardize_bins(X), standardize_bins(Y), gully=verify.VERIFY_GULLY)
+    span = verify.query_span(X, Y, frame_seconds=fs)
+    assert span == (path[0, 0] * fs, (path[-1, 0] + 1) * fs)
+    assert span == pytest.approx((120 * fs, 270 * fs), abs=1.5 * fs)
+    assert np.isnan(verify.query_span(X[:0], Y, frame_seconds=fs)).all()
+    assert np.isnan(verify.query_span(X, Y[:0], frame_seconds=fs)).all()
+
+
 # ------------------------------------------------------------------ failures
 
 

@@ -15,7 +15,8 @@ Conventions
   four.
 - Scores are lower-is-better; ``inf`` where a sequence is empty.
 - :func:`query_span` gives the seconds of the query that a candidate's
-  alignment covers, from the path of the cosine DTW on the stored features.
+  alignment covers, from the path of the cosine DTW on the bin-standardised
+  features.
 """
 from __future__ import annotations
 
@@ -100,14 +101,21 @@ def standardized_views(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def query_span(X: np.ndarray, Y: np.ndarray, *, frame_seconds: float) -> tuple[float, float]:
     """Seconds of the query ``X`` that its alignment to the candidate ``Y`` covers.
 
-    The path of the cosine DTW on the features as stored (the thesis's verify
-    DTW, :data:`VERIFY_GULLY`): its first and last query frames.
+    The first and last query frames of the path of the cosine DTW
+    (:data:`VERIFY_GULLY`, median penalty) on both sequences' frames
+    standardised per bin (:func:`msdmatch.kernels.features.standardize_bins`,
+    the view of ``verify_std_score``), which takes out a recording's static
+    equalisation.  It places both ends within 0.5 s of a demo preview's true
+    span more often than the path on the features as stored; nearly all the
+    remaining misses cover another verbatim repeat of the same notes, which
+    no feature tells apart (docs/experiments.md, "query span").
 
     Parameters
     ----------
     X : np.ndarray [shape=(n, n_bins)]
-        The query's features (rows of the DTW).
+        The query's features as stored (rows of the DTW).
     Y : np.ndarray [shape=(m, n_bins)]
+        The candidate's features as stored.
     frame_seconds : float
         Seconds per frame.
 
@@ -118,10 +126,11 @@ def query_span(X: np.ndarray, Y: np.ndarray, *, frame_seconds: float) -> tuple[f
         NaN when a sequence is empty.
     """
     from msdmatch.kernels.dtw import cosine_dtw
+    from msdmatch.kernels.features import standardize_bins
 
     if not len(X) or not len(Y):
         return float("nan"), float("nan")
-    _, path = cosine_dtw(X, Y, gully=VERIFY_GULLY, return_path=True)
+    _, path = cosine_dtw(standardize_bins(X), standardize_bins(Y), gully=VERIFY_GULLY, return_path=True)
     return float(path[0, 0] * frame_seconds), float((path[-1, 0] + 1) * frame_seconds)
 
 
