@@ -89,11 +89,21 @@ def _tile_ragged(src, dst, *, values: str, offsets: str, n: int) -> None:
         out[s:e] = vals[np.arange(s, e) % period]
 
 
+#: Relative jitter added to the PSE embeddings of every copy but the first: exact duplicates
+#: would tie in the prune, and the ties would send every query's top R to the first shard.
+JITTER = 1e-3
+
+
 def tile_store(src_url: str, dst_url: str, n: int) -> None:
-    """A store of ``n`` items tiled from ``src_url`` (every array, attribute and embedding)."""
+    """A store of ``n`` items tiled from ``src_url`` (every array, attribute and embedding).
+
+    Copies after the first get their PSE embeddings jittered by :data:`JITTER`
+    of the embeddings' RMS, so that distances are distinct, as between real previews.
+    """
     import zarr
 
-    if Path(dst_url, ".tiled").exists() and json.loads(Path(dst_url, ".tiled").read_text()) == {"n": n}:
+    stamp = {"n": n, "jitter": JITTER}
+    if Path(dst_url, ".tiled").exists() and json.loads(Path(dst_url, ".tiled").read_text()) == stamp:
         return
     src = zarr.open_group(src_url, mode="r")
     dst = zarr.open_group(dst_url, mode="w", zarr_format=3)
@@ -133,11 +143,25 @@ def tile_store(src_url: str, dst_url: str, n: int) -> None:
         if name not in flat and name not in flat.values() and name not in ("ids", "sources") \
                 and not name.startswith("failures/") and a.shape[:1] == (ns,):
             _tile_rows(src, idx, dst, name)  # the PSE embeddings and any other per-item array
+            if name.startswith("pse/"):
+                _jitter(dst[name], copy=tiles > 0, scale=JITTER)
     attrs = dict(src.attrs)
     attrs.update(n_items=n, n_frames=sizes["features"], n_failures=0)
     attrs.pop("plan", None)
     dst.attrs.update(attrs)
-    Path(dst_url, ".tiled").write_text(json.dumps({"n": n}))
+    Path(dst_url, ".tiled").write_text(json.dumps(stamp))
+
+
+def _jitter(arr, *, copy: np.ndarray, scale: float, block: int = 1 << 16) -> None:
+    """Add seeded Gaussian noise of ``scale`` x RMS to the rows of ``arr`` where ``copy`` is True."""
+    rng = np.random.default_rng(0)
+    for s in range(0, arr.shape[0], block):
+        e = min(arr.shape[0], s + block)
+        x = np.asarray(arr[s:e])
+        rms = float(np.sqrt(np.nanmean(x.astype(np.float64) ** 2))) or 1.0
+        noise = rng.normal(0.0, scale * rms, size=x.shape).astype(x.dtype)
+        x[copy[s:e]] += noise[copy[s:e]]
+        arr[s:e] = x
 
 
 # ----------------------------------------------------------------------------- one CLI run, watched

@@ -65,7 +65,7 @@ def _tile(x: np.ndarray, n: int) -> np.ndarray:
 def rerank(qw: np.ndarray, cand: np.ndarray, words: np.ndarray, offsets: np.ndarray, bits: np.ndarray, r: int):
     from msdmatch.kernels.dtw import bit_frequencies, hamming_dtw_many, hamming_matrix_mean
     from msdmatch.kernels.fusion import dhs_ratio
-    from msdmatch.stages.match.rerank import DHS_GULLY, DHS_PENALTY
+    from msdmatch.params import DHS_GULLY, DHS_PENALTY
 
     lens = offsets[cand + 1] - offsets[cand]
     sub_off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)

@@ -19,6 +19,13 @@ FORMAT_VERSION = 1
 #: align with anything at a low DTW cost and win every query.
 MIN_SECONDS = 10.0
 
+#: Hamming-DTW of the DHS rerank: penalty added to every non-diagonal step (in bits).
+DHS_PENALTY = 15
+#: Hamming-DTW gully: the share of either sequence a path may skip at its ends.
+DHS_GULLY = 0.9
+#: Cosine-DTW gully of the screen and the verify stage.
+COSINE_GULLY = 0.96
+
 #: Names of the modalities a store or model can hold.
 MODALITIES = ("audio", "midi-synth", "midi-pianoroll")
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from msdmatch.errors import ParameterError
 from msdmatch.kernels import _dtw_kernels as _k
+from msdmatch.params import COSINE_GULLY, DHS_GULLY, DHS_PENALTY
 
 __all__ = [
     "hamming_dtw",
@@ -115,7 +116,7 @@ def _packing(m: int, n_max: int, phi: int) -> tuple[type, int]:
 
 
 def hamming_dtw(
-    query: np.ndarray, candidate: np.ndarray, *, penalty: int = 15, gully: float = 0.9
+    query: np.ndarray, candidate: np.ndarray, *, penalty: int = DHS_PENALTY, gully: float = DHS_GULLY
 ) -> float:
     """Normalised Hamming-DTW score between two packed hash sequences.
 
@@ -167,8 +168,8 @@ def hamming_dtw_many(
     words: np.ndarray,
     offsets: np.ndarray,
     *,
-    penalty: int = 15,
-    gully: float = 0.9,
+    penalty: int = DHS_PENALTY,
+    gully: float = DHS_GULLY,
     top_r: int | None = None,
 ) -> np.ndarray:
     """Hamming-DTW of one query against many candidates stored flat.
@@ -372,7 +373,7 @@ def cosine_dtw(
     X: np.ndarray,
     Y: np.ndarray,
     *,
-    gully: float = 0.96,
+    gully: float = COSINE_GULLY,
     penalty: float | None = None,
     return_path: bool = True,
 ) -> tuple[float, np.ndarray] | float:
@@ -428,7 +429,7 @@ def cosine_dtw_pair(
     X2: np.ndarray,
     Y2: np.ndarray,
     *,
-    gully: float = 0.96,
+    gully: float = COSINE_GULLY,
 ) -> tuple[float, float]:
     """The scores of ``cosine_dtw(X, Y)`` and ``cosine_dtw(X2, Y2)`` in one pass.
 

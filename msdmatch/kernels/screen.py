@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from msdmatch.errors import ParameterError
+from msdmatch.params import COSINE_GULLY
 
 #: Frames averaged into one screen frame.
 POOL = 8
@@ -27,7 +28,7 @@ SCALE = 127.0
 #: Version of the screen frames' definition, stored with them.
 FORMAT_VERSION = 1
 #: Gully of the screen DTW (as the verify DTW).
-GULLY = 0.96
+GULLY = COSINE_GULLY
 
 
 def screen_frames(X: np.ndarray, *, pool: int = POOL) -> np.ndarray:

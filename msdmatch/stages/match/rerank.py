@@ -10,13 +10,8 @@ import time
 
 import numpy as np
 
+from msdmatch.params import DHS_GULLY, DHS_PENALTY
 from msdmatch.stages.match.shard import in_shard, owners, per_query
-
-#: DESIGN.md matching constants.
-DHS_PENALTY = 15
-
-DHS_GULLY = 0.9
-
 
 
 def shard_rerank(data: dict, qwords: list[np.ndarray],
