@@ -11,7 +11,9 @@
 #   distractors (seed 2), about 1,950 previews;
 # - open set: two databases, each without the recordings of a complementary half of the queries
 #   (python -m msdmatch.evaluation.openset), so every query is matched once with and once without its
-#   recording and half of each run's queries have no match.
+#   recording and half of each run's queries have no match; a preview of a query's own music in
+#   another corpus (the same music21 work, or the same folk tune under another name) counts as a
+#   valid match, not a distractor (alike previews, listed in openset.json).
 # `msdmatch calibrate` fits the fusion on both runs, cross-validates it by query and picks the
 # threshold that accepts at most 2% of the no-match queries.  Every step resumes: a re-run skips
 # finished corpora, stores and matches (delete WORKDIR/openset/*.parquet to re-match).

@@ -210,3 +210,65 @@ def test_demo_duplicates_are_extra_previews(tmp_path):
 
     y, sr = load_preview(str(tmp_path / "audio" / f"{dups[0]['track_id']}.mp3"))
     assert 29.9 < y.size / sr < 30.3 and np.max(np.abs(y)) > 0.05
+
+
+def test_melody_signature_is_one_tune_across_keys_and_pickups():
+    from msdmatch.evaluation.openset import melody_grams, same_tune
+
+    tune = [67, 69, 71, 72, 74, 72, 71, 69, 67, 64, 62, 64, 67, 69, 71, 67, 64, 62]
+    g = melody_grams(tune)
+    assert g == melody_grams([p + 5 for p in tune])  # transposed: the same signature
+    assert same_tune(g, melody_grams([60] + tune[1:]))  # another first note (pickup)
+    other = melody_grams([60, 64, 67, 72, 67, 64, 60, 62, 65, 69, 65, 62, 60, 59, 55, 59, 62, 67])
+    assert not same_tune(g, other)
+    assert melody_grams([60, 62, 64]) == frozenset() and not same_tune(frozenset(), g)
+
+
+def test_alike_previews_rules():
+    from msdmatch.evaluation.openset import alike_previews, melody_grams
+
+    tune = melody_grams([67, 69, 71, 72, 74, 72, 71, 69, 67, 64, 62, 64, 67])
+    other = melody_grams([60, 64, 67, 72, 67, 64, 60, 62, 65, 69, 65, 62, 60])
+    melodies = {"oneills#1": (1, tune), "airds#9": (1, tune), "bach/a": (4, tune), "bach/b": (4, tune),
+                "essen#3": (1, other)}
+    q = {"q1": "oneills#1", "q2": "bach/a", "q3": "", "q4": "essen#3"}
+    p = {"T_same": "oneills#1", "T_named": "airds#9", "T_chorale": "bach/b", "T_bach": "bach/a",
+         "T_gen": "", "T_x": "essen#9"}
+    got = alike_previews(q, p, melodies)
+    # the same work, and a single-line tune with the same melody under another name
+    assert got["q1"] == {"T_same", "T_named"}
+    # a chorale harmonised anew is another piece; the same work stays alike
+    assert got["q2"] == {"T_bach"}
+    assert "q3" not in got and "q4" not in got
+
+
+def test_write_open_set_counts_previews_of_the_query_tune_as_matches(tmp_path):
+    """Real music21 works: O'Neill's 'I'm the Boy for Bewitching Them' is Aird's 'Fy let us a' to
+    the Bridal' (the same notes); a preview of either is a match of the query, in every half."""
+    main = _corpus(tmp_path, "main", [("q1", "T1", "valid"), ("q2", "T2", "valid"), ("", "D1", "train")])
+    extra = _corpus(tmp_path, "extra", [("", "E1", "valid"), ("", "E2", "valid"), ("", "E3", "train")])
+    works = {"main": {"T1": "oneills1850/1136-1175.abc#1151", "T2": "airdsAirs/book4.abc#632",
+                      "D1": "airdsAirs/book1.abc#123"},
+             "extra": {"E1": "airdsAirs/book4.abc#632", "E2": "bach/bwv415.mxl", "E3": ""}}
+    for name, w in works.items():
+        with open(tmp_path / name / "recordings.jsonl", "w") as fh:
+            fh.writelines(json.dumps({"track_id": t, "query_id": "", "source": s, "error": ""}) + "\n"
+                          for t, s in w.items())
+    o = tmp_path / "o"
+    s = write_open_set(str(main), out_dir=str(o), extra=[str(extra)], split="valid", seed=3)
+    assert s["alike"] == {"q1": ["D1"], "q2": ["E1"]}
+    closed = {p.split("/")[-1][:-4] for p in (o / "db-closed.txt").read_text().split()}
+    for name in ("closed", "a", "b"):
+        with open(o / f"truth-{name}.csv") as fh:
+            t = truth_sets(*zip(*[(r["query_id"], r["track_id"]) for r in csv.DictReader(fh)], strict=True))
+        db = {p.split("/")[-1][:-4] for p in (o / f"db-{name}.txt").read_text().split()}
+        # the alike previews stay in every database and are valid matches there
+        assert {"D1", "E1"} <= db and t["q1"] >= {"D1"} and t["q2"] >= {"E1"}
+        assert all(v <= db for v in t.values())
+        if name != "closed":
+            # only the own recording of the removed query is gone; its tune still has a match
+            assert closed - db == {"T1", "T2"} - set().union(*t.values()) and len(closed - db) == 1
+            assert s[f"no_match_{name}"] == 0
+    s2 = write_open_set(str(main), out_dir=str(tmp_path / "o2"), extra=[str(extra)], split="valid", seed=3,
+                        alike=False)
+    assert s2["alike"] == {} and s2["no_match_a"] + s2["no_match_b"] == 2
