@@ -331,7 +331,7 @@ def _finish_zarr(out: MatchesOut, ds: Dataset, fails: dict, meta: dict) -> int:
     """Write the committed parts as a Zarr group, one array per column, filled part by part."""
     import pyarrow.parquet as pq
 
-    from msdmatch.io.store import _str_array, open_group
+    from msdmatch.io.store import open_group, write_strings
 
     fs, root = ds._fs()
     parts = ds.parts()
@@ -354,7 +354,7 @@ def _finish_zarr(out: MatchesOut, ds: Dataset, fails: dict, meta: dict) -> int:
         pos += n
     fg = g.require_group("failures")
     for c, v in fails.items():
-        _str_array(fg, c, v.tolist())
+        write_strings(fg, c, v.tolist())
     g.attrs.update({"kind": KIND, "columns": list(arrays), **meta})
     return total
 
@@ -387,10 +387,10 @@ def read_matches(path: str | os.PathLike, *, storage_options: dict | None = None
         raise ParameterError(f"MATCHES {path!r} does not exist; expected the --out of `msdmatch match`")
     name = os.path.basename(path.rstrip("/"))
     if form == "zarr":
-        from msdmatch.io.store import _read_str, open_group
+        from msdmatch.io.store import open_group, read_strings
 
         g = open_group(path, storage_options=storage_options)
-        table = {c: (np.asarray(_read_str(g, c)) if g[c].dtype.kind in "OTU" else g[c][:])
+        table = {c: (np.asarray(read_strings(g, c)) if g[c].dtype.kind in "OTU" else g[c][:])
                  for c in g.attrs.get("columns", [])}
     elif form == "parquet":
         table = _to_numpy(_read_parquet(fs, root))
@@ -417,11 +417,11 @@ def read_failures(path: str | os.PathLike, *, storage_options: dict | None = Non
     if form == "dataset":
         return Dataset(path.rstrip("/"), storage_options).failures()
     if form == "zarr":
-        from msdmatch.io.store import _read_str, open_group
+        from msdmatch.io.store import open_group, read_strings
 
         g = open_group(path, storage_options=storage_options)
         if "failures" in g:
-            return {c: np.asarray(_read_str(g["failures"], c), dtype=str) for c in FAILURE_COLUMNS}
+            return {c: np.asarray(read_strings(g["failures"], c), dtype=str) for c in FAILURE_COLUMNS}
         return {c: np.zeros(0, str) for c in FAILURE_COLUMNS}
     fs, root = _fs(path + FAILURES_SUFFIX, storage_options)
     if not fs.exists(root):
@@ -448,14 +448,14 @@ def write_matches(table: Mapping, path: str | os.PathLike, *, storage_options: d
         ds.commit(0, n, t, {})
         return
     if form == "zarr":
-        from msdmatch.io.store import _str_array, open_group
+        from msdmatch.io.store import open_group, write_strings
 
         t = _checked(table)
         cols = _columns(t)
         g = open_group(path, mode="w", storage_options=storage_options)
         for c in cols:
             if t[c].dtype.kind == "U":
-                _str_array(g, c, t[c].tolist())
+                write_strings(g, c, t[c].tolist())
             else:
                 g.create_array(c, shape=t[c].shape, dtype=t[c].dtype,
                                chunks=(max(1, min(len(t[c]), 1 << 20)),))[:] = t[c]

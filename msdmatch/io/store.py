@@ -112,7 +112,8 @@ def open_group(url: str, *, mode: str = "r", storage_options: dict | None = None
         raise StoreError(f"cannot open store {url!r} (mode {mode!r}): {e}") from None
 
 
-def _str_array(group, name: str, values: Sequence[str]) -> None:
+def write_strings(group, name: str, values: Sequence[str]) -> None:
+    """Write ``values`` as the string array ``name`` of ``group``, replacing it."""
     n = len(values)
     arr = group.create_array(
         name, shape=(n,), dtype=str, chunks=(max(1, min(n, ITEM_CHUNK)),), overwrite=True
@@ -121,9 +122,22 @@ def _str_array(group, name: str, values: Sequence[str]) -> None:
         arr[:] = np.asarray(list(values), dtype=str)
 
 
-def _read_str(group, name: str) -> list[str]:
+def read_strings(group, name: str) -> list[str]:
+    """The string array ``name`` of ``group`` as a list."""
     arr = group[name]
     return [str(s) for s in arr[:]] if arr.shape[0] else []
+
+
+def write_offsets(group, name: str, offsets: np.ndarray) -> None:
+    """Write ``offsets`` (np.ndarray [shape=(n_items + 1,), int64]) as the array ``name``, replacing it."""
+    group.create_array(name, shape=offsets.shape, dtype="int64", chunks=(min(offsets.size, ITEM_CHUNK),),
+                       overwrite=True)[:] = offsets
+
+
+def create_item_rows(group, name: str, *, n: int, width: int, chunk: int) -> None:
+    """Create ``name``: one float32 row of ``width`` per item, NaN until written (an embedding array)."""
+    group.create_array(name, shape=(n, width), dtype="float32", chunks=(chunk, width), overwrite=True,
+                       fill_value=np.nan)
 
 
 class Store:
@@ -161,12 +175,12 @@ class Store:
     @functools.cached_property
     def ids(self) -> list[str]:
         """Item ids, in store order."""
-        return _read_str(self.group, "ids")
+        return read_strings(self.group, "ids")
 
     @property
     def sources(self) -> list[str]:
         """Where each item came from."""
-        return _read_str(self.group, "sources")
+        return read_strings(self.group, "sources")
 
     def strings(self, name: str, start: int, stop: int) -> list[str]:
         """Items ``start:stop`` of a per-item string array (``ids`` or ``sources``), one read."""
@@ -196,7 +210,7 @@ class Store:
         if "failures" not in self.group:
             return []
         g = self.group["failures"]
-        cols = {f: _read_str(g, f) for f in FAILURE_FIELDS}
+        cols = {f: read_strings(g, f) for f in FAILURE_FIELDS}
         return [dict(zip(FAILURE_FIELDS, row)) for row in zip(*cols.values())]
 
     def require(self, *, params: FeatureParams | None = None, modality: str | None = None) -> None:
@@ -348,7 +362,7 @@ def encode_part(arrays: dict[str, np.ndarray], strings: dict[str, Sequence[str]]
         if a.size:
             arr[...] = a
     for name, values in strings.items():
-        _str_array(g, name, values)
+        write_strings(g, name, values)
     return {k: v.to_bytes() for k, v in buffers.items() if k != "zarr.json"}
 
 
@@ -515,7 +529,7 @@ def write_failures(group, rows: list[dict[str, str]]) -> None:
     """Replace the failures table with ``rows`` (dicts with FAILURE_FIELDS)."""
     g = group.require_group("failures")
     for f in FAILURE_FIELDS:
-        _str_array(g, f, [str(r[f]) for r in rows])
+        write_strings(g, f, [str(r[f]) for r in rows])
 
 
 def delete_path(url: str, path: str, *, storage_options: dict | None = None) -> None:

@@ -275,11 +275,12 @@ def run(url: str, *, models: list[str] | None = None, client=None, scheduler: st
 def _run(url, store, specs, *, client, partition_size, storage_options, progress, max_parts, lease) -> dict:
     from msdmatch.executor import run_shards, total_threads
     from msdmatch.io.store import (
-        _read_str,
         committed_parts,
+        create_item_rows,
         delete_path,
         open_group,
         read_part,
+        read_strings,
         write_failures,
     )
 
@@ -294,8 +295,7 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
         delete_path(url, f"_parts/{STAGE}", storage_options=storage_options)
         for s in specs:
             if s["kind"] == "pse":
-                g.create_array(f"pse/{s['name']}", shape=(store.n, 128), dtype="float32",
-                               chunks=(partition_size, 128), overwrite=True, fill_value=np.nan)
+                create_item_rows(g, f"pse/{s['name']}", n=store.n, width=128, chunk=partition_size)
         state = {"key": key, "complete": False, "base": 0}
     elif state.get("complete") and int(state.get("n", store.n)) < store.n:
         # items were appended to the store: embed only those
@@ -329,7 +329,7 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
         parts = [read_part(g, STAGE, s.pid) for s in shards]
         fails = [f for f in store.failures() if base or f["stage"] != STAGE]
         for p in parts:
-            for i, src, r in zip(_read_str(p, "fail_id"), _read_str(p, "fail_source"), _read_str(p, "fail_reason")):
+            for i, src, r in zip(read_strings(p, "fail_id"), read_strings(p, "fail_source"), read_strings(p, "fail_reason")):
                 fails.append({"id": i, "source": src, "stage": STAGE, "reason": r})
         n_fail = sum(f["stage"] == STAGE for f in fails)
         for s in specs:
@@ -367,7 +367,7 @@ def _consolidate(client, url, g, name, source, counts, *, row_shape, dtype, chun
     base : int
         Items already consolidated (an append): their rows are kept.
     """
-    from msdmatch.io.store import ITEM_CHUNK, concat_parts
+    from msdmatch.io.store import concat_parts, write_offsets
 
     old = np.asarray(g[f"{name.rsplit('/', 1)[0]}/offsets"][: base + 1], np.int64) if base else np.zeros(1, np.int64)
     concat_parts(client, url, stage=STAGE, name=name, source=source, part_rows=[int(c.sum()) for c in counts],
@@ -375,5 +375,4 @@ def _consolidate(client, url, g, name, source, counts, *, row_shape, dtype, chun
                  progress=progress, base=int(old[-1]))
     allc = np.concatenate(counts) if counts else np.zeros(0, np.int64)
     off = np.concatenate([old, old[-1] + np.cumsum(allc)]).astype(np.int64)
-    g.create_array(f"{name.rsplit('/', 1)[0]}/offsets", shape=off.shape, dtype="int64",
-                   chunks=(min(off.size, ITEM_CHUNK),), overwrite=True)[:] = off
+    write_offsets(g, f"{name.rsplit('/', 1)[0]}/offsets", off)

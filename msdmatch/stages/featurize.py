@@ -232,14 +232,14 @@ def consolidate(client, url: str, *, n_parts: int, rejected: list[dict], params:
     """
     from msdmatch.io.store import (
         FEATURES_CHUNK,
-        ITEM_CHUNK,
-        _read_str,
-        _str_array,
         concat_parts,
         delete_path,
         open_group,
         read_part,
+        read_strings,
         write_failures,
+        write_offsets,
+        write_strings,
     )
 
     root = open_group(url, mode="r+", storage_options=storage_options)
@@ -247,16 +247,16 @@ def consolidate(client, url: str, *, n_parts: int, rejected: list[dict], params:
     lengths, ids, sources, fails = [], [], [], []
     if base:
         lengths.append(np.diff(np.asarray(root["offsets"][: b["items"] + 1], dtype=np.int64)))
-        ids += _read_str(root, "ids")[: b["items"]]
-        sources += _read_str(root, "sources")[: b["items"]]
+        ids += read_strings(root, "ids")[: b["items"]]
+        sources += read_strings(root, "sources")[: b["items"]]
         fails += _failure_rows(root)[: b["failures"]]
     fails += rejected
     for pid in range(n_parts):
         g = read_part(root, STAGE, pid)
         lengths.append(np.asarray(g["lengths"][:], dtype=np.int64))
-        ids += _read_str(g, "ids")
-        sources += _read_str(g, "sources")
-        for i, s, r in zip(_read_str(g, "fail_id"), _read_str(g, "fail_source"), _read_str(g, "fail_reason")):
+        ids += read_strings(g, "ids")
+        sources += read_strings(g, "sources")
+        for i, s, r in zip(read_strings(g, "fail_id"), read_strings(g, "fail_source"), read_strings(g, "fail_reason")):
             fails.append({"id": i, "source": s, "stage": STAGE, "reason": r})
     all_len = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     offsets = np.concatenate([[0], np.cumsum(all_len)]).astype(np.int64)
@@ -264,11 +264,9 @@ def consolidate(client, url: str, *, n_parts: int, rejected: list[dict], params:
                          part_rows=[int(x.sum()) for x in lengths[1 if base else 0 :]],
                          row_shape=(params.n_bins,), dtype="float16", chunk=FEATURES_CHUNK,
                          storage_options=storage_options, progress=progress, base=b["frames"])
-    off = root.create_array("offsets", shape=offsets.shape, dtype="int64",
-                            chunks=(min(offsets.size, ITEM_CHUNK),), overwrite=True)
-    off[:] = offsets
-    _str_array(root, "ids", ids)
-    _str_array(root, "sources", sources)
+    write_offsets(root, "offsets", offsets)
+    write_strings(root, "ids", ids)
+    write_strings(root, "sources", sources)
     write_failures(root, fails)
     attrs = dict(root.attrs)
     attrs.pop("append", None)
@@ -369,7 +367,7 @@ def run(
 
 def _start_append(out, items, *, modality, params, storage_options):
     """Open a store to append to; returns the group, its base counts, the new items and the skipped count."""
-    from msdmatch.io.store import _read_str, check_format, open_group
+    from msdmatch.io.store import check_format, open_group, read_strings
 
     group = open_group(out, mode="r+", storage_options=storage_options)
     attrs = dict(group.attrs)
@@ -386,7 +384,7 @@ def _start_append(out, items, *, modality, params, storage_options):
                                  "featurize command that started it (without --append)")
         base = {"items": int(attrs["n_items"]), "frames": int(attrs["n_frames"]),
                 "failures": int(attrs["n_failures"])}
-    known = set(_read_str(group, "ids")[: base["items"]])
+    known = set(read_strings(group, "ids")[: base["items"]])
     known |= {f["id"] for f in _failure_rows(group)[: base["failures"]]}
     new = [it for it in items if it.id not in known]
     return group, {k: base[k] for k in ("items", "frames", "failures")}, new, len(items) - len(new)
@@ -405,11 +403,11 @@ def _record_append(group, out, base, *, digest, src, n_parts, empty) -> None:
 
 
 def _failure_rows(group) -> list[dict]:
-    from msdmatch.io.store import FAILURE_FIELDS, _read_str
+    from msdmatch.io.store import FAILURE_FIELDS, read_strings
 
     if "failures" not in group:
         return []
-    cols = [_read_str(group["failures"], f) for f in FAILURE_FIELDS]
+    cols = [read_strings(group["failures"], f) for f in FAILURE_FIELDS]
     return [dict(zip(FAILURE_FIELDS, row)) for row in zip(*cols)]
 
 
