@@ -253,8 +253,12 @@ def main() -> None:
     ap.add_argument("--mem-queries", type=int, default=None, help="Q of those runs (default: --queries).")
     ap.add_argument("--mem-extra", default="--rerank 20 --verify 2",
                     help="Extra `msdmatch match` options of the memory runs (cheaper stages, same batching).")
-    ap.add_argument("--json", default=None, help="Write the figures here.")
+    ap.add_argument("--json", default=None, help="Write the figures here (merged into the file if it exists).")
+    ap.add_argument("--parts", default="main,speedup,memory",
+                    help="Which runs: main (per-query CPU, peak RSS), speedup (1 vs 2 workers), memory (Q vs 10 Q). "
+                         "Time the speed-up on an otherwise idle machine: `--parts speedup` alone.")
     a = ap.parse_args()
+    parts = set(a.parts.split(","))
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     corpus = Path(a.corpus)
@@ -276,34 +280,37 @@ def main() -> None:
             shutil.rmtree(p)
         return str(p)
 
-    main_run = run_match(str(work / "q.zarr"), str(work / "db.zarr"), out("main"), workers=2, prune_k=a.prune_k,
-                         extra=[])
-    print("main, 2 workers:", main_run["line"], flush=True)
-    if sq == max(a.queries, sq):
-        two = main_run
-    else:
+    result: dict = {"db": a.db, "queries": a.queries, "prune_k": a.prune_k}
+    if "main" in parts:
+        main_run = run_match(str(work / "q.zarr"), str(work / "db.zarr"), out("main"), workers=2,
+                             prune_k=a.prune_k, extra=[])
+        print("main, 2 workers:", main_run["line"], flush=True)
+        result.update(per_query_cpu_s=main_run["per_query_cpu_s"],
+                      peak_rss_gib={"client": main_run["client_rss_gib"], "workers": main_run["worker_rss_gib"]},
+                      wall_seconds_main_2_workers=main_run["seconds"])
+    if "speedup" in parts:
         two = run_match(str(work / "sq.zarr"), str(work / "db.zarr"), out("sq2"), workers=2, prune_k=a.prune_k,
                         extra=[])
-    one = run_match(str(work / "sq.zarr"), str(work / "db.zarr"), out("sq1"), workers=1, prune_k=a.prune_k,
-                    extra=[])
-    print("1 worker:", one["line"], flush=True)
-    mem = {}
-    for key, store in (("Q", "mq"), ("10Q", "mq10")):
-        mem[key] = run_match(str(work / f"{store}.zarr"), str(work / "mdb.zarr"), out(f"mem-{key}"), workers=2,
-                             prune_k=None, extra=a.mem_extra.split())
-        print(f"memory run {key}:", mem[key]["line"], f"client peak {mem[key]['client_rss_gib']:.3f} GiB",
-              flush=True)
-    result = {
-        "per_query_cpu_s": main_run["per_query_cpu_s"],
-        "speedup_2_workers": one["seconds"] / two["seconds"],
-        "peak_rss_gib": {"client": main_run["client_rss_gib"], "workers": main_run["worker_rss_gib"]},
-        "client_peak_rss_gib_by_queries": {"Q": mem["Q"]["client_rss_gib"], "10Q": mem["10Q"]["client_rss_gib"]},
-        "db": a.db, "queries": a.queries, "prune_k": a.prune_k,
-        "speedup_queries": sq, "memory_runs": {"db": a.mem_db, "Q": mq, "10Q": 10 * mq, "options": a.mem_extra},
-        "wall_seconds": {"main_2_workers": main_run["seconds"], "speedup_1_worker": one["seconds"],
-                         "speedup_2_workers": two["seconds"]},
-        "worker_rss_gib_memory_runs": {k: v["worker_rss_gib"] for k, v in mem.items()},
-    }
+        print("2 workers:", two["line"], flush=True)
+        one = run_match(str(work / "sq.zarr"), str(work / "db.zarr"), out("sq1"), workers=1, prune_k=a.prune_k,
+                        extra=[])
+        print("1 worker:", one["line"], flush=True)
+        result.update(speedup_2_workers=one["seconds"] / two["seconds"], speedup_queries=sq,
+                      speedup_wall_seconds={"1_worker": one["seconds"], "2_workers": two["seconds"]})
+    if "memory" in parts:
+        mem = {}
+        for key, store in (("Q", "mq"), ("10Q", "mq10")):
+            mem[key] = run_match(str(work / f"{store}.zarr"), str(work / "mdb.zarr"), out(f"mem-{key}"), workers=2,
+                                 prune_k=None, extra=a.mem_extra.split())
+            print(f"memory run {key}:", mem[key]["line"], f"client peak {mem[key]['client_rss_gib']:.3f} GiB",
+                  flush=True)
+        result.update(client_peak_rss_gib_by_queries={k: v["client_rss_gib"] for k, v in mem.items()},
+                      memory_runs={"db": a.mem_db, "Q": mq, "10Q": 10 * mq, "options": a.mem_extra},
+                      worker_rss_gib_memory_runs={k: v["worker_rss_gib"] for k, v in mem.items()})
+    if a.json and Path(a.json).exists():
+        old = json.loads(Path(a.json).read_text())
+        if {k: old.get(k) for k in ("db", "queries", "prune_k")} == {k: result[k] for k in ("db", "queries", "prune_k")}:
+            result = {**old, **result}
     print(json.dumps(result, indent=2))
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2))
