@@ -9,7 +9,7 @@ the same code path a user runs):
 * **the 2-worker speed-up**: the wall time of the same queries on 1 worker
   over that on 2 workers (cluster start and numba warm-up excluded);
 * **peak RSS** of the client (the CLI process) and of each worker process,
-  from ``VmHWM`` in ``/proc/<pid>/status`` polled every 0.2 s;
+  from ``VmHWM`` in ``/proc/<pid>/status`` polled every 2 s;
 * **client peak RSS at Q and 10 Q queries** against a small DB: the client's
   memory is bounded by a few batches, so it should not grow with Q.
 
@@ -42,6 +42,9 @@ from pathlib import Path
 import numpy as np
 
 MSDMATCH = str(Path(sys.executable).with_name("msdmatch"))
+#: Seconds between reads of the processes' ``VmHWM`` (a high-water mark: sparse polling loses nothing
+#: but the last seconds before a process exits, and leaves the cores to the job).
+POLL_SECONDS = 2.0
 #: Frames written per block when tiling ``features`` (a multiple of the chunk).
 BLOCK_FRAMES = 16384 * 32
 
@@ -178,16 +181,17 @@ def _hwm(pid: int) -> int:
 
 
 def _children(pid: int) -> set[int]:
-    parent = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    found, frontier = set(), {pid}
+    """Every descendant of ``pid``, from the kernel's per-thread ``children`` lists."""
+    found, frontier = set(), [pid]
     while frontier:
-        frontier = {c for c, p in parent.items() if p in frontier} - found
-        found |= frontier
+        p = frontier.pop()
+        for kids in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                new = {int(c) for c in kids.read_text().split()} - found
+            except (OSError, ValueError):
+                continue
+            found |= new
+            frontier.extend(new)
     return found
 
 
@@ -214,7 +218,7 @@ def run_match(q: str, db: str, out: str, *, workers: int, prune_k: int | None, e
             for c in _children(proc.pid):
                 if _is_worker(c):
                     peaks[c] = max(peaks.get(c, 0), _hwm(c))
-            time.sleep(0.2)
+            time.sleep(POLL_SECONDS)
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
