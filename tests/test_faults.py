@@ -407,11 +407,35 @@ def test_sigint_mid_match_then_rerun(reference, big, tmp_path):
     done_before = len(list(out.glob("part-*.parquet")))
     assert 1 <= done_before < N_ITEMS // 4
     assert not (tmp_path / "undisturbed.parquet.msdmatch-parts").exists()
+    _grown_db_is_refused(args, out, big, tmp_path)
     ran, skipped = _batch_counts(_run_cli(args + ["--out", str(out), "--quiet"]).stdout)
     assert (ran, skipped) == (N_ITEMS // 4 - done_before, done_before)  # committed batches not recomputed
     got, ref = read_matches(str(out)), read_matches(str(tmp_path / "undisturbed.parquet"))
     assert len(got["query_id"]) == 100 * N_ITEMS
     assert_same_table(ref, got)
+
+
+def _grown_db_is_refused(args: list[str], out: Path, big: dict, tmp_path: Path) -> None:
+    """A preview appended to (a copy of) the DB after a partial match: the re-run is refused in one line."""
+    from conftest import make_midi, write_mp3
+
+    from msdmatch.io.synth import render
+
+    db, partial, extra = tmp_path / "grown.zarr", tmp_path / "partial", tmp_path / "extra"
+    shutil.copytree(big["emb"], db)
+    shutil.copytree(out, partial)
+    extra.mkdir()
+    write_mp3(extra / "TRGROWN000000001.mp3", render(make_midi(7, seconds=12.0), sr=22050) * 0.8, 22050)
+    _run_cli(["featurize", "audio", str(extra), "--out", str(db), "--append", "--quiet"])
+    _run_cli(["embed", str(db), "--quiet"])
+    grown_args = [str(db) if a == big["emb"] else a for a in args]
+    before = sorted(f.name for f in partial.iterdir())
+    r = subprocess.run(CLI + grown_args + ["--out", str(partial), "--quiet"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DB changed" in lines[0] and "--overwrite" in lines[0], r.stderr
+    assert sorted(f.name for f in partial.iterdir()) == before  # nothing mixed in, nothing removed
 
 
 # ----------------------------------------------------------- 3. S3 faults

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from msdmatch.errors import InputError, ParameterError
-from msdmatch.params import DEFAULT_PARAMS
+from msdmatch.params import COSINE_GULLY, DEFAULT_PARAMS
 
 #: Sample rate of the alignment features.
 ALIGN_SR = 22050
@@ -291,7 +291,7 @@ def align(pm, y: np.ndarray, sr: int, *, soundfont: str | None = None, mode: str
     _check_coverage(mt, at, midi_seconds=len(X) * fs, audio_seconds=len(Y) * fs)
     Xc = audio_cqt(ys, ALIGN_SR, tuning=0.0)
     Yc = audio_cqt(y, sr)
-    score = cosine_dtw(Xc, Yc, gully=0.96, return_path=False)
+    score = cosine_dtw(Xc, Yc, gully=COSINE_GULLY, return_path=False)
     return Alignment(mt, at, span, audio_span, excerpt, float(dtw_confidence(score)), path, fs)
 
 

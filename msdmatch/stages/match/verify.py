@@ -25,8 +25,10 @@ import time
 import numpy as np
 
 from msdmatch.errors import ModelError
+from msdmatch.params import COSINE_GULLY
 
-VERIFY_GULLY = 0.96
+#: Gully of the verify DTWs (as the screen DTW).
+VERIFY_GULLY = COSINE_GULLY
 #: First bin of ``verify_high_score``: 36 bins above MIDI note 36, i.e. C5 (523 Hz) and up.
 HIGH_BIN = 36
 #: The verify scores, in the order of :func:`verify_scores`' columns.
