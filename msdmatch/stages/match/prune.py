@@ -18,7 +18,6 @@ def shard_topk(data: dict, queries: np.ndarray, *, k: int) -> tuple[np.ndarray, 
     return d, i, data["shard"].start
 
 
-
 def merge(*parts, k: int):
     """Merge shard or partial top-ks (one tree-reduction node)."""
     from msdmatch.kernels.prune import merge_topk
@@ -26,13 +25,11 @@ def merge(*parts, k: int):
     return merge_topk(list(parts), k=k)
 
 
-
 def shard_prune_batch(data: dict, qb: dict, *, k: int) -> dict:
     """PSE top-k of a query batch within this shard: ``{'d', 'i', 'offset', 'cpu'}``."""
     t = time.thread_time()
     d, i, off = shard_topk(data, qb["E"], k=k)
     return {"d": d, "i": i, "offset": off, "cpu": time.thread_time() - t}
-
 
 
 def merge_batch(*parts: dict, k: int) -> dict:

@@ -33,7 +33,6 @@ def shard_rerank(data: dict, qwords: list[np.ndarray],
     return [_rerank_one(data, qw, c) for qw, c in zip(qwords, cands)]
 
 
-
 def _rerank_one(data: dict, qw: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from msdmatch.kernels.dtw import bit_frequencies, hamming_dtw_many, hamming_matrix_mean
 
@@ -53,7 +52,6 @@ def _rerank_one(data: dict, qw: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, 
     return scores, hamming_matrix_mean(qfreq, data["bits"][local])
 
 
-
 def shard_rerank_batch(data: dict, qb: dict, pruned: dict) -> dict:
     """Hamming-DTW of each query of a batch against its pruned candidates in this shard.
 
@@ -69,7 +67,6 @@ def shard_rerank_batch(data: dict, qb: dict, pruned: dict) -> dict:
     items = [(data, qb["words"][q], pidx[q][in_shard(data, pidx[q])]) for q in range(len(pidx))]
     scores, failed = per_query(_rerank_one, items, qb["failed"])
     return {"scores": scores, "failed": failed, "cpu": time.thread_time() - t}
-
 
 
 def rerank_order(pruned: dict, parts: list[dict], *, shards, failed: dict) -> dict:

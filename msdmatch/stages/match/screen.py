@@ -30,13 +30,11 @@ def shard_screen(data: dict, qframes: list[np.ndarray], cands: list[np.ndarray])
     return [_screen_one(data, qf, c) for qf, c in zip(qframes, cands)]
 
 
-
 def _screen_one(data: dict, qf: np.ndarray, c: np.ndarray) -> np.ndarray:
     from msdmatch.kernels.screen import screen_scores
 
     s0, off, F = data["shard"].start, data["screen_offsets"], data["screen"]
     return screen_scores(qf, [F[off[j - s0] : off[j - s0 + 1]] for j in c])
-
 
 
 def shard_screen_batch(data: dict, qb: dict, top: np.ndarray) -> dict:
@@ -59,12 +57,10 @@ def shard_screen_batch(data: dict, qb: dict, top: np.ndarray) -> dict:
     return {"scores": scores, "failed": failed, "cpu": time.thread_time() - t}
 
 
-
 def top_rows(ranked: dict, *, R: int) -> np.ndarray:
     """Global DB rows of each query's reranked top R, np.ndarray [shape=(n, R), int64]."""
     pidx, order = ranked["pidx"], ranked["order"]
     return pidx[np.arange(len(pidx))[:, None], order[:, :R]]
-
 
 
 def screen_select(ranked: dict, parts: list[dict], *, shards, R: int) -> dict:
