@@ -133,3 +133,25 @@ def test_topk_multi_rejects_bad_offsets():
     w = np.zeros((3, 4), np.float32)
     with pytest.raises(ParameterError):
         topk_multi(w, np.array([0, 2]), np.zeros((5, 4), np.float32), k=2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 999), k=st.integers(1, 30), n_parts=st.integers(1, 4), sort=st.booleans())
+def test_merge_equals_a_full_sort(seed, k, n_parts, sort):
+    """Sorted parts (the shards' form, NaN padding last) take the O(k) merge, others a full sort."""
+    r = np.random.default_rng(seed)
+    parts = []
+    for _ in range(n_parts):
+        w = int(r.integers(1, 12))
+        d = r.integers(0, 4, (3, w)).astype(np.float32)  # many ties
+        d[:, w - int(r.integers(0, 3)):] = np.nan
+        x = r.permutation(1000)[: 3 * w].reshape(3, w)
+        if sort:
+            o = np.lexsort((x, d), axis=-1)
+            d, x = np.take_along_axis(d, o, 1), np.take_along_axis(x, o, 1)
+        parts.append((d, x))
+    gd, gx = merge_topk(parts, k=k)
+    d, x = np.concatenate([p[0] for p in parts], 1), np.concatenate([p[1] for p in parts], 1)
+    o = np.lexsort((x, d), axis=-1)[:, :k]
+    np.testing.assert_array_equal(gd, np.take_along_axis(d, o, 1))
+    np.testing.assert_array_equal(gx, np.take_along_axis(x, o, 1))

@@ -192,7 +192,48 @@ def _scan_block(g, nrm, blk, base, q64, keys, fill, thr, kmax, q_n2, delta, cap)
         kmax[i] = km
 
 
+@njit(cache=True, boundscheck=False)
+def _before(da, ia, db, ib):  # pragma: no cover - compiled
+    """Whether ``(da, ia)`` orders before ``(db, ib)``: by distance (NaN last), then index."""
+    if da < db:
+        return True
+    if da > db:
+        return False
+    if da == db or (da != da and db != db):
+        return ia < ib
+    return db != db
+
+
+@njit(cache=True, boundscheck=False)
+def _merge_sorted(da, xa, db, xb, k):  # pragma: no cover - compiled
+    """Row-wise merge of two ``(q, k_a)`` and ``(q, k_b)`` sorted results, cut to ``k`` columns."""
+    nq = da.shape[0]
+    na, nb = da.shape[1], db.shape[1]
+    dist = np.empty((nq, k), np.float32)
+    idx = np.empty((nq, k), np.int64)
+    for r in range(nq):
+        a = b = 0
+        for c in range(k):
+            if b >= nb or (a < na and _before(da[r, a], xa[r, a], db[r, b], xb[r, b])):
+                dist[r, c], idx[r, c] = da[r, a], xa[r, a]
+                a += 1
+            else:
+                dist[r, c], idx[r, c] = db[r, b], xb[r, b]
+                b += 1
+    return dist, idx
+
+
 # ----------------------------------------------------------------------------- helpers
+
+
+def _is_sorted(d: np.ndarray, x: np.ndarray) -> bool:
+    """Whether every row is ordered by (distance, NaN last; index)."""
+    if d.shape[1] < 2:
+        return True
+    a, b = d[:, :-1], d[:, 1:]
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    ok = (a < b) | ((a == b) | (nan_a & nan_b)) & (x[:, :-1] < x[:, 1:]) | (~nan_a & nan_b)
+    return bool(ok.all())
 
 
 def _check_matrix(x: np.ndarray, name: str) -> np.ndarray:
@@ -339,7 +380,7 @@ def topk_sq_euclidean(
         block = max(256, min(32768, (512 << 10) // (4 * nq)))
     block = min(int(block), n)
     thr = np.full(nq, np.inf, dtype=np.float32)
-    if n >= 64 * cap:
+    if n >= 8 * cap:
         thr = _sample_threshold(-2.0 * qs, db, nrm, math.ceil(1.25 * cap))
     keys, fill = _scan(qs, db, nrm, q_n2=q_n2, delta=delta, thr=thr, cap=cap, block=block)
     dist, idx = _decode(keys, fill, k)
@@ -410,9 +451,14 @@ def merge_topk(
             )
         ds.append(d)
         xs.append(x.astype(np.int64) + off)
+    k = min(int(k), sum(d.shape[1] for d in ds))
+    if all(_is_sorted(d, x) for d, x in zip(ds, xs)):  # as shards return them: merge in O(k)
+        dist, idx = ds[0][:, :k], xs[0][:, :k]
+        for d, x in zip(ds[1:], xs[1:]):
+            dist, idx = _merge_sorted(dist, idx, d, x, min(k, dist.shape[1] + d.shape[1]))
+        return np.ascontiguousarray(dist), np.ascontiguousarray(idx)
     dist = np.concatenate(ds, axis=1)
     idx = np.concatenate(xs, axis=1)
-    k = min(int(k), dist.shape[1])
     order = np.lexsort((idx, dist), axis=-1)[:, :k]
     return np.take_along_axis(dist, order, 1), np.take_along_axis(idx, order, 1)
 
