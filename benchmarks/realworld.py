@@ -22,10 +22,19 @@ the database), and brute-force cosine DTW top-1 from ``msdmatch report
 --brute-force``.  This set is for evaluation only: never train, calibrate or
 tune on it.
 
+``openset DIR`` (after ``run``) matches both query modalities once against
+every preview and once against a database without the true previews of a
+seeded half of the queries, scores both runs (and the two pooled) with
+``msdmatch report`` and open-set truth, and writes ``DIR/openset/openset.json``:
+false and true accepts of ``matched`` at the shipped threshold, the AUC and
+ECE of the top-1 confidence, and the thesis's c >= 0.5 from the same rows
+(see ``_realworld/openset.py``).  It writes only into its ``--out`` folder.
+
 Usage::
 
     python benchmarks/realworld.py build DIR [--seed 0] [--debs CACHE]
     python benchmarks/realworld.py run DIR [--mode synth|pianoroll|both] [--json PATH]
+    python benchmarks/realworld.py openset DIR [--models MODELDIR] [--seed 0] [--out DIR/openset]
 """
 from __future__ import annotations
 
@@ -42,6 +51,7 @@ from concurrent.futures import ProcessPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _realworld import debian, evaluate, midi, plan, render  # noqa: E402
+from _realworld import openset as oset  # noqa: E402
 
 MODES = ("synth", "pianoroll")
 
@@ -267,6 +277,117 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- openset
+
+
+def _copy_store(src: str, dst: str) -> None:
+    """Copy a store once (through a temporary name), so that embedding never touches ``src``."""
+    if os.path.exists(dst):
+        return
+    tmp = dst + ".copying"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _figures(report_dir: str) -> dict:
+    with open(os.path.join(report_dir, "metrics.json"), encoding="utf-8") as fh:
+        return oset.figures(json.load(fh))
+
+
+def openset(src: str, *, out: str | None = None, models: str | None = None, seed: int = 0, modes=MODES,
+            workers: int | None = None) -> dict:
+    """Match with every true preview and with a seeded half removed; score with open-set truth.
+
+    Parameters
+    ----------
+    src : str
+        A set built and run by ``build`` and ``run`` (``truth.csv``, ``audio/``,
+        ``stores/``); only read.
+    out : str, optional
+        Every output goes here (default ``src/openset``); finished steps are
+        skipped on a re-run.
+    models : str, optional
+        Model directory for ``embed`` and ``match`` (default: the shipped
+        models); its ``fusion-midi-<mode>.json``, when present, is the fusion.
+    seed : int
+        Picks the removed half.
+    modes : tuple of str
+    workers : int, optional
+        LocalCluster workers of each ``msdmatch`` command.
+
+    Returns
+    -------
+    res : dict
+        ``plan`` (:func:`_realworld.openset.write_plan`), ``models``,
+        ``figures[mode][run]`` for the runs ``all``, ``half`` and ``pooled``
+        (:func:`_realworld.openset.figures`) and ``seconds``.
+    """
+    from msdmatch.evaluation.metrics import read_truth
+    from msdmatch.evaluation.openset import truth_sets
+    from msdmatch.io.sources import AUDIO_EXTENSIONS, resolve_sources
+
+    t0 = time.perf_counter()
+    out = out or os.path.join(src, "openset")
+    logdir = os.path.join(out, "logs")
+    os.makedirs(logdir, exist_ok=True)
+    models = os.path.abspath(models) if models else None
+    plan_path = os.path.join(out, "plan.json")
+    if os.path.exists(plan_path):
+        with open(plan_path, encoding="utf-8") as fh:
+            before = json.load(fh)
+        if (before["seed"], before["models"]) != (seed, models):
+            raise SystemExit(f"{out} holds an open-set run with seed {before['seed']} and models "
+                             f"{before['models'] or 'shipped'}; choose another --out for seed {seed} and "
+                             f"models {models or 'shipped'}")
+    tr = read_truth(os.path.join(src, "truth.csv"))
+    truth = truth_sets(tr["query_id"].tolist(), tr["track_id"].tolist())
+    previews = [it.source for it in resolve_sources(os.path.join(src, "audio"), extensions=AUDIO_EXTENSIONS)]
+    split = oset.write_plan(truth, previews, out_dir=out, seed=seed)
+    with open(plan_path, "w", encoding="utf-8") as fh:
+        json.dump({**split, "models": models}, fh, indent=1)
+    log(f"{len(split['removed'])} of {split['queries']} queries lose their previews: "
+        f"db {split['db_all']} -> {split['db_half']} previews")
+
+    times: dict = {}
+    mk = ["--models", models] if models else []
+    wk = ["--workers", str(workers)] if workers else []
+
+    def step(name: str, args: list[str], done: str) -> None:
+        _step(name, args, done=done, times=times, logdir=logdir)
+
+    db = {"all": os.path.join(out, "db-all.zarr"), "half": os.path.join(out, "db-half.zarr")}
+    _copy_store(os.path.join(src, "stores", "db.zarr"), db["all"])
+    step("embed-db-all", ["embed", db["all"], *mk, *wk], db["all"] + ".embedded")
+    step("featurize-db-half", ["featurize", "audio", os.path.join(out, "db-half.txt"), "--out", db["half"], *wk],
+         db["half"] + ".done")
+    step("embed-db-half", ["embed", db["half"], *mk, *wk], db["half"] + ".embedded")
+    truths = {run: os.path.join(out, f"truth-{run}.csv") for run in oset.RUNS}
+    truths["pooled"] = os.path.join(out, "truth-pooled.csv")
+    oset.pool({run: truths[run] for run in oset.RUNS}, truths["pooled"])
+    res: dict = {"plan": split, "models": models or "shipped", "figures": {}}
+    for mode in modes:
+        q = os.path.join(out, f"queries-{mode}.zarr")
+        _copy_store(os.path.join(src, "stores", f"queries-{mode}.zarr"), q)
+        step(f"embed-{mode}", ["embed", q, *mk, *wk], q + ".embedded")
+        fusion = os.path.join(models, f"fusion-midi-{mode}.json") if models else ""
+        fu = ["--fusion", fusion] if fusion and os.path.isfile(fusion) else []
+        matches = {run: os.path.join(out, f"matches-{mode}-{run}.csv") for run in oset.RUNS}
+        for run in oset.RUNS:
+            step(f"match-{mode}-{run}", ["match", q, db[run], "--out", matches[run], *mk, *fu, "--quiet", *wk],
+                 matches[run] + ".done")
+        matches["pooled"] = os.path.join(out, f"matches-{mode}-pooled.csv")
+        if not os.path.exists(matches["pooled"]):
+            oset.pool({run: matches[run] for run in oset.RUNS}, matches["pooled"])
+        res["figures"][mode] = {}
+        for run in (*oset.RUNS, "pooled"):
+            rep = os.path.join(out, f"report-{mode}-{run}")
+            step(f"report-{mode}-{run}", ["report", matches[run], "--truth", truths[run], "--out", rep], rep + ".done")
+            res["figures"][mode][run] = _figures(rep)
+    res["seconds"] = {**times, "total": time.perf_counter() - t0}
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -284,6 +405,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="queries (drawn by msdmatch report) also matched by brute-force DTW against the "
                         "whole db, per mode; about 20-40 core-seconds each; 0 skips, -1 takes all")
     r.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: one per core)")
+    o = sub.add_parser("openset", help="match with every true preview and with half removed; open-set rates")
+    o.add_argument("dir")
+    o.add_argument("--models", help="model directory for embed and match (default: the shipped models)")
+    o.add_argument("--seed", type=int, default=0, help="picks the half of the queries whose previews are removed")
+    o.add_argument("--mode", choices=("synth", "pianoroll", "both"), default="both")
+    o.add_argument("--out", help="output folder (default DIR/openset); nothing else is written")
+    o.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: one per core)")
     a = ap.parse_args(argv)
     if a.cmd == "build":
         s = build(a.dir, seed=a.seed, debs=a.debs, workers=a.workers, distractors=a.distractors)
@@ -295,6 +423,20 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     modes = MODES if a.mode == "both" else (a.mode,)
+    if a.cmd == "openset":
+        missing = [p for p in ["db.zarr"] + [f"queries-{m}.zarr" for m in modes]
+                   if not os.path.exists(os.path.join(a.dir, "stores", p + ".done"))]
+        if missing:
+            print(f"error: {a.dir}/stores lacks {', '.join(missing)}; run `python benchmarks/realworld.py run "
+                  f"{a.dir}` first", file=sys.stderr)
+            return 2
+        out = a.out or os.path.join(a.dir, "openset")
+        res = openset(a.dir, out=out, models=a.models, seed=a.seed, modes=modes, workers=a.workers)
+        with open(os.path.join(out, "openset.json"), "w", encoding="utf-8") as fh:
+            json.dump(res, fh, indent=1)
+        print(oset.table(res))
+        log(f"openset took {res['seconds']['total']:.0f} s")
+        return 0
     res = run(a.dir, modes=modes, brute_force=a.brute_force, workers=a.workers)
     for path in [os.path.join(a.dir, "realworld.json")] + ([a.json] if a.json else []):
         with open(path, "w", encoding="utf-8") as fh:

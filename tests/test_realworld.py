@@ -1,4 +1,4 @@
-"""The real-material evaluation set's pure pieces (benchmarks/_realworld): WAD lumps, plan, format 0."""
+"""The real-material evaluation set's pure pieces (benchmarks/_realworld): WAD lumps, plan, format 0, open set."""
 from __future__ import annotations
 
 import io
@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
 
-from _realworld import evaluate, midi, plan, render  # noqa: E402
+from _realworld import evaluate, midi, openset, plan, render  # noqa: E402
 
 
 def _song(seed: int, *, seconds: float = 60.0, parts: int = 3, drums: bool = True) -> pretty_midi.PrettyMIDI:
@@ -155,3 +155,60 @@ def test_true_ranks_and_recall_against_a_direct_count():
     assert r.tolist() == direct
     curve = evaluate.recall_curve(np.array([1.0, 2.0, 6.0]), n_db=100, n_queries=4)
     assert curve["0.01"] == 0.25 and curve["0.02"] == 0.5 and curve["0.05"] == 0.5 and curve["0.1"] == 0.75
+
+
+def _read(path) -> str:
+    with open(path, encoding="utf-8") as fh:
+        return fh.read()
+
+
+def test_openset_plan_removes_a_seeded_half_and_keeps_every_other_row(tmp_path):
+    from msdmatch.evaluation.metrics import read_truth
+    from msdmatch.evaluation.openset import truth_sets
+
+    truth = {f"q{i}": {f"T{i}"} for i in range(10)}
+    truth["q3"] = {"T3", "T3b"}  # two valid previews of one query
+    tracks = sorted(set().union(*truth.values())) + ["D1", "D2"]  # D*: distractors
+    previews = [str(tmp_path / "audio" / f"{t}.mp3") for t in tracks]
+    a = openset.write_plan(truth, previews, out_dir=str(tmp_path / "a"), seed=0)
+    b = openset.write_plan(dict(reversed(truth.items())), previews[::-1], out_dir=str(tmp_path / "b"), seed=0)
+    c = openset.write_plan(truth, previews, out_dir=str(tmp_path / "c"), seed=1)
+    assert a == b and len(a["removed"]) == 5 and a["removed"] != c["removed"]
+    for name in ("truth-all.csv", "truth-half.csv", "db-half.txt", "removed.txt"):
+        assert _read(tmp_path / "a" / name) == _read(tmp_path / "b" / name)
+
+    def sets(name):
+        t = read_truth(tmp_path / "a" / name)
+        return truth_sets(t["query_id"].tolist(), t["track_id"].tolist())
+
+    assert sets("truth-all.csv") == truth
+    half = sets("truth-half.csv")
+    assert half == {q: (set() if q in a["removed"] else t) for q, t in truth.items()}
+    rows = _read(tmp_path / "a" / "truth-half.csv").splitlines()
+    assert all(rows.count(f"{q},") == 1 and not any(r.startswith(f"{q},T") for r in rows) for q in a["removed"])
+    gone = set().union(*(truth[q] for q in a["removed"]))
+    kept = _read(tmp_path / "a" / "db-half.txt").splitlines()
+    assert [os.path.basename(p)[:-4] for p in kept] == sorted(t for t in tracks if t not in gone)
+    assert a["db_all"] == len(tracks) and a["db_half"] == len(kept) == len(tracks) - len(gone)
+    assert _read(tmp_path / "a" / "removed.txt").split() == a["removed"]
+
+
+def test_openset_pool_prefixes_each_run_and_the_report_counts_both(tmp_path):
+    from msdmatch.evaluation.metrics import evaluate, read_matches, read_truth
+
+    head = "query_id,rank,track_id,confidence,verify_score,dhs_score,pse_distance,thesis_confidence,matched\n"
+    (tmp_path / "m-all.csv").write_text(head + "q1,1,T1,0.9,0.2,1,1,0.9,true\nq2,1,T2,0.8,0.3,1,1,0.8,true\n")
+    (tmp_path / "m-half.csv").write_text(head + "q1,1,T1,0.9,0.2,1,1,0.9,true\nq2,1,D1,0.6,0.6,1,1,0.4,true\n")
+    (tmp_path / "t-all.csv").write_text("query_id,track_id\nq1,T1\nq2,T2\n")
+    (tmp_path / "t-half.csv").write_text("query_id,track_id\nq1,T1\nq2,\n")
+    for kind in ("m", "t"):
+        openset.pool({run: str(tmp_path / f"{kind}-{run}.csv") for run in openset.RUNS},
+                     str(tmp_path / f"{kind}-pooled.csv"))
+    assert _read(tmp_path / "t-pooled.csv").splitlines() == [
+        "query_id,track_id", "all:q1,T1", "all:q2,T2", "half:q1,T1", "half:q2,"]
+    met = evaluate(read_matches(str(tmp_path / "m-pooled.csv")), read_truth(tmp_path / "t-pooled.csv"))
+    f = openset.figures(met)
+    assert (f["queries"], f["no_match"]) == (4, 1)
+    assert f["fused"]["false_accept_rate"] == 1.0 and f["fused"]["true_accept_rate"] == 1.0
+    assert f["thesis"]["false_accept_rate"] == 0.0 and f["fused"]["auc"] == 1.0
+    assert "synth / pooled" in openset.table({"figures": {"synth": {"pooled": f}}})
