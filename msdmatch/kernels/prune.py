@@ -421,6 +421,12 @@ def merge_topk(
     dist : np.ndarray [shape=(q, min(k, sum k_s)), dtype=float32]
     idx : np.ndarray [shape=(q, min(k, sum k_s)), dtype=int64]
         Global indices, ordered by (distance, index).
+
+    Notes
+    -----
+    Parts whose rows are already ordered (as :func:`topk_sq_euclidean` and
+    this function return them) are merged pairwise in ``O(k)`` per row;
+    any other input is sorted in full.
     """
     if int(k) != k or k < 1:
         raise ParameterError(f"k must be a positive integer, got {k!r}")
