@@ -5,12 +5,12 @@
 # The training corpus uses seed 1 and draws music21's collections evenly (--balanced);
 # music21 works keep their train/valid/test split in every corpus (the split is a hash
 # of the work), so no test song of the demo corpus (seed 0) is trained on.  Every step is resumable: a re-run skips finished work.
-# The two MIDI modalities train side by side, one core each, MINUTES (default 12) of
+# The two MIDI modalities train side by side, one core each, MINUTES (default 20) of
 # wall-clock time for DHS and PSE together (DHS 3/4, then the PSE built on it 1/4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-data}
-M=${MINUTES:-12}
+M=${MINUTES:-20}
 MS=.venv/bin/msdmatch
 OUT=${OUT:-msdmatch/shipped}
 $MS demo-data "$W/train_corpus" --songs 1200 --distractors 300 --seed 1 --balanced

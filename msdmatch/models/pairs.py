@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from msdmatch.errors import ParameterError, StoreError
+from msdmatch.models.augment import augment_audio
 from msdmatch.params import DEFAULT_PARAMS, MODALITIES, FeatureParams
 
 __all__ = [
@@ -323,14 +324,16 @@ def _key(rng: np.random.Generator, transpose: int) -> int:
 
 def aligned_batch(
     pairs: Sequence[Pair], *, rng: np.random.Generator, batch: int = 50, crop: int = 100,
-    transpose: int = 0,
+    transpose: int = 0, augment: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Aligned crops for DHS: ``(audio, midi, mask)``, ``(B, crop, n_bins)`` x2 and ``(B, crop)``.
 
     Row ``t`` of ``audio[b]`` and ``midi[b]`` are an aligned frame pair.
     Pairs shorter than ``crop`` are zero-padded (mask 0).  With
     ``transpose``, both sides of a crop are shifted by the same random
-    number of bins in ``[-transpose, transpose]``.
+    number of bins in ``[-transpose, transpose]``.  Each audio crop is passed
+    through :func:`~msdmatch.models.augment.augment_audio` with probability
+    ``augment``.
     """
     if not pairs:
         raise ParameterError("aligned_batch got no aligned pairs; did every pair fail alignment?")
@@ -341,7 +344,10 @@ def aligned_batch(
         assert p.audio_w is not None and p.midi_w is not None
         sl = _crop(len(p.audio_w), crop, rng)
         k = _key(rng, transpose)
-        a.append(transpose_bins(p.audio_w[sl], k))
+        xa = p.audio_w[sl]
+        if augment and rng.random() < augment:
+            xa = augment_audio(xa, rng)
+        a.append(transpose_bins(xa, k))
         m.append(transpose_bins(p.midi_w[sl], k))
     n_bins = a[0].shape[1]
     xa, mask = pad_batch(a, n_bins=n_bins)

@@ -17,7 +17,13 @@ Conventions
   teaches its front end what sounds alike across timbres.
 * Augmentation (both): a random transposition of up to ``transpose``
   semitones, the same for both sides of a pair, so every pair is seen in
-  several keys and the nets cannot key on absolute pitch alone.
+  several keys and the nets cannot key on absolute pitch alone; and, with
+  probability ``augment``, the audio side as if recorded with loud drums,
+  noise, another timbre or equalisation
+  (:func:`msdmatch.models.augment.augment_audio`): DHS on its aligned
+  crops, the pooled-hash PSE on one augmented copy of each training
+  preview (its closed-form head is fitted on clean and augmented previews
+  together, and fine-tuning draws either).
 * Validation: the Bhattacharyya coefficient (BC) between the histograms of
   matched and unmatched distances on the validation split; lower is better.
   DHS uses Hamming distances between the bits of aligned steps; PSE uses
@@ -46,6 +52,7 @@ import numpy as np
 import torch
 
 from msdmatch.errors import ParameterError
+from msdmatch.models.augment import augment_audio
 from msdmatch.models.nets import NetConfig, build_net, default_config, share_weights
 from msdmatch.models.pairs import (
     Pair,
@@ -86,7 +93,8 @@ class HParams:
     auxiliary loss on aligned crops of ``aux_crop`` frames; ``transpose`` is
     the largest random transposition in semitones (0: none); ``negatives``
     adds that many previews of other pairs to every PSE batch as extra
-    negatives for the MIDI side (see :func:`nce_loss`).  ``pca_dims`` and
+    negatives for the MIDI side (see :func:`nce_loss`); ``augment`` is the
+    probability that a training preview is augmented.  ``pca_dims`` and
     ``shrink`` set the closed-form fit of a pooled-hash PSE's output layer
     (see :func:`fit_pooled`).
     """
@@ -109,10 +117,13 @@ class HParams:
     negatives: int = 0
     pca_dims: int = 384
     shrink: float = 1.0
+    augment: float = 0.0
 
     def __post_init__(self) -> None:
         if self.loss not in ("hinge", "nce"):
             raise ParameterError(f"loss={self.loss!r} must be 'hinge' or 'nce'")
+        if not 0.0 <= self.augment <= 1.0:
+            raise ParameterError(f"augment={self.augment!r} must be a probability in [0, 1]")
         if self.batch < 2:
             raise ParameterError(f"batch={self.batch} must be >= 2 (negatives come from the batch)")
 
@@ -123,18 +134,19 @@ def default_hparams(kind: str, midi_modality: str | None = None, **overrides: An
     PSE settings serve the pooled-hash PSE (the shipped one): a fine-tuning
     learning rate of 1e-4 for its attention and output layer, 48 extra
     previews as negatives in every batch of 16, and the closed-form fit's
-    384 PCA dimensions and shrinkage 1.  The conv PSE (``lags=()``) also
+    384 PCA dimensions and shrinkage 1.  Both kinds augment half of the
+    training previews (``augment=0.5``, :mod:`msdmatch.models.augment`).  The conv PSE (``lags=()``) also
     uses ``aux``, ``aux_crop``, ``transpose`` and the crop lengths; it
     trained with ``lr=1e-3``.  ``midi_modality`` is accepted for symmetry
     with :func:`~msdmatch.models.nets.default_config`; no setting depends
     on it now.
     """
     if kind == "dhs":
-        hp = HParams(alpha=5.33, margin=4.0, beta=0.05, batch=32, crop=100, lr=1e-3)
+        hp = HParams(alpha=5.33, margin=4.0, beta=0.05, batch=32, crop=100, lr=1e-3, augment=0.5)
     elif kind == "pse":
         hp = HParams(alpha=5.33, margin=4.0, beta=0.05, batch=16, lr=1e-4, loss="nce",
                      temperature=0.1, aux=1.0, aux_crop=200, transpose=5,
-                     audio_frames=646, midi_frames=2000, negatives=48)
+                     audio_frames=646, midi_frames=2000, negatives=48, augment=0.5)
     else:
         raise ParameterError(f"kind={kind!r} must be 'dhs' or 'pse'")
     return dataclasses.replace(hp, **overrides)
@@ -312,7 +324,8 @@ def _aligned_loss(f: torch.nn.Module, g: torch.nn.Module, pairs: Sequence[Pair],
     have ``step_hashes(features, mask) -> (hashes (B, T', bits), mask (B, T'))``.
     Negatives pair each audio step with the MIDI step of another crop.
     """
-    xa, xm, mask = aligned_batch(pairs, rng=rng, batch=batch, crop=crop, transpose=hp.transpose)
+    xa, xm, mask = aligned_batch(pairs, rng=rng, batch=batch, crop=crop, transpose=hp.transpose,
+                                 augment=hp.augment)
     ta, tm, tk = (torch.from_numpy(v).to(device) for v in (xa, xm, mask))
     (fa, w), (gm, _) = f.step_hashes(ta, tk), g.step_hashes(tm, tk)
     perm = torch.roll(torch.arange(batch), int(rng.integers(1, batch)))
@@ -602,7 +615,12 @@ def fit_pooled(
     hm = _run(g.dhs, [p.midi for p in train_pairs], device=device)
     va = _run(f.dhs, [p.audio for p in valid_pairs], device=device)
     vm = _run(g.dhs, [p.midi for p in valid_pairs], device=device)
-    fit_head(f, ha, hm, dims=hparams.pca_dims, shrink=hparams.shrink, device=device)
+    aug: list[np.ndarray] = []
+    if hparams.augment:  # one augmented copy of each training preview, for the head and fine-tuning
+        aug_rng = np.random.default_rng([seed, 1])
+        aug = _run(f.dhs, [augment_audio(p.audio, aug_rng) for p in train_pairs], device=device)
+    fit_head(f, ha + aug, hm + (hm if aug else []), dims=hparams.pca_dims, shrink=hparams.shrink,
+             device=device)
     head = [*f.att_w.parameters(), *f.att_v.parameters(), *f.out.parameters()]
     opt = torch.optim.Adam(head, lr=hparams.lr)
     rng = np.random.default_rng(seed)
@@ -633,7 +651,8 @@ def fit_pooled(
         others = np.setdiff1d(np.arange(n), idx)
         extra = rng.choice(others, size=hparams.negatives, replace=others.size < hparams.negatives) \
             if hparams.negatives and others.size else np.zeros(0, int)
-        fa = f.embed_steps(*_pad_steps([ha[i] for i in (*idx, *extra)], device))
+        fa = f.embed_steps(*_pad_steps([aug[i] if aug and rng.random() < hparams.augment else ha[i]
+                                        for i in (*idx, *extra)], device))
         gm = g.embed_steps(*_pad_steps([hm[i] for i in idx], device))
         loss = nce_loss(fa, gm, temperature=hparams.temperature)
         lr = hparams.lr * _lr_scale(step, max_steps, time.monotonic() - t0, max_seconds)
