@@ -24,6 +24,9 @@ import numpy as np
 
 __all__ = ["augment_audio"]
 
+#: Natural-log units per dB of power: ``10 ** (x / 10) == exp(x * _NEPER_PER_DB)``.
+_NEPER_PER_DB = np.log(10.0) / 10.0
+
 
 def _smooth_curve(n_bins: int, rng: np.random.Generator, *, tilt: float, ripple: float) -> np.ndarray:
     """A random spectral shape in dB ``(n_bins,)``: a linear tilt plus one slow ripple."""
@@ -35,7 +38,7 @@ def _smooth_curve(n_bins: int, rng: np.random.Generator, *, tilt: float, ripple:
 
 def _power_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Level in dB of two sources added in power."""
-    return np.logaddexp(a * (np.log(10.0) / 10.0), b * (np.log(10.0) / 10.0)) * (10.0 / np.log(10.0))
+    return np.logaddexp(a * _NEPER_PER_DB, b * _NEPER_PER_DB) / _NEPER_PER_DB
 
 
 def _drum_track(n_frames: int, n_bins: int, rng: np.random.Generator, level: float) -> np.ndarray:
