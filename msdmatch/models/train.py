@@ -137,8 +137,8 @@ def default_hparams(kind: str, midi_modality: str | None = None, **overrides: An
     384 PCA dimensions and shrinkage 1.  Both kinds augment half of the
     training previews (``augment=0.5``, :mod:`msdmatch.models.augment`).
     The conv PSE (``lags=()``) also uses ``aux``, ``aux_crop``,
-    ``transpose`` and the crop lengths; it
-    trained with ``lr=1e-3``.  ``midi_modality`` is accepted for symmetry
+    ``transpose`` and the crop lengths; it trained with ``lr=1e-3``.
+    ``midi_modality`` is accepted for symmetry
     with :func:`~msdmatch.models.nets.default_config`; no setting depends
     on it now.
     """
