@@ -86,7 +86,8 @@ def test_append_refuses_another_modality_and_overwrite(tiny_corpus, tmp_path, cl
                       progress=False)
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+# on S3 ~45 s: slow; the local case and the S3 append+embed case stay in CI
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.slow)])
 def test_match_after_appending_matches_only_the_new_queries(where, tiny_corpus, tmp_path, cluster_client, request):
     """New queries appended to the query store: a re-run commits only their batches; a grown DB is refused."""
     from msdmatch.errors import ParameterError

@@ -562,6 +562,7 @@ def test_s3_outage_of_a_few_seconds_is_retried(corpus, reference, s3_proxy, clus
     np.testing.assert_array_equal(a.group["features"][:], b.group["features"][:])
 
 
+@pytest.mark.slow  # ~50 s; the short outage and the S3 resume cases stay in CI
 def test_s3_outage_beyond_the_retry_budget_fails_cleanly_then_resumes(corpus, reference, s3_proxy, tmp_path):
     proxy, so, fs = s3_proxy["proxy"], s3_proxy["storage_options"], s3_proxy["fs"]
     url = f"s3://{s3_proxy['bucket']}/db.zarr"
