@@ -81,6 +81,38 @@ def test_pianoroll_folds_octaves_and_skips_drums():
     np.testing.assert_allclose(np.linalg.norm(second), 1.0, rtol=1e-5)
 
 
+def test_channel_gain_steps_with_volume_and_expression():
+    cc = pretty_midi.ControlChange
+    fr = DEFAULT_PARAMS.frame_rate
+    np.testing.assert_array_equal(features.channel_gain([], 10, fr), np.ones(10, np.float32))
+    g = features.channel_gain([cc(11, 64, 2.0), cc(7, 50, 1.0), cc(10, 0, 0.0)], 100, fr)
+    t = np.arange(100) / fr
+    want = np.where(t >= 1.0, 0.25, 1.0) * np.where(t >= 2.0, (64 / 127) ** 2, 1.0)
+    np.testing.assert_allclose(g, want, rtol=1e-6)
+
+
+def test_pianoroll_weighs_parts_by_channel_volume():
+    """A part at volume 50 sits 12 dB below one at the default; setting the default changes nothing."""
+    def song(volume):
+        pm = pretty_midi.PrettyMIDI()
+        for pitch, cc in ((60, None), (64, volume)):
+            inst = pretty_midi.Instrument(0)
+            inst.notes.append(pretty_midi.Note(100, pitch, 0.0, 12.0))
+            if cc is not None:
+                inst.control_changes.append(pretty_midi.ControlChange(7, cc, 0.0))
+            pm.instruments.append(inst)
+        return pm
+
+    plain = features.pianoroll(song(None))
+    np.testing.assert_array_equal(features.pianoroll(song(100)), plain)
+    X = features.pianoroll(song(50))
+    row = X[int(5 * DEFAULT_PARAMS.frame_rate)]
+    loud = 20 * np.log10(100 / 127) + DEFAULT_PARAMS.top_db
+    lo = DEFAULT_PARAMS.fmin_midi
+    np.testing.assert_allclose(row[64 - lo] / row[60 - lo], (loud + 20 * np.log10(0.25)) / loud, rtol=1e-5)
+    assert plain[int(5 * DEFAULT_PARAMS.frame_rate), 64 - lo] == plain[int(5 * DEFAULT_PARAMS.frame_rate), 60 - lo]
+
+
 def test_midi_refusals():
     pm = pretty_midi.PrettyMIDI()
     with pytest.raises(InputError, match="no notes"):

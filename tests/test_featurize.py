@@ -68,18 +68,23 @@ def test_resume_refuses_other_inputs(tiny_corpus, tmp_path, cluster_client):
         stage.run(str(tiny_corpus / "midi"), out, kind="midi", client=cluster_client, progress=False)
 
 
-def test_resume_refuses_an_audio_store_that_assumed_440_hz(tiny_corpus, tmp_path, cluster_client):
+@pytest.mark.parametrize("kind, mode, attr, says", [
+    ("audio", "synth", "tuning", "assumed A4 = 440 Hz"),
+    ("midi", "pianoroll", "volume", "ignored channel volume"),
+])
+def test_resume_refuses_a_store_of_an_earlier_method(kind, mode, attr, says, tiny_corpus, tmp_path, cluster_client):
+    """A store written before the tuning estimate (audio) or the CC 7/11 weighting (piano roll)."""
     import zarr
 
     out = str(tmp_path / "x.zarr")
-    kw = dict(client=cluster_client, kind="audio", partition_size=2, progress=False)
-    stage.run(str(tiny_corpus / "audio"), out, max_parts=1, **kw)
+    kw = dict(client=cluster_client, kind=kind, mode=mode, partition_size=2, progress=False)
+    stage.run(str(tiny_corpus / kind), out, max_parts=1, **kw)
     g = zarr.open_group(out, mode="r+")
-    assert g.attrs["tuning"].startswith("estimated")
-    del g.attrs["tuning"]  # as written before tuning was estimated
-    with pytest.raises(FormatMismatchError, match="assumed A4 = 440 Hz.*--overwrite"):
-        stage.run(str(tiny_corpus / "audio"), out, **kw)
-    assert stage.run(str(tiny_corpus / "audio"), out, overwrite=True, **kw).parts_run == 3
+    assert g.attrs[attr]
+    del g.attrs[attr]  # as an earlier msdmatch wrote it
+    with pytest.raises(FormatMismatchError, match=f"{says}.*--overwrite"):
+        stage.run(str(tiny_corpus / kind), out, **kw)
+    assert stage.run(str(tiny_corpus / kind), out, overwrite=True, **kw).parts_run == 3
 
 
 def _wav(path, y, sr=22050, *, float_=False):

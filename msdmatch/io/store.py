@@ -230,6 +230,15 @@ class Store:
 
 #: How audio stores place the CQT bins (attribute ``tuning``); stores without it assumed A4 = 440 Hz.
 AUDIO_TUNING = "estimated per recording, 10-cent steps"
+#: How piano-roll stores weigh velocities (attribute ``volume``); stores without it ignored CC 7/11.
+PIANOROLL_VOLUME = "velocity x (CC7 / 100)^2 x (CC11 / 127)^2"
+#: Store attributes that name a featurization method, per modality, with the message of a mismatch.
+METHOD_ATTRS = {
+    "audio": ("tuning", AUDIO_TUNING, "assumed A4 = 440 Hz for every recording; this one centres "
+              "the CQT on each recording's tuning"),
+    "midi-pianoroll": ("volume", PIANOROLL_VOLUME, "ignored channel volume and expression (CC 7, "
+                       "CC 11); this one scales each part's velocities by them"),
+}
 
 
 def check_format(attrs: dict, url: str) -> None:
@@ -278,8 +287,9 @@ def init_store(
         "plan": plan,
         "complete": False,
     }
-    if modality == "audio":
-        attrs["tuning"] = AUDIO_TUNING
+    method = METHOD_ATTRS.get(modality)
+    if method:
+        attrs[method[0]] = method[1]
     exists = True
     try:
         g = open_group(url, mode="r", storage_options=storage_options)
@@ -293,10 +303,9 @@ def init_store(
                 f"{url!r} already holds {old.get('modality')!r} features, not {modality!r}; "
                 "choose another --out or pass --overwrite"
             )
-        if old.get("tuning") != attrs.get("tuning"):
+        if method and old.get(method[0]) != method[1]:
             raise FormatMismatchError(
-                f"{url!r} was featurized by an earlier msdmatch that assumed A4 = 440 Hz for every "
-                "recording; this one centres the CQT on each recording's tuning. Featurize into a "
+                f"{url!r} was featurized by an earlier msdmatch that {method[2]}. Featurize into a "
                 "new --out or pass --overwrite"
             )
         diff = FeatureParams.from_dict(old["params"]).diff(params)

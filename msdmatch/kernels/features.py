@@ -11,8 +11,10 @@ Conventions
   are centred on the recording's own tuning (:func:`estimate_tuning`, in
   steps of 10 cents); synthesized MIDI is at A4 = 440 Hz.
 - Piano roll: pretty_midi piano roll at the same frame rate, drums excluded,
-  pitches folded by octaves into the 48 rows, log-compressed velocity, each
-  frame L2-normalised (silent frames stay zero).
+  each part's velocities scaled by its channel volume and expression (as a
+  synthesizer plays them, :func:`channel_gain`), pitches folded by octaves
+  into the 48 rows, log-compressed velocity, each frame L2-normalised
+  (silent frames stay zero).
 
 Nothing here reads files; decoding lives in :mod:`msdmatch.io.decode`.
 """
@@ -299,6 +301,45 @@ def check_min_seconds(seconds: float, *, what: str = "audio") -> None:
         raise InputError(f"too short ({seconds:.1f} s of {what}, need >= {MIN_SECONDS:g} s)")
 
 
+#: Channel volume (CC 7) and expression (CC 11) of a part that sets none (General MIDI defaults).
+DEFAULT_VOLUME, DEFAULT_EXPRESSION = 100, 127
+
+
+def channel_gain(control_changes, n_frames: int, frame_rate: float) -> np.ndarray:
+    """Velocity factor of a part from its volume (CC 7) and expression (CC 11), per frame.
+
+    General MIDI's gain of 40 log10(cc / 127) dB for each controller, on the
+    piano roll's velocity scale (20 log10(velocity / 127) dB) and relative to
+    the defaults (:data:`DEFAULT_VOLUME`, :data:`DEFAULT_EXPRESSION`): a part
+    that sets neither gets 1 everywhere; volume 50 gets 0.25 (-12 dB).
+
+    Parameters
+    ----------
+    control_changes : sequence of pretty_midi.ControlChange
+        The part's controllers, any order (``number``, ``value``, ``time``).
+    n_frames : int
+    frame_rate : float
+        Frames per second.
+
+    Returns
+    -------
+    gain : np.ndarray [shape=(n_frames,), dtype=float32]
+        Each controller's latest value at or before the frame's time.
+    """
+    t = np.arange(n_frames) / frame_rate
+    gain = np.ones(n_frames, dtype=np.float64)
+    for number, default in ((7, DEFAULT_VOLUME), (11, DEFAULT_EXPRESSION)):
+        cc = sorted((c.time, c.value) for c in control_changes if c.number == number)
+        if not cc:
+            continue
+        times = np.array([c[0] for c in cc])
+        values = np.array([c[1] for c in cc], dtype=np.float64)
+        i = np.searchsorted(times, t, side="right") - 1
+        level = np.where(i >= 0, values[np.maximum(i, 0)], default)
+        gain *= (level / default) ** 2
+    return gain.astype(np.float32)
+
+
 def pianoroll(pm, *, params: FeatureParams = DEFAULT_PARAMS) -> np.ndarray:
     """Piano-roll features at the CQT frame rate, no synthesis.
 
@@ -321,7 +362,7 @@ def pianoroll(pm, *, params: FeatureParams = DEFAULT_PARAMS) -> np.ndarray:
             continue
         r = inst.get_piano_roll(fs=params.frame_rate)
         m = min(n_frames, r.shape[1])
-        roll[:, :m] += r[:, :m]
+        roll[:, :m] += r[:, :m] * channel_gain(inst.control_changes, m, params.frame_rate)
     folded = np.zeros((params.n_bins, n_frames), dtype=np.float32)
     lo = params.fmin_midi
     for pitch in range(128):
