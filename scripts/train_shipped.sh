@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Reproduce the models shipped in msdmatch/shipped/ from the demo corpus generator.
-#   usage: [OUT=MODELDIR] scripts/train_shipped.sh [WORKDIR]
+#   usage: [OUT=MODELDIR] [MINUTES=20] scripts/train_shipped.sh [WORKDIR]
 # OUT (default msdmatch/shipped) is where the models and fusions are written.
-# The training corpus uses seed 1 and draws music21's collections evenly (--balanced);
-# music21 works keep their train/valid/test split in every corpus (the split is a hash
-# of the work), so no test song of the demo corpus (seed 0) is trained on.  Every step is resumable: a re-run skips finished work.
+# Three training corpora, each drawing music21's collections evenly (--balanced): seed 1 (every
+# preview, 300 distractors among them) and SEEDS (their train and valid songs appended).
+# music21 works keep their train/valid/test split in every corpus (the split is a hash of the
+# work), so no test song of the demo corpus (seed 0) is trained on.  Every step is resumable: a
+# re-run skips finished work.
 # The two MIDI modalities train side by side, one core each, MINUTES (default 20) of
 # wall-clock time for DHS and PSE together (DHS 3/4, then the PSE built on it 1/4).
 set -euo pipefail
@@ -13,28 +15,58 @@ W=${1:-data}
 M=${MINUTES:-20}
 MS=.venv/bin/msdmatch
 OUT=${OUT:-msdmatch/shipped}
+T="$W/train"
+SEEDS="4 5"  # the corpora whose train and valid songs are appended to the seed-1 corpus
 $MS demo-data "$W/train_corpus" --songs 1200 --distractors 300 --seed 1 --balanced
-$MS featurize audio "$W/train_corpus/audio" --out "$W/train/db.zarr"
+$MS featurize audio "$W/train_corpus/audio" --out "$T/db.zarr"
 for mode in synth pianoroll; do
-  $MS featurize midi "$W/train_corpus/midi" --out "$W/train/q-$mode.zarr" --mode "$mode"
+  $MS featurize midi "$W/train_corpus/midi" --out "$T/q-$mode.zarr" --mode "$mode"
+done
+for seed in $SEEDS; do
+  [ -f "$W/train_corpus$seed/corpus.json" ] || \
+      $MS demo-data "$W/train_corpus$seed" --songs 1200 --distractors 0 --seed $seed --balanced
+done
+# The merged split.csv, and manifests of the appended corpora's train and valid songs.
+.venv/bin/python - "$W" $SEEDS <<'PY'
+import csv, sys
+w, seeds = sys.argv[1], sys.argv[2:]
+fields = ["query_id", "track_id", "split"]
+with open(f"{w}/train/split.csv", "w", newline="") as fh:
+    out = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+    out.writeheader()
+    out.writerows(csv.DictReader(open(f"{w}/train_corpus/split.csv")))
+    for c in (f"{w}/train_corpus{s}" for s in seeds):
+        rows = [r for r in csv.DictReader(open(f"{c}/split.csv")) if r["split"] in ("train", "valid")]
+        out.writerows(rows)
+        with open(f"{c}/train-audio.txt", "w") as m:
+            m.writelines(f"{c}/audio/{r['track_id']}.mp3\n" for r in rows if r["track_id"])
+        with open(f"{c}/train-midi.txt", "w") as m:
+            m.writelines(f"{c}/midi/{q}.mid\n" for q in sorted({r["query_id"] for r in rows if r["query_id"]}))
+PY
+for seed in $SEEDS; do
+  C="$W/train_corpus$seed"
+  $MS featurize audio "$C/train-audio.txt" --out "$T/db.zarr" --append
+  for mode in synth pianoroll; do
+    $MS featurize midi "$C/train-midi.txt" --out "$T/q-$mode.zarr" --mode "$mode" --append
+  done
 done
 train() {  # MODE [extra args]
   local mode=$1; shift
-  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $MS train "$W/train/q-$mode.zarr" "$W/train/db.zarr" \
-      --truth "$W/train_corpus/split.csv" --out "$OUT" --minutes "$M" --seed 0 "$@" \
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $MS train "$T/q-$mode.zarr" "$T/db.zarr" \
+      --truth "$T/split.csv" --out "$OUT" --minutes "$M" --seed 0 "$@" \
       > "$W/train-$mode.log" 2>&1
 }
 start=$(date +%s)
 train synth & a=$!
-train pianoroll --align-with "$W/train/q-synth.zarr" & b=$!
+train pianoroll --align-with "$T/q-synth.zarr" & b=$!
 wait $a; wait $b
 echo "trained both modalities in $(( $(date +%s) - start )) s wall (logs: $W/train-*.log)"
 # Fusion: run the cascade with the new models on the validation queries and fit the calibrated confidence.
-$MS embed "$W/train/db.zarr" --models "$OUT"
+$MS embed "$T/db.zarr" --models "$OUT"
 for mode in synth pianoroll; do
-  $MS embed "$W/train/q-$mode.zarr" --models "$OUT"
-  $MS match "$W/train/q-$mode.zarr" "$W/train/db.zarr" --out "$W/train/matches-$mode.parquet" \
+  $MS embed "$T/q-$mode.zarr" --models "$OUT"
+  $MS match "$T/q-$mode.zarr" "$T/db.zarr" --out "$T/matches-$mode.parquet" \
       --models "$OUT" --fusion none --keep all
-  $MS calibrate "$W/train/matches-$mode.parquet" --truth "$W/train_corpus/split.csv" --split valid \
+  $MS calibrate "$T/matches-$mode.parquet" --truth "$T/split.csv" --split valid \
       --out "$OUT/fusion-midi-$mode.json"
 done
