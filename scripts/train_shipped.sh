@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # Reproduce the models shipped in msdmatch/shipped/ from the demo corpus generator.
-#   usage: [OUT=MODELDIR] [MINUTES=20] scripts/train_shipped.sh [WORKDIR]
+#   usage: [OUT=MODELDIR] [MINUTES=40] scripts/train_shipped.sh [WORKDIR]
 # OUT (default msdmatch/shipped) is where the models and fusions are written.
-# Three training corpora, each drawing music21's collections evenly (--balanced): seed 1 (every
+# Four training corpora, each drawing music21's collections evenly (--balanced): seed 1 (every
 # preview, 300 distractors among them) and SEEDS (their train and valid songs appended).
 # music21 works keep their train/valid/test split in every corpus (the split is a hash of the
 # work), so no test song of the demo corpus (seed 0) is trained on.  Every step is resumable: a
 # re-run skips finished work.
-# The two MIDI modalities train side by side, one core each, MINUTES (default 20) of
+# The two MIDI modalities train side by side, one core each, MINUTES (default 40) of
 # wall-clock time for DHS and PSE together (DHS 3/4, then the PSE built on it 1/4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-data}
-M=${MINUTES:-20}
+M=${MINUTES:-40}
 MS=.venv/bin/msdmatch
 OUT=${OUT:-msdmatch/shipped}
 T="$W/train"
-SEEDS="4 5"  # the corpora whose train and valid songs are appended to the seed-1 corpus
+SEEDS="4 5 6"  # the corpora whose train and valid songs are appended to the seed-1 corpus
 $MS demo-data "$W/train_corpus" --songs 1200 --distractors 300 --seed 1 --balanced
 $MS featurize audio "$W/train_corpus/audio" --out "$T/db.zarr"
 for mode in synth pianoroll; do
