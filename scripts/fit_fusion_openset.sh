@@ -2,7 +2,7 @@
 # Refit the fusions (fusion-midi-synth.json, fusion-midi-pianoroll.json) on open-set validation matches.
 #   usage: [MODELS=MODELDIR] [OUT=DIR] scripts/fit_fusion_openset.sh [WORKDIR]
 # MODELS (default msdmatch/shipped) holds the DHS/PSE models being calibrated; OUT (default MODELS)
-# is where the fusion JSONs go.  Run it after retraining the models (scripts/train_shipped.sh).
+# is where the fusion JSONs go.  scripts/train_shipped.sh runs it after training; run it alone to refit.
 #
 # Calibration data, validation split only (never a test song):
 # - queries: the validation queries of the training corpus (demo-data seed 1, 1200 songs, 300

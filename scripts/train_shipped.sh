@@ -61,12 +61,5 @@ train synth & a=$!
 train pianoroll --align-with "$T/q-synth.zarr" & b=$!
 wait $a; wait $b
 echo "trained both modalities in $(( $(date +%s) - start )) s wall (logs: $W/train-*.log)"
-# Fusion: run the cascade with the new models on the validation queries and fit the calibrated confidence.
-$MS embed "$T/db.zarr" --models "$OUT"
-for mode in synth pianoroll; do
-  $MS embed "$T/q-$mode.zarr" --models "$OUT"
-  $MS match "$T/q-$mode.zarr" "$T/db.zarr" --out "$T/matches-$mode.parquet" \
-      --models "$OUT" --fusion none --keep all
-  $MS calibrate "$T/matches-$mode.parquet" --truth "$T/split.csv" --split valid \
-      --out "$OUT/fusion-midi-$mode.json"
-done
+# Fusions: the open-set calibration on the seed-1 corpus's validation queries.
+MODELS="$OUT" scripts/fit_fusion_openset.sh "$W"
