@@ -17,7 +17,8 @@ MS=.venv/bin/msdmatch
 OUT=${OUT:-msdmatch/shipped}
 T="$W/train"
 SEEDS="4 5 6"  # the corpora whose train and valid songs are appended to the seed-1 corpus
-$MS demo-data "$W/train_corpus" --songs 1200 --distractors 300 --seed 1 --balanced
+[ -f "$W/train_corpus/corpus.json" ] || \
+    $MS demo-data "$W/train_corpus" --songs 1200 --distractors 300 --seed 1 --balanced
 $MS featurize audio "$W/train_corpus/audio" --out "$T/db.zarr"
 for mode in synth pianoroll; do
   $MS featurize midi "$W/train_corpus/midi" --out "$T/q-$mode.zarr" --mode "$mode"
