@@ -190,15 +190,18 @@ def featurize_midi(**options):
 @click.option("--style", type=click.Choice(["default", "realistic"]), default="default", show_default=True,
               help="Recording style: realistic drops parts (the melody too), changes structure, "
                    "humanizes timing, mixes drums loud (training corpora).")
+@click.option("--fm-share", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Share of previews rendered by the built-in FM synthesizer instead of fluidsynth "
+                   "(training corpora).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: cores).")
-def demo_data(out, songs, distractors, seed, balanced, style, workers):
+def demo_data(out, songs, distractors, seed, balanced, style, fm_share, workers):
     """Build the demo corpus in OUT: midi/, audio/, truth.csv, split.csv."""
     import os
 
     from msdmatch.demo import build_corpus
 
     s = build_corpus(out, songs=songs, distractors=distractors, seed=seed, balanced=balanced,
-                     style=style, n_workers=workers or os.cpu_count() or 1)
+                     style=style, fm_share=fm_share, n_workers=workers or os.cpu_count() or 1)
     click.echo(f"demo corpus: {json.dumps(s)}")
 
 

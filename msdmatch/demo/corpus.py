@@ -212,7 +212,7 @@ def make_song(spec: SongSpec):
     return songs.generated_song(rng=rng), ""
 
 
-def make_item(spec: SongSpec, *, out_dir: str, style: str = "default") -> dict:
+def make_item(spec: SongSpec, *, out_dir: str, style: str = "default", fm_share: float = 0.0) -> dict:
     """Build one song: write its MIDI query (if any) and its MP3 preview.
 
     Parameters
@@ -221,6 +221,9 @@ def make_item(spec: SongSpec, *, out_dir: str, style: str = "default") -> dict:
     out_dir : str
     style : str
         Recording style (:func:`msdmatch.demo.recording.plan_recording`).
+    fm_share : float
+        Share of previews rendered by the FM engine
+        (:func:`msdmatch.demo.recording.make_recording`).
 
     Returns
     -------
@@ -240,7 +243,7 @@ def make_item(spec: SongSpec, *, out_dir: str, style: str = "default") -> dict:
         if spec.query_id:
             pm.write(os.path.join(out_dir, "midi", spec.query_id + ".mid"))
         rng = np.random.default_rng((spec.seed, spec.index, _STREAM_RECORDING))
-        mp3, plan = make_recording(pm, rng=rng, style=style)
+        mp3, plan = make_recording(pm, rng=rng, style=style, fm_share=fm_share)
         with open(os.path.join(out_dir, "audio", spec.track_id + ".mp3"), "wb") as fh:
             fh.write(mp3)
         row.update(plan=plan, duplicate_plan=None, error="")
@@ -276,14 +279,7 @@ def make_duplicate(pm, plan: dict, mp3: bytes, *, rng: np.random.Generator) -> t
         ``{'kind': 'offset', 'offset': seconds}`` (same rendition, window moved)
         or ``{'kind': 'reencode', 'kbps': int, 'gain': float}``.
     """
-    from msdmatch.demo.recording import (
-        PREVIEW_SECONDS,
-        RENDER_SR,
-        apply_effects,
-        encode_mp3,
-        perform,
-        render_window,
-    )
+    from msdmatch.demo.recording import PREVIEW_SECONDS, encode_mp3, perform, render_plan
 
     latest = max(0.0, pm.get_end_time() * plan["warp_rate"] - PREVIEW_SECONDS)
     shift = float(rng.uniform(*_DUPLICATE_SHIFT)) * (1 if rng.random() < 0.5 else -1)
@@ -294,10 +290,7 @@ def make_duplicate(pm, plan: dict, mp3: bytes, *, rng: np.random.Generator) -> t
         moved = {**plan, "offset": offset}
         perf = perform(pm, moved)
         if any(inst.notes for inst in perf.instruments):
-            y = render_window(perf, soundfont=plan["soundfont"], sr=RENDER_SR)
-            y = apply_effects(y, sr=RENDER_SR, fx=plan["fx"], seed=plan["noise_seed"])
-            return (encode_mp3(y, sr=RENDER_SR, out_sr=plan["mp3_sr"], kbps=plan["mp3_kbps"]),
-                    {"kind": "offset", "offset": offset})
+            return render_plan(perf, moved), {"kind": "offset", "offset": offset}
     import io
 
     import soundfile as sf
@@ -309,33 +302,34 @@ def make_duplicate(pm, plan: dict, mp3: bytes, *, rng: np.random.Generator) -> t
             {"kind": "reencode", "kbps": kbps, "gain": gain})
 
 
-def _make_partition(specs, *, out_dir: str, style: str = "default") -> list[dict]:
-    return [make_item(s, out_dir=out_dir, style=style) for s in specs]
+def _make_partition(specs, **kwargs) -> list[dict]:
+    return [make_item(s, **kwargs) for s in specs]
 
 
-def _run(specs: list[SongSpec], *, out_dir: str, n_workers: int, progress: bool,
-         style: str = "default") -> list[dict]:
-    """Build the songs on the active distributed Client, else on a LocalCluster."""
+def _run(specs: list[SongSpec], *, n_workers: int, progress: bool, **kwargs) -> list[dict]:
+    """Build the songs on the active distributed Client, else on a LocalCluster.
+
+    ``kwargs`` (``out_dir``, ``style``, ``fm_share``) go to :func:`make_item`.
+    """
     from msdmatch.executor import active_client, using_client
 
     with using_client(active_client(), n_workers=n_workers, dashboard=False, quiet=True) as c:
-        return _run_on(c, specs, out_dir=out_dir, progress=progress, style=style)
+        return _run_on(c, specs, progress=progress, **kwargs)
 
 
-def _run_on(client, specs: list[SongSpec], *, out_dir: str, progress: bool,
-            style: str = "default") -> list[dict]:
+def _run_on(client, specs: list[SongSpec], *, progress: bool, **kwargs) -> list[dict]:
     from msdmatch.executor import run_shards, total_threads
 
     size = max(1, min(25, -(-len(specs) // (8 * total_threads(client)))))
     parts = [specs[i : i + size] for i in range(0, len(specs), size)]
     rows = run_shards(client, _make_partition, parts, name="demo-data", progress=progress,
-                      kwargs={"out_dir": out_dir, "style": style})
+                      kwargs=kwargs)
     return [r for part in rows for r in part]
 
 
 def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: int = 0,
                  balanced: bool = False, duplicates: float = DUPLICATE_FRACTION, n_workers: int = 2,
-                 progress: bool = True, style: str = "default") -> dict:
+                 progress: bool = True, style: str = "default", fm_share: float = 0.0) -> dict:
     """Build the demo corpus (MIDI queries, MP3 previews, truth and splits).
 
     Parameters
@@ -359,6 +353,10 @@ def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: in
         Recording style (:func:`msdmatch.demo.recording.plan_recording`);
         ``'realistic'`` for training corpora.  Recorded in ``corpus.json``
         unless default.
+    fm_share : float
+        Share of previews rendered by the FM engine (:mod:`msdmatch.demo.fm`)
+        instead of fluidsynth, for training corpora.  Recorded in
+        ``corpus.json`` unless 0.
 
     Returns
     -------
@@ -374,13 +372,16 @@ def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: in
 
     if style not in STYLES:
         raise ParameterError(f"style={style!r} must be one of {', '.join(STYLES)}")
+    if not 0.0 <= fm_share <= 1.0:
+        raise ParameterError(f"fm_share={fm_share!r} must be a probability in [0, 1]")
     t0 = time.perf_counter()
     out = Path(out_dir)
     (out / "midi").mkdir(parents=True, exist_ok=True)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     specs = plan_corpus(songs=songs, distractors=distractors, seed=seed, balanced=balanced,
                         duplicates=duplicates)
-    rows = sorted(_run(specs, out_dir=str(out), n_workers=n_workers, progress=progress, style=style),
+    rows = sorted(_run(specs, out_dir=str(out), n_workers=n_workers, progress=progress, style=style,
+                       fm_share=float(fm_share)),
                   key=lambda r: r["index"])
     ok = [r for r in rows if not r["error"]]
     pairs = [(r, t) for r in ok for t in (r["track_id"], r["duplicate"]) if t]  # (row, preview)
@@ -422,7 +423,7 @@ def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: in
         "soundfonts": {"queries": "TimGM6mb.sf2", "recordings": list(_recording_soundfonts())},
         "preview_seconds": 30.0,
         "versions": _versions(),
-    } | ({"style": style} if style != "default" else {})
+    } | ({"style": style} if style != "default" else {}) | ({"fm_share": float(fm_share)} if fm_share else {})
     (out / "corpus.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return summary
 

@@ -9,7 +9,8 @@ The pipeline per song is pure up to the MP3 bytes:
    performance to the preview window (times in seconds, window starts at 0).
 3. :func:`render_window` synthesizes it in one pass with fluidsynth (float
    output, reverb and chorus off, so the result does not depend on what the
-   process rendered before).
+   process rendered before), or, for a share of the previews
+   (``fm_share``), :func:`msdmatch.demo.fm.render_fm` with FM patches.
 4. :func:`apply_effects` adds reverb, EQ, compression, noise and gain.
 5. :func:`encode_mp3` writes MP3 bytes with lameenc.
 
@@ -41,6 +42,8 @@ RENDER_SR = 22050
 
 #: Recording styles: the demo corpus's and the harder one for training corpora.
 STYLES = ("default", "realistic")
+#: Stream (with the plan's noise seed) that draws the engine when ``fm_share > 0``.
+_STREAM_ENGINE = 1
 
 _EXTRA_LEADS = (40, 56, 65, 71, 73, 80, 81, 24, 11, 61)
 
@@ -543,7 +546,8 @@ def encode_mp3(y: np.ndarray, *, sr: int, out_sr: int, kbps: int) -> bytes:
     return bytes(enc.encode(pcm.tobytes()) + enc.flush())
 
 
-def make_recording(pm, *, rng: np.random.Generator, style: str = "default") -> tuple[bytes, dict]:
+def make_recording(pm, *, rng: np.random.Generator, style: str = "default",
+                   fm_share: float = 0.0) -> tuple[bytes, dict]:
     """Plan, perform, render, process and encode one preview.
 
     Parameters
@@ -553,6 +557,11 @@ def make_recording(pm, *, rng: np.random.Generator, style: str = "default") -> t
     rng : np.random.Generator
     style : {'default', 'realistic'}
         See :func:`plan_recording`.
+    fm_share : float
+        Probability that the preview is rendered by the FM engine
+        (:mod:`msdmatch.demo.fm`) instead of fluidsynth.  Drawn from its own
+        stream of the plan's noise seed, so the rest of the plan, and every
+        preview when ``fm_share == 0``, is as without it.
 
     Returns
     -------
@@ -566,12 +575,38 @@ def make_recording(pm, *, rng: np.random.Generator, style: str = "default") -> t
         If the preview window holds no notes.
     """
     plan = plan_recording(pm, rng=rng, style=style)
+    if fm_share > 0 and np.random.default_rng((plan["noise_seed"], _STREAM_ENGINE)).random() < fm_share:
+        plan = {**plan, "engine": "fm"}
     perf = perform(pm, plan)
     if not perf.instruments:
         raise InputError("preview window holds no notes")
-    y = render_window(perf, soundfont=plan["soundfont"], sr=RENDER_SR)
+    return render_plan(perf, plan), plan
+
+
+def render_plan(perf, plan: dict) -> bytes:
+    """Synthesize a performed window with the plan's engine, add its effects, encode it.
+
+    Parameters
+    ----------
+    perf : pretty_midi.PrettyMIDI
+        From :func:`perform`.
+    plan : dict
+        From :func:`plan_recording`; ``plan['engine'] == 'fm'`` renders with
+        :func:`msdmatch.demo.fm.render_fm` (patches drawn from the plan's
+        noise seed), otherwise fluidsynth with ``plan['soundfont']``.
+
+    Returns
+    -------
+    mp3 : bytes
+    """
+    if plan.get("engine") == "fm":
+        from msdmatch.demo.fm import render_fm
+
+        y = render_fm(perf, sr=RENDER_SR, seconds=PREVIEW_SECONDS, seed=plan["noise_seed"])
+    else:
+        y = render_window(perf, soundfont=plan["soundfont"], sr=RENDER_SR)
     y = apply_effects(y, sr=RENDER_SR, fx=plan["fx"], seed=plan["noise_seed"])
-    return encode_mp3(y, sr=RENDER_SR, out_sr=plan["mp3_sr"], kbps=plan["mp3_kbps"]), plan
+    return encode_mp3(y, sr=RENDER_SR, out_sr=plan["mp3_sr"], kbps=plan["mp3_kbps"])
 
 
 def load_preview(path: str) -> tuple[np.ndarray, int]:
