@@ -16,6 +16,7 @@ M=${MINUTES:-40}
 MS=.venv/bin/msdmatch
 OUT=${OUT:-msdmatch/shipped}
 T="$W/train"
+mkdir -p "$T"
 SEEDS="4 5 6"  # the corpora whose train and valid songs are appended to the seed-1 corpus
 [ -f "$W/train_corpus/corpus.json" ] || \
     $MS demo-data "$W/train_corpus" --songs 1200 --distractors 300 --seed 1 --balanced
