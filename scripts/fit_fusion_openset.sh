@@ -5,8 +5,8 @@
 # is where the fusion JSONs go.  scripts/train_shipped.sh runs it after training; run it alone to refit.
 #
 # Calibration data, validation split only (never a test song):
-# - queries: the validation queries of the training corpus (demo-data seed 1, 1200 songs, 300
-#   distractors, --balanced; the same corpus as train_shipped.sh, reused from WORKDIR/train_corpus);
+# - queries: the validation queries of the training corpus (scripts/corpora.sh, seed 1, 300
+#   distractors; the same corpus as train_shipped.sh, reused from WORKDIR/train_corpus);
 # - database: every preview of that corpus plus the non-test previews of a second corpus of
 #   distractors (seed 2), about 1,950 previews;
 # - open set: two databases, each without the recordings of a complementary half of the queries
@@ -22,11 +22,11 @@ cd "$(dirname "$0")/.."
 W=${1:-data}
 MS=.venv/bin/msdmatch
 PY=.venv/bin/python
+. scripts/corpora.sh
 MODELS=${MODELS:-msdmatch/shipped}
 OUT=${OUT:-$MODELS}
 mkdir -p "$OUT"
-[ -f "$W/train_corpus/corpus.json" ] || \
-    $MS demo-data "$W/train_corpus" --songs 1200 --distractors 300 --seed 1 --balanced
+corpus "$W/train_corpus" 1 300
 [ -f "$W/extra_corpus/corpus.json" ] || \
     $MS demo-data "$W/extra_corpus" --songs 1 --distractors 500 --seed 2 --balanced
 O="$W/openset"

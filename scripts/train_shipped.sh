@@ -2,8 +2,9 @@
 # Reproduce the models shipped in msdmatch/shipped/ from the demo corpus generator.
 #   usage: [OUT=MODELDIR] [MINUTES=40] scripts/train_shipped.sh [WORKDIR]
 # OUT (default msdmatch/shipped) is where the models and fusions are written.
-# Four training corpora, each drawing music21's collections evenly (--balanced): seed 1 (every
-# preview, 300 distractors among them) and SEEDS (their train and valid songs appended).
+# Four training corpora (scripts/corpora.sh: half their previews rendered by msdmatch's FM
+# synthesizer): seed 1 (every preview, 300 distractors among them) and SEEDS (their train and
+# valid songs appended).
 # music21 works keep their train/valid/test split in every corpus (the split is a hash of the
 # work), so no test song of the demo corpus (seed 0) is trained on.  Every step is resumable: a
 # re-run skips finished work.
@@ -14,20 +15,17 @@ cd "$(dirname "$0")/.."
 W=${1:-data}
 M=${MINUTES:-40}
 MS=.venv/bin/msdmatch
+. scripts/corpora.sh
 OUT=${OUT:-msdmatch/shipped}
 T="$W/train"
 mkdir -p "$T"
 SEEDS="4 5 6"  # the corpora whose train and valid songs are appended to the seed-1 corpus
-[ -f "$W/train_corpus/corpus.json" ] || \
-    $MS demo-data "$W/train_corpus" --songs 1200 --distractors 300 --seed 1 --balanced
+corpus "$W/train_corpus" 1 300
 $MS featurize audio "$W/train_corpus/audio" --out "$T/db.zarr"
 for mode in synth pianoroll; do
   $MS featurize midi "$W/train_corpus/midi" --out "$T/q-$mode.zarr" --mode "$mode"
 done
-for seed in $SEEDS; do
-  [ -f "$W/train_corpus$seed/corpus.json" ] || \
-      $MS demo-data "$W/train_corpus$seed" --songs 1200 --distractors 0 --seed $seed --balanced
-done
+for seed in $SEEDS; do corpus "$W/train_corpus$seed" "$seed" 0; done
 # The merged split.csv, and manifests of the appended corpora's train and valid songs.
 .venv/bin/python - "$W" $SEEDS <<'PY'
 import csv, sys
