@@ -352,8 +352,10 @@ def demo(out, songs, distractors, seed, mode, brute_force, scheduler, workers):
               help="Use only these truth rows when the CSV has a split column.")
 @click.option("--target-false-accept", type=click.FloatRange(0, 1), default=0.02, show_default=True,
               help="The threshold accepts at most this share of the queries with no match (cross-validated).")
+@click.option("--verify-veto", type=click.FloatRange(0, None), default=None, metavar="S",
+              help="Confidence 0 where verify_score >= S (synthesized queries: 1.0, the thesis's c = 0).")
 @click.option("--out", required=True, metavar="JSON", help="Fusion model to write.")
-def calibrate(matches, truth, split, target_false_accept, out):
+def calibrate(matches, truth, split, target_false_accept, verify_veto, out):
     """Fit the fused, calibrated confidence and its threshold on MATCHES of validation queries.
 
     Give open-set runs (see `python -m msdmatch.evaluation.openset`): queries matched
@@ -362,7 +364,7 @@ def calibrate(matches, truth, split, target_false_accept, out):
     from msdmatch.stages.calibrate import calibrate_files
 
     model = calibrate_files(list(matches), list(truth), split=split, out=out,
-                            target_false_accept=target_false_accept)
+                            target_false_accept=target_false_accept, verify_veto=verify_veto)
     fa = "n/a" if model.false_accept_rate is None else f"{model.false_accept_rate:.3f}"
     ta = "n/a" if model.true_accept_rate is None else f"{model.true_accept_rate:.3f}"
     click.echo(f"fusion model -> {out}: threshold {model.threshold:.2f} (false accepts {fa}, true accepts "

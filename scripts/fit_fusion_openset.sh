@@ -15,7 +15,9 @@
 #   another corpus (the same music21 work, or the same folk tune under another name) counts as a
 #   valid match, not a distractor (alike previews, listed in openset.json).
 # `msdmatch calibrate` fits the fusion on both runs, cross-validates it by query and picks the
-# threshold that accepts at most 2% of the no-match queries.  Every step resumes: a re-run skips
+# threshold that accepts at most 2% of the no-match queries.  The synth fusion vetoes a candidate
+# whose verify_score reaches 1.0 (the thesis's c = 0); piano-roll verify scores of true matches
+# lie near 1, so that fusion has no veto.  Every step resumes: a re-run skips
 # finished corpora, stores and matches (delete WORKDIR/openset/*.parquet to re-match).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +45,7 @@ for mode in synth pianoroll; do
       $MS match "$O/q-$mode.zarr" "$O/db-$half.zarr" --out "$O/matches-$mode-$half.parquet" \
           --models "$MODELS" --fusion none
   done
+  veto=(); [ "$mode" = synth ] && veto=(--verify-veto 1.0)
   $MS calibrate "$O/matches-$mode-a.parquet" "$O/matches-$mode-b.parquet" \
-      --truth "$O/truth-a.csv" --truth "$O/truth-b.csv" --out "$OUT/fusion-midi-$mode.json"
+      --truth "$O/truth-a.csv" --truth "$O/truth-b.csv" "${veto[@]}" --out "$OUT/fusion-midi-$mode.json"
 done

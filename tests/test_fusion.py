@@ -151,6 +151,36 @@ def test_threshold_travels_with_the_model(rng, tmp_path):
         read_threshold(str(tmp_path / "bad.json"))
 
 
+def test_features_are_clipped_to_the_fitted_range_and_the_veto_zeroes(rng, tmp_path):
+    cands, y = make_candidates(rng, 300)
+    X = features_for(cands)
+    model = fit_fusion(X, y)
+    np.testing.assert_array_equal(model.lower, X.min(axis=0))
+    np.testing.assert_array_equal(model.upper, X.max(axis=0))
+    # a row far outside the fitted range scores as the row clipped to it, not extrapolated
+    far = X[:1] + 50.0 * (np.asarray(model.upper) - np.asarray(model.lower))
+    np.testing.assert_allclose(predict_proba(model, far), predict_proba(model, np.asarray(model.upper)[None]))
+    unclipped = FusionModel(**{**model.__dict__, "lower": None, "upper": None})
+    np.testing.assert_allclose(predict_proba(unclipped, X), predict_proba(model, X))  # inside: the same
+    vetoed = FusionModel(**{**model.__dict__, "verify_veto": 0.8})
+    v = X[:, FEATURE_NAMES.index("verify_score")]
+    p, pv = predict_proba(model, X), predict_proba(vetoed, X)
+    assert (v >= 0.8).any() and (v < 0.8).any()
+    np.testing.assert_array_equal(pv[v >= 0.8], 0.0)
+    np.testing.assert_array_equal(pv[v < 0.8], p[v < 0.8])
+    vetoed.save(str(tmp_path / "f.json"))
+    assert FusionModel.load(str(tmp_path / "f.json")) == vetoed
+    d = vetoed.to_dict()
+    with pytest.raises(ModelError, match="lower and upper must both be given"):
+        FusionModel.from_dict({**d, "upper": None})
+    with pytest.raises(ModelError, match="one value per feature"):
+        FusionModel.from_dict({**d, "lower": d["lower"][:3], "upper": d["upper"][:3]})
+    # a format-5 file (no range, no veto) still loads and does not clip
+    old = FusionModel.from_dict({k: v for k, v in {**d, "format_version": 5}.items()
+                                 if k not in ("lower", "upper", "verify_veto")})
+    assert old.lower is None and old.verify_veto is None
+
+
 def test_dhs_ratio():
     r = dhs_ratio(np.array([8.0, np.inf, 4.0, 3.0]), np.array([16.0, 16.0, np.nan, 0.0]))
     np.testing.assert_array_equal(r, [0.5, np.inf, np.inf, 3000.0])

@@ -117,6 +117,21 @@ def test_fit_open_set_threshold_meets_its_false_accept_target(rng, tmp_path):
     assert back.false_accept_rate == model.false_accept_rate and back == model
 
 
+def test_verify_veto_is_kept_and_applied_to_the_cross_validated_rates(rng):
+    runs = [open_set_runs(rng, 200) for _ in range(2)]
+    plain = fit_from_matches([m for m, _ in runs], [t for _, t in runs])
+    # a veto below every true match's verify score rejects every query: nothing is accepted
+    strict = fit_from_matches([m for m, _ in runs], [t for _, t in runs], verify_veto=0.0)
+    assert strict.verify_veto == 0.0 and strict.true_accept_rate == 0.0 and strict.false_accept_rate == 0.0
+    # a veto above every verify score changes nothing
+    loose = fit_from_matches([m for m, _ in runs], [t for _, t in runs], verify_veto=10.0)
+    assert (loose.threshold, loose.true_accept_rate) == (plain.threshold, plain.true_accept_rate)
+    assert loose.weights == plain.weights
+    with pytest.raises(ParameterError, match="verify_veto needs the verify_score feature"):
+        fit_from_matches([m for m, _ in runs], [t for _, t in runs], verify_veto=1.0,
+                         names=("verify_std_score", "log_pse_distance"))
+
+
 def test_closed_set_fit_keeps_the_default_threshold(rng):
     m, t = open_set_runs(rng, 200)
     has = t["track_id"] != ""
@@ -147,6 +162,25 @@ def test_rescore_reranks_the_verified_rows(rng):
         c = out["confidence"][sel]
         assert np.all(np.diff(c[:8]) <= 0) and np.isnan(c[8:]).all()
         assert set(out["track_id"][sel]) == set(m["track_id"][m["query_id"] == q])
+
+
+def test_calibrate_cli_writes_the_veto(tmp_path):
+    from msdmatch.cli import main
+    from msdmatch.evaluation.metrics import write_matches
+
+    m, t = open_set_runs(np.random.default_rng(1), 120)
+    write_matches(m, tmp_path / "m.csv")
+    (tmp_path / "t.csv").write_text("query_id,track_id\n" + "".join(
+        f"{q},{x}\n" for q, x in zip(t["query_id"], t["track_id"], strict=True)))
+    runner = CliRunner()
+    r = runner.invoke(main, ["calibrate", str(tmp_path / "m.csv"), "--truth", str(tmp_path / "t.csv"),
+                             "--verify-veto", "0.9", "--out", str(tmp_path / "f.json")])
+    assert r.exit_code == 0, r.output
+    model = FusionModel.load(str(tmp_path / "f.json"))
+    assert model.verify_veto == 0.9 and model.lower is not None
+    r = runner.invoke(main, ["calibrate", str(tmp_path / "m.csv"), "--truth", str(tmp_path / "t.csv"),
+                             "--verify-veto", "-1", "--out", str(tmp_path / "g.json")])
+    assert r.exit_code == 2 and "--verify-veto" in r.stderr and not (tmp_path / "g.json").exists()
 
 
 def test_report_cli_warns_on_stderr_and_refuses_bad_truth(tmp_path):

@@ -37,7 +37,17 @@ Conventions
   worst observed value of that score, or 0 if none is observed.
 * The model is logistic regression on standardised features, fitted by
   Newton's method (IRLS) with an L2 penalty on the weights (not the bias).
-  Probabilities are ``sigmoid(w · (x - mean) / scale + b)``.
+  Probabilities are ``sigmoid(w · (x - mean) / scale + b)``, with each
+  feature first clipped to the range it had in the fit (``lower``,
+  ``upper``): a score beyond anything calibrated must not be extrapolated
+  along a weight fitted on collinear features.
+* A model may carry a ``verify_veto``: a candidate whose ``verify_score``
+  reaches it gets confidence 0, whatever its relative features say.  For
+  synthesized queries it is 1.0, the thesis's ``c = 0`` (cosine distance 1:
+  the aligned frames are no more alike than orthogonal ones), which no true
+  match in the calibration and dev sets reached; piano-roll queries compare
+  a piano roll with a CQT, where true matches score 0.95-1.0, so they have
+  none.
 """
 
 from __future__ import annotations
@@ -71,7 +81,9 @@ __all__ = [
 #: 4: adds the verify score on the top octave of bins.
 #: 5: fitted on open-set validation queries; records ``threshold`` with its measured
 #:    ``false_accept_rate`` and ``true_accept_rate``.
-FORMAT_VERSION = 5
+#: 6: records the features' fitted range (``lower``, ``upper``; features are clipped to it)
+#:    and an optional ``verify_veto``.
+FORMAT_VERSION = 6
 #: Version 4 files with this version's features still load, with the default threshold
 #: (they were fitted on closed-set queries: their confidence is too high when no match exists).
 _OLDEST_READABLE = 4
@@ -142,6 +154,11 @@ class FusionModel:
         scored by a model fitted on the other folds): the share of queries
         with no match in the database whose top-1 is accepted, and the share
         of queries with a correct top-1 that is accepted.
+    lower, upper : tuple of float [len = n_features] or None
+        Each feature's range in the fit; features are clipped to it before
+        the weights (None: no clipping, models of format version 5).
+    verify_veto : float or None
+        Confidence is 0 where ``verify_score`` is at least this.
     """
 
     weights: tuple[float, ...]
@@ -154,6 +171,9 @@ class FusionModel:
     threshold: float = DEFAULT_THRESHOLD
     false_accept_rate: float | None = None
     true_accept_rate: float | None = None
+    lower: tuple[float, ...] | None = None
+    upper: tuple[float, ...] | None = None
+    verify_veto: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-able dict, with the format version."""
@@ -169,6 +189,9 @@ class FusionModel:
             "threshold": float(self.threshold),
             "false_accept_rate": _opt_float(self.false_accept_rate),
             "true_accept_rate": _opt_float(self.true_accept_rate),
+            "lower": _opt_floats(self.lower),
+            "upper": _opt_floats(self.upper),
+            "verify_veto": _opt_float(self.verify_veto),
             "metrics": dict(self.metrics),
         }
 
@@ -201,11 +224,17 @@ class FusionModel:
                 threshold=float(d.get("threshold", DEFAULT_THRESHOLD)),
                 false_accept_rate=_opt_float(d.get("false_accept_rate")),
                 true_accept_rate=_opt_float(d.get("true_accept_rate")),
+                lower=_opt_floats(d.get("lower")),
+                upper=_opt_floats(d.get("upper")),
+                verify_veto=_opt_float(d.get("verify_veto")),
             )
         except KeyError as e:
             raise ModelError(f"fusion model dict lacks the key {e.args[0]!r}") from None
         if not (len(m.weights) == len(m.mean) == len(m.scale) == len(names)):
             raise ModelError("fusion model weights, mean and scale must have one value per feature")
+        bounds = [b for b in (m.lower, m.upper) if b is not None]
+        if len(bounds) == 1 or any(len(b) != len(names) for b in bounds):
+            raise ModelError("fusion model lower and upper must both be given, with one value per feature")
         if not 0.0 <= m.threshold <= 1.0:
             raise ModelError(f"fusion model threshold {m.threshold!r} is not a probability in [0, 1]")
         return m
@@ -228,6 +257,10 @@ class FusionModel:
 
 def _opt_float(x) -> float | None:
     return None if x is None else float(x)
+
+
+def _opt_floats(x) -> tuple[float, ...] | None:
+    return None if x is None else tuple(float(v) for v in x)
 
 
 def read_threshold(path: str) -> float:
@@ -502,6 +535,7 @@ def fit_fusion(
     model = FusionModel(
         weights=tuple(beta[:-1].tolist()), bias=float(beta[-1]),
         mean=tuple(mean.tolist()), scale=tuple(scale.tolist()), l2=float(l2), feature_names=tuple(names),
+        lower=tuple(X.min(axis=0).tolist()), upper=tuple(X.max(axis=0).tolist()),
     )
     prob = predict_proba(model, X)
     metrics = {"n": int(X.shape[0]), "n_pos": int(y.sum()),
@@ -552,8 +586,12 @@ def predict_proba(model: FusionModel, feats: np.ndarray) -> np.ndarray:
         raise ParameterError(
             f"feats must have shape (n, {len(model.weights)}), got {X.shape}; build it with features_for"
         )
-    z = ((X - np.asarray(model.mean)) / np.asarray(model.scale)) @ np.asarray(model.weights)
-    return _sigmoid(z + model.bias)
+    Xc = X if model.lower is None else np.clip(X, model.lower, model.upper)
+    z = ((Xc - np.asarray(model.mean)) / np.asarray(model.scale)) @ np.asarray(model.weights)
+    p = _sigmoid(z + model.bias)
+    if model.verify_veto is not None:
+        p[X[:, model.feature_names.index("verify_score")] >= model.verify_veto] = 0.0
+    return p
 
 
 def _check_prob(p: np.ndarray, y: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:

@@ -114,7 +114,8 @@ def pick_threshold(p_top: np.ndarray, no_match: np.ndarray, *,
 
 
 def fit_from_matches(matches, truth, *, l2: float = 1.0, folds: int = 5, seed: int = 0,
-                     names: tuple[str, ...] | None = None, target_false_accept: float = TARGET_FALSE_ACCEPT):
+                     names: tuple[str, ...] | None = None, target_false_accept: float = TARGET_FALSE_ACCEPT,
+                     verify_veto: float | None = None):
     """Fit :class:`msdmatch.kernels.fusion.FusionModel` on verified candidates, with its threshold.
 
     Parameters
@@ -132,6 +133,9 @@ def fit_from_matches(matches, truth, *, l2: float = 1.0, folds: int = 5, seed: i
     target_false_accept : float
         The threshold accepts at most this share of the no-match queries
         (cross-validated); needs open-set runs.
+    verify_veto : float, optional
+        Confidence 0 where ``verify_score`` reaches it (kept in the model and
+        applied to the cross-validated confidences the threshold is picked on).
 
     Returns
     -------
@@ -143,9 +147,13 @@ def fit_from_matches(matches, truth, *, l2: float = 1.0, folds: int = 5, seed: i
         ``threshold``, ``false_accept_rate`` and ``true_accept_rate`` from
         the cross-validated top-1 confidences when the runs have no-match queries.
     """
+    from dataclasses import replace
+
     from msdmatch.kernels.fusion import FEATURE_NAMES, features_for, fit_fusion, single_scores, top1_by_query
 
     names = tuple(names or FEATURE_NAMES)
+    if verify_veto is not None and "verify_score" not in names:
+        raise ParameterError(f"verify_veto needs the verify_score feature; the features are {list(names)}")
     runs_m = list(matches) if isinstance(matches, (list, tuple)) else [matches]
     runs_t = list(truth) if isinstance(truth, (list, tuple)) else [truth] * len(runs_m)
     if len(runs_t) != len(runs_m):
@@ -160,10 +168,10 @@ def fit_from_matches(matches, truth, *, l2: float = 1.0, folds: int = 5, seed: i
         raise ParameterError(f"need both true and false candidates to calibrate; got {int(y.sum())} "
                              f"true of {len(y)}")
     X = features_for(rows, groups=rows["group"], names=names)
-    model = fit_fusion(X, y, groups=rows["group"], l2=l2, names=names)
+    model = replace(fit_fusion(X, y, groups=rows["group"], l2=l2, names=names), verify_veto=verify_veto)
     if folds < 2:
         return model
-    p = cv_proba(X, y, rows["query_id"], l2=l2, folds=folds, seed=seed, names=names)
+    p = cv_proba(X, y, rows["query_id"], l2=l2, folds=folds, seed=seed, names=names, verify_veto=verify_veto)
     ok = ~np.isnan(p)
     top = top1_table(p, rows)
     fields: dict = {}
@@ -184,7 +192,8 @@ def fit_from_matches(matches, truth, *, l2: float = 1.0, folds: int = 5, seed: i
 
 
 def cv_proba(X: np.ndarray, y: np.ndarray, queries: np.ndarray, *, l2: float = 1.0, folds: int = 5,
-             seed: int = 0, names: tuple[str, ...] | None = None) -> np.ndarray:
+             seed: int = 0, names: tuple[str, ...] | None = None,
+             verify_veto: float | None = None) -> np.ndarray:
     """Each row's probability from a model fitted on the other folds (folds by query id).
 
     Returns
@@ -192,6 +201,8 @@ def cv_proba(X: np.ndarray, y: np.ndarray, queries: np.ndarray, *, l2: float = 1
     p : np.ndarray [shape=(n,)]
         NaN where a fold could not be fitted.
     """
+    from dataclasses import replace
+
     from msdmatch.kernels.fusion import FEATURE_NAMES, fit_fusion, predict_proba
 
     uq, inv = np.unique(np.asarray(queries), return_inverse=True)
@@ -200,7 +211,8 @@ def cv_proba(X: np.ndarray, y: np.ndarray, queries: np.ndarray, *, l2: float = 1
     for f in range(folds):
         tr, te = fold != f, fold == f
         if te.any() and 0 < y[tr].sum() < tr.sum():
-            p[te] = predict_proba(fit_fusion(X[tr], y[tr], l2=l2, names=tuple(names or FEATURE_NAMES)), X[te])
+            m = fit_fusion(X[tr], y[tr], l2=l2, names=tuple(names or FEATURE_NAMES))
+            p[te] = predict_proba(replace(m, verify_veto=verify_veto), X[te])
     return p
 
 
@@ -299,7 +311,8 @@ def _is_fusion_file(path: str) -> bool:
 
 
 def calibrate_files(matches_paths: str | Sequence[str], truth_paths: str | Sequence[str], *,
-                    split: str = "valid", out: str, target_false_accept: float = TARGET_FALSE_ACCEPT):
+                    split: str = "valid", out: str, target_false_accept: float = TARGET_FALSE_ACCEPT,
+                    verify_veto: float | None = None):
     """Fit on MATCHES files and their truth; write the model to ``out``.
 
     Parameters
@@ -310,6 +323,8 @@ def calibrate_files(matches_paths: str | Sequence[str], truth_paths: str | Seque
         One truth for all runs, or one per run: a ``truth.csv`` (an empty
         ``track_id`` = no match) or a ``split.csv`` (then only rows of
         ``split`` are used).
+    verify_veto : float, optional
+        As in :func:`fit_from_matches`.
     """
     from msdmatch.evaluation.metrics import read_matches
     from msdmatch.io.outputs import check_out_file
@@ -324,6 +339,7 @@ def calibrate_files(matches_paths: str | Sequence[str], truth_paths: str | Seque
     truths = [_read_truth_rows(p, split) for p in tp]
     if len(truths) == 1:
         truths = truths * len(mp)
-    model = fit_from_matches([read_matches(p) for p in mp], truths, target_false_accept=target_false_accept)
+    model = fit_from_matches([read_matches(p) for p in mp], truths, target_false_accept=target_false_accept,
+                             verify_veto=verify_veto)
     model.save(out)
     return model
