@@ -46,14 +46,16 @@ def test_screen_scores_are_cosine_dtws_of_the_unpacked_frames():
 def test_screen_order_sums_z_scores():
     sc = np.array([0.5, 0.2, 0.4, np.inf])
     ratio = np.array([1.0, 3.0, 1.0, 2.0])
-    order, combined = screen.screen_order(sc, ratio)
+    pse = np.array([4.0, 1.0, 9.0, 2.0])
+    order, combined = screen.screen_order(sc, ratio, pse)
     z = lambda x: (x - x.mean()) / x.std()  # noqa: E731
     zs = z(np.array([0.5, 0.2, 0.4]))
-    zr = z(ratio)
-    want = np.array([zs[0], zs[1], zs[2], zs.max()]) + zr  # inf gets the worst finite z
+    want = np.array([zs[0], zs[1], zs[2], zs.max()]) + z(ratio) + z(np.log(pse + 1e-6))  # inf: worst finite z
     np.testing.assert_allclose(combined, want, atol=1e-6)
     assert order.tolist() == np.argsort(want, kind="stable").tolist()
+    # the PSE term is the same for squared and plain distances (z of a log)
+    np.testing.assert_allclose(screen.screen_order(sc, ratio, np.sqrt(pse))[1], combined, atol=1e-3)
     # one candidate: no spread, order unchanged
-    assert screen.screen_order(np.array([0.3]), np.array([2.0]))[0].tolist() == [0]
+    assert screen.screen_order(np.array([0.3]), np.array([2.0]), np.array([1.0]))[0].tolist() == [0]
     with pytest.raises(ParameterError, match="one length"):
-        screen.screen_order(np.zeros(3), np.zeros(2))
+        screen.screen_order(np.zeros(3), np.zeros(3), np.zeros(2))

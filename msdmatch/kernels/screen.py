@@ -9,10 +9,11 @@ preview is 81 such frames (3.9 kB); the DTW over them costs 1/64 of one
 full verify DTW.
 
 The screen score is the sum of the per-query z-scores of the screen DTW
-score and the DHS ratio (:func:`screen_order`): the two disagree on
-different recordings (the hash bits miss a recording that drops the bass
-part, which the standardised spectrogram still matches), so their sum
-brings more true matches into the top V than either alone.
+score, the DHS ratio and the log PSE distance (:func:`screen_order`): they
+disagree on different recordings (the hash bits miss a recording that
+drops the bass part, which the standardised spectrogram still matches; a
+rendition in another synthesis engine moves both, less so the embedding),
+so their sum brings more true matches into the top V than any one alone.
 """
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ SCALE = 127.0
 FORMAT_VERSION = 1
 #: Gully of the screen DTW (as the verify DTW).
 GULLY = COSINE_GULLY
+#: Version of :func:`screen_order`'s rule, recorded with a match run (it decides which rows are verified).
+#: 1: z(screen) + z(DHS ratio); 2: adds z(log PSE distance).
+ORDER_VERSION = 2
 
 
 def screen_frames(X: np.ndarray, *, pool: int = POOL) -> np.ndarray:
@@ -115,7 +119,7 @@ def _z(x: np.ndarray) -> np.ndarray:
     return z
 
 
-def screen_order(screen: np.ndarray, ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def screen_order(screen: np.ndarray, ratio: np.ndarray, pse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Order one query's screened candidates by the screen score.
 
     Parameters
@@ -124,16 +128,23 @@ def screen_order(screen: np.ndarray, ratio: np.ndarray) -> tuple[np.ndarray, np.
         :func:`screen_scores`.
     ratio : np.ndarray [shape=(R,)]
         The DHS ratios (:func:`msdmatch.kernels.fusion.dhs_ratio`), in the same order.
+    pse : np.ndarray [shape=(R,)]
+        The PSE distances (any power of the Euclidean distance: the z-score of
+        their log does not depend on it), in the same order.
 
     Returns
     -------
     order : np.ndarray [shape=(R,), dtype=int64]
         Indices, best first; ties keep the DHS order.
     combined : np.ndarray [shape=(R,), dtype=float64]
-        ``z(screen) + z(ratio)`` over the R candidates (lower is better).
+        ``z(screen) + z(ratio) + z(log(pse + 1e-6))`` over the R candidates
+        (lower is better).
     """
-    screen, ratio = np.asarray(screen), np.asarray(ratio)
-    if screen.shape != ratio.shape or screen.ndim != 1:
-        raise ParameterError(f"screen and ratio must be 1-D of one length, got {screen.shape} and {ratio.shape}")
-    combined = _z(screen) + _z(ratio)
+    screen, ratio, pse = np.asarray(screen), np.asarray(ratio), np.asarray(pse, dtype=np.float64)
+    if not screen.shape == ratio.shape == pse.shape or screen.ndim != 1:
+        raise ParameterError(f"screen, ratio and pse must be 1-D of one length, got {screen.shape}, "
+                             f"{ratio.shape} and {pse.shape}")
+    with np.errstate(invalid="ignore"):
+        lp = np.log(np.maximum(pse, 0.0) + 1e-6)
+    combined = _z(screen) + _z(ratio) + _z(lp)
     return np.argsort(combined, kind="stable"), combined

@@ -264,6 +264,7 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
     from msdmatch.executor import using_client
     from msdmatch.io.store import Store
     from msdmatch.kernels.prune import default_k
+    from msdmatch.kernels.screen import ORDER_VERSION
     from msdmatch.stages.match.plan import MatchParams, ids_digest, run_identity
 
     Q = Store(queries, storage_options=storage_options)
@@ -290,7 +291,7 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
 
     fdigest = hashlib.sha256(fpath.read_bytes()).hexdigest()[:16] if fpath is not None else "none"
     params = MatchParams(prune_k=K, rerank=R, verify=V, keep=keep, pse=pse, dhs=dhs, fusion=fdigest,
-                         threshold=float(threshold))
+                         threshold=float(threshold), screen_order=ORDER_VERSION)
     identity = run_identity(params, db_n=D.n, db_ids=_db_identity(D), queries_n=Q.n,
                             queries_ids=ids_digest(_ids_chunks(Q)))
     target = resume = None

@@ -69,6 +69,8 @@ class MatchParams:
         Digest of the fusion model's JSON, or ``'none'``.
     threshold : float
         A query's top row is ``matched`` when its confidence reaches it.
+    screen_order : int
+        :data:`msdmatch.kernels.screen.ORDER_VERSION`: the rule that picks the verified rows.
     """
 
     prune_k: int
@@ -79,6 +81,7 @@ class MatchParams:
     dhs: str
     fusion: str
     threshold: float
+    screen_order: int
 
     def to_dict(self) -> dict:
         """JSON-able dict."""

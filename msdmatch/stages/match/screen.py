@@ -76,7 +76,7 @@ def screen_select(ranked: dict, parts: list[dict], *, shards, R: int) -> dict:
     from msdmatch.kernels.screen import screen_order
 
     t = time.thread_time()
-    order, ratio = ranked["order"].copy(), ranked["ratio"]
+    order, ratio, pdist = ranked["order"].copy(), ranked["ratio"], ranked["pdist"]
     top = top_rows(ranked, R=R)
     n = len(top)
     towner = owners(shards, top)
@@ -88,7 +88,7 @@ def screen_select(ranked: dict, parts: list[dict], *, shards, R: int) -> dict:
             if s is not None:
                 sscore[q, towner[q] == sid] = s
     for q in range(n):
-        so, _ = screen_order(sscore[q], ratio[q, order[q, :R]])
+        so, _ = screen_order(sscore[q], ratio[q, order[q, :R]], pdist[q, order[q, :R]])
         sscore[q] = sscore[q, so]
         order[q, :R] = order[q, so]
     cpu = dict(ranked["cpu"], screen=sum(p["cpu"] for p in parts) + time.thread_time() - t)
