@@ -127,6 +127,39 @@ def test_match_refuses_a_store_embedded_before_the_screen(embedded, copy_store, 
         match.run(embedded["midi-synth"], old, client=cluster_client, progress=False)
 
 
+def test_match_refuses_stores_embedded_by_another_version_of_the_models(embedded, copy_store, cluster_client,
+                                                                       tmp_path):
+    import shutil
+
+    from msdmatch.errors import ModelError
+    from msdmatch.io.modelfile import shipped_model_dir
+
+    other = tmp_path / "retrained"
+    shutil.copytree(shipped_model_dir(), other)
+    mj = other / "pse-midi-synth" / "model.json"
+    mj.write_text(json.dumps({**json.loads(mj.read_text()), "note": "retrained"}))
+    db = copy_store(embedded["audio"], "db-retrained.zarr")
+    embed.run(db, models=[str(other)], client=cluster_client, partition_size=4, progress=False)
+    with pytest.raises(ModelError, match=r"DB store .* pse/pse-midi-synth embedded by another version"):
+        match.run(embedded["midi-synth"], db, client=cluster_client, progress=False)
+    with pytest.raises(ModelError, match=r"QUERIES store .* re-run `msdmatch embed"):
+        match.run(embedded["midi-synth"], db, models=str(other), client=cluster_client, progress=False)
+    q = copy_store(embedded["midi-synth"], "q-retrained.zarr")
+    embed.run(q, models=[str(other)], client=cluster_client, partition_size=4, progress=False)
+    s = match.run(q, db, models=str(other), client=cluster_client, progress=False)  # one version: matched
+    assert len(s["table"]["query_id"]) > 0
+    # a store embedded before arrays recorded their digest: read from the store's embed key
+    import zarr
+
+    g = zarr.open_group(db, mode="r+")
+    digest = g["pse/pse-midi-synth"].attrs["model_digest"]
+    attrs = dict(g["pse/pse-midi-synth"].attrs)
+    del attrs["model_digest"]
+    g["pse/pse-midi-synth"].attrs.put(attrs)
+    assert "model_digest" not in g["pse/pse-midi-synth"].attrs
+    assert embed.embedded_digest(g, "pse/pse-midi-synth") == digest
+
+
 def test_db_on_s3(embedded, s3, cluster_client, tmp_path):
     import shutil
 

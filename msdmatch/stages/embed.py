@@ -238,6 +238,36 @@ def resolve_models(models: list[str] | None, modality: str) -> list:
     return infos
 
 
+def model_digest(info) -> str:
+    """Digest of a model's ``model.json`` (16 hex digits), recorded with the arrays it embeds.
+
+    Parameters
+    ----------
+    info : ModelInfo
+        From :func:`msdmatch.io.modelfile.load_model`.
+    """
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(info.raw, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def embedded_digest(group, path: str) -> str | None:
+    """The :func:`model_digest` that embedded ``path`` (``pse/<model>`` or ``dhs/<model>``) of a store.
+
+    Read from the array's ``model_digest`` attribute, else from the store's
+    ``embed_state`` key (stores embedded before the attribute existed);
+    None when neither says.
+    """
+    d = group[path].attrs.get("model_digest")
+    if d:
+        return str(d)
+    name = path.split("/", 1)[1]
+    key = str(dict(group.attrs.get("embed_state", {})).get("key", ""))
+    found = dict(e.split(":") for e in key.split("|") if e.count(":") == 1)
+    return found.get(name)
+
+
 def run(url: str, *, models: list[str] | None = None, client=None, scheduler: str | None = None,
         n_workers: int | None = None, partition_size: int = EMBED.partition_size, storage_options: dict | None = None,
         progress: bool = True, max_parts: int | None = None) -> dict:
@@ -254,11 +284,7 @@ def run(url: str, *, models: list[str] | None = None, client=None, scheduler: st
 
     store = Store(url, storage_options=storage_options)
     infos = resolve_models(models, store.modality)
-    import hashlib
-    import json
-
-    specs = [{"name": i.name, "kind": i.kind, "downsample": i.downsample,
-              "digest": hashlib.sha256(json.dumps(i.raw, sort_keys=True).encode()).hexdigest()[:16],
+    specs = [{"name": i.name, "kind": i.kind, "downsample": i.downsample, "digest": model_digest(i),
               "onnx": str(check_compatible(i, store_params=store.params, store_modality=store.modality))}
              for i in infos]
     from msdmatch.io.lock import store_lease
@@ -348,7 +374,8 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
         write_failures(g, fails)
         for s in specs:
             path = f"pse/{s['name']}" if s["kind"] == "pse" else f"dhs/{s['name']}"
-            g[path].attrs.update({"model": s["name"], "kind": s["kind"], "complete": True})
+            g[path].attrs.update({"model": s["name"], "kind": s["kind"], "model_digest": s["digest"],
+                                  "complete": True})
         g.attrs["embed_state"] = {"key": key, "complete": True, "n": store.n}
         delete_path(url, f"_parts/{STAGE}", storage_options=storage_options)
     return {"items": store.n, "failures": n_fail, "models": [s["name"] for s in specs],

@@ -74,6 +74,44 @@ def _model_names(Q, D, models: str | None) -> tuple[str, str]:
     return names["pse"], names["dhs"]
 
 
+def _model_digests(Q, D, models: str | None, names: dict[str, str]) -> str:
+    """Refuse stores embedded by another version of the models matched with.
+
+    Parameters
+    ----------
+    names : dict
+        ``{'pse': name, 'dhs': name}`` of the models used.
+
+    Returns
+    -------
+    digests : str
+        ``'<pse name>:<digest>|<dhs name>:<digest>'`` (recorded with the run).
+    """
+    from msdmatch.stages.embed import embedded_digest, model_digest, resolve_models
+
+    infos = {i.name: i for i in resolve_models([models] if models else None, Q.modality)}
+    where = models or "the shipped models"
+    out = []
+    for kind, name in names.items():
+        want = model_digest(infos[name]) if name in infos else None
+        got = {role: embedded_digest(S.group, f"{kind}/{name}") for S, role in ((Q, "QUERIES"), (D, "DB"))}
+        for (S, role) in ((Q, "QUERIES"), (D, "DB")):
+            d = got[role]
+            if d is not None and want is not None and d != want:
+                raise ModelError(
+                    f"{role} store {S.url!r} holds {kind}/{name} embedded by another version of that model "
+                    f"(digest {d}; {where} have {want}): re-run `msdmatch embed {S.url}` with the models "
+                    "you match with, or pass the models it was embedded with as --models"
+                )
+        if want is None and None not in got.values() and got["QUERIES"] != got["DB"]:
+            raise ModelError(
+                f"QUERIES store {Q.url!r} and DB store {D.url!r} hold {kind}/{name} embedded by two versions "
+                f"of that model ({got['QUERIES']} and {got['DB']}): re-embed one with the other's models"
+            )
+        out.append(f"{name}:{want or got['QUERIES'] or got['DB'] or 'unknown'}")
+    return "|".join(out)
+
+
 def _require_screen(S, role: str) -> None:
     """Refuse a store whose screen frames are missing or of another definition."""
     from msdmatch.kernels import screen
@@ -278,6 +316,7 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
         raise ParameterError(f"QUERIES store {queries!r} holds audio; expected a MIDI store (swapped arguments?)")
     Q.require(params=D.params)  # names the differing parameter and how to fix it
     pse, dhs = _model_names(Q, D, models)
+    digests = _model_digests(Q, D, models, {"pse": pse, "dhs": dhs})
     for S, role in ((Q, "QUERIES"), (D, "DB")):
         _require_screen(S, role)
     nets = dhs_nets(Q, D, models, dhs)
@@ -291,7 +330,7 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
 
     fdigest = hashlib.sha256(fpath.read_bytes()).hexdigest()[:16] if fpath is not None else "none"
     params = MatchParams(prune_k=K, rerank=R, verify=V, keep=keep, pse=pse, dhs=dhs, fusion=fdigest,
-                         threshold=float(threshold), screen_order=ORDER_VERSION)
+                         threshold=float(threshold), screen_order=ORDER_VERSION, models=digests)
     identity = run_identity(params, db_n=D.n, db_ids=_db_identity(D), queries_n=Q.n,
                             queries_ids=ids_digest(_ids_chunks(Q)))
     target = resume = None

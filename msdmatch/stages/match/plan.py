@@ -71,6 +71,8 @@ class MatchParams:
         A query's top row is ``matched`` when its confidence reaches it.
     screen_order : int
         :data:`msdmatch.kernels.screen.ORDER_VERSION`: the rule that picks the verified rows.
+    models : str
+        ``'<pse>:<digest>|<dhs>:<digest>'``: the versions of the models matched with.
     """
 
     prune_k: int
@@ -82,6 +84,7 @@ class MatchParams:
     fusion: str
     threshold: float
     screen_order: int
+    models: str
 
     def to_dict(self) -> dict:
         """JSON-able dict."""
