@@ -2,9 +2,9 @@
 # Reproduce the models shipped in msdmatch/shipped/ from the demo corpus generator.
 #   usage: [OUT=MODELDIR] [MINUTES=40] scripts/train_shipped.sh [WORKDIR]
 # OUT (default msdmatch/shipped) is where the models and fusions are written.
-# Four training corpora (scripts/corpora.sh: half their previews rendered by msdmatch's FM
-# synthesizer): seed 1 (every preview, 300 distractors among them) and SEEDS (their train and
-# valid songs appended).
+# Four training corpora (scripts/corpora.sh: three quarters of their previews rendered by
+# msdmatch's FM synthesizer): seed 1 (every preview, 300 distractors among them) and SEEDS (their
+# train and valid songs appended).
 # music21 works keep their train/valid/test split in every corpus (the split is a hash of the
 # work), so no test song of the demo corpus (seed 0) is trained on.  Every step is resumable: a
 # re-run skips finished work.
