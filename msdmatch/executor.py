@@ -176,8 +176,45 @@ def using_client(client=None, *, scheduler: str | None = None, n_workers: int | 
     if client is not None:
         yield client
         return
-    with client_for(scheduler, n_workers=n_workers, dashboard=dashboard, quiet=quiet) as c:
+    with client_for(scheduler, n_workers=n_workers, dashboard=dashboard, quiet=quiet) as c, _sigint_remembered():
         yield c
+
+
+_SIGINT_SEEN = False
+
+
+@contextlib.contextmanager
+def _sigint_remembered() -> Iterator[None]:
+    """Remember a Ctrl-C as well as raising it, so that one swallowed is raised again.
+
+    Python raises KeyboardInterrupt in whatever code runs when SIGINT arrives; inside
+    a callback (distributed's garbage-collection diagnosis, a weakref finalizer) it is
+    printed as "Exception ignored" and lost, and the stage would run on to the end.
+    The wait loops call :func:`_raise_if_interrupted` after each finished task.
+    """
+    global _SIGINT_SEEN
+    if not _main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        global _SIGINT_SEEN
+        _SIGINT_SEEN = True
+        raise KeyboardInterrupt
+
+    _SIGINT_SEEN = False
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        _SIGINT_SEEN = False
+
+
+def _raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if a Ctrl-C arrived during this job (see :func:`_sigint_remembered`)."""
+    if _SIGINT_SEEN:
+        raise KeyboardInterrupt
 
 
 def active_client():
@@ -264,6 +301,7 @@ def run_shards(
                 raise _task_error(exc, name=name, done=n_done, total=len(futures), retries=retries)
             results[index[fut.key]] = fut.result()[0]
             bar.update(1)
+            _raise_if_interrupted()
             if check is not None:
                 try:
                     check()
@@ -395,6 +433,7 @@ def run_batches(
             fut.release()
             n_done += 1
             bar.update(weight(batches[i]))
+            _raise_if_interrupted()
             top_up()
     finally:
         bar.close()

@@ -303,6 +303,27 @@ def _interrupted(proc: subprocess.Popen, log: Path) -> None:
     wait_for(lambda: not any(map(_alive, workers)), timeout=30, what="the interrupted run's workers to exit")
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_swallowed_by_a_callback_is_raised_again():
+    """Python loses a KeyboardInterrupt raised inside a finalizer ("Exception ignored"): the wait
+    loops raise it again (test_sigint_mid_match_then_rerun once ran to the end this way)."""
+    from msdmatch import executor
+
+    class Finalizer:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100_000):  # the handler runs here, inside the finalizer
+                pass
+
+    with executor._sigint_remembered():
+        executor._raise_if_interrupted()  # nothing yet
+        Finalizer()  # its KeyboardInterrupt is printed as ignored, not raised
+        with pytest.raises(KeyboardInterrupt):
+            executor._raise_if_interrupted()
+    executor._raise_if_interrupted()  # forgotten once the job is over
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def _interrupt_once_committed(args: list[str], url: str, stage: str, log: Path) -> int:
     """Start the CLI, SIGINT it once ``stage`` has committed a part; the parts committed then."""
     proc = _start(args, log)
