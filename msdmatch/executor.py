@@ -193,8 +193,8 @@ def _sigint_remembered() -> Iterator[None]:
     The wait loops call :func:`_raise_if_interrupted` after each finished task.
     """
     global _SIGINT_SEEN
-    if not _main_thread():
-        yield
+    if not _main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # another thread, or SIGINT ignored (a background job) or handled by the caller
         return
 
     def on_sigint(signum, frame):

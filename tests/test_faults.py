@@ -315,6 +315,7 @@ def test_a_ctrl_c_swallowed_by_a_callback_is_raised_again():
             for _ in range(100_000):  # the handler runs here, inside the finalizer
                 pass
 
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
     with executor._sigint_remembered():
         executor._raise_if_interrupted()  # nothing yet
         Finalizer()  # its KeyboardInterrupt is printed as ignored, not raised
@@ -322,6 +323,10 @@ def test_a_ctrl_c_swallowed_by_a_callback_is_raised_again():
             executor._raise_if_interrupted()
     executor._raise_if_interrupted()  # forgotten once the job is over
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ignored, as in a background job: left alone
+    with executor._sigint_remembered():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    signal.signal(signal.SIGINT, before)
 
 
 def _interrupt_once_committed(args: list[str], url: str, stage: str, log: Path) -> int:
