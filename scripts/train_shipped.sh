@@ -20,10 +20,13 @@ OUT=${OUT:-msdmatch/shipped}
 T="$W/train"
 mkdir -p "$T"
 SEEDS="4 5 6"  # the corpora whose train and valid songs are appended to the seed-1 corpus
+# once NAME CMD...: run CMD unless a run finished it (a base store grown by the appends below
+# no longer matches its first input list, so featurize would refuse to resume it).
+once() { local m="$T/.done-$1"; shift; [ -f "$m" ] || { "$@"; touch "$m"; }; }
 corpus "$W/train_corpus" 1 300
-$MS featurize audio "$W/train_corpus/audio" --out "$T/db.zarr"
+once db $MS featurize audio "$W/train_corpus/audio" --out "$T/db.zarr"
 for mode in synth pianoroll; do
-  $MS featurize midi "$W/train_corpus/midi" --out "$T/q-$mode.zarr" --mode "$mode"
+  once "q-$mode" $MS featurize midi "$W/train_corpus/midi" --out "$T/q-$mode.zarr" --mode "$mode"
 done
 for seed in $SEEDS; do corpus "$W/train_corpus$seed" "$seed" 0; done
 # The merged split.csv, and manifests of the appended corpora's train and valid songs.
@@ -45,9 +48,9 @@ with open(f"{w}/train/split.csv", "w", newline="") as fh:
 PY
 for seed in $SEEDS; do
   C="$W/train_corpus$seed"
-  $MS featurize audio "$C/train-audio.txt" --out "$T/db.zarr" --append
+  once "db-$seed" $MS featurize audio "$C/train-audio.txt" --out "$T/db.zarr" --append
   for mode in synth pianoroll; do
-    $MS featurize midi "$C/train-midi.txt" --out "$T/q-$mode.zarr" --mode "$mode" --append
+    once "q-$mode-$seed" $MS featurize midi "$C/train-midi.txt" --out "$T/q-$mode.zarr" --mode "$mode" --append
   done
 done
 train() {  # MODE [extra args]
