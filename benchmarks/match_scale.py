@@ -130,7 +130,7 @@ def main() -> None:
     from msdmatch.kernels.features import unit_frames
     from msdmatch.kernels.prune import default_k, topk_sq_euclidean
     from msdmatch.kernels.screen import screen_frames, screen_order, screen_scores
-    from msdmatch.stages.match.job import _model_names
+    from msdmatch.stages.match.job import match_models
     from msdmatch.stages.match.verify import VERIFY_COLUMNS, dhs_nets, verify_scores
 
     threadpool_limits(1)
@@ -151,7 +151,7 @@ def main() -> None:
     bits = bit_frequencies(words, offsets)
     t_bits = time.perf_counter() - t_bits
     Qs, Ds = Store(args.queries), Store(args.store)
-    nets = dhs_nets(Qs, Ds, args.models, _model_names(Qs, Ds, args.models)[1])
+    nets = dhs_nets(Qs, Ds, match_models(Qs, Ds, args.models)[0]["dhs"])
     Q = QE[np.arange(args.batch) % len(QE)]
     QWb = [_tile(QW[i % len(QW)], -(-args.query_frames // nets["downsample"])) for i in range(args.batch)]
     print(f"# synthesised {n_max:,} entries in {time.perf_counter() - t0:.0f} s; real PSE dim-std "

@@ -54,7 +54,7 @@ def test_sharded_equals_single_process(embedded, cluster_client):
 
 
 def test_verify_and_screen_scores_are_cosine_dtws_of_their_views(embedded, cluster_client):
-    from msdmatch.io.modelfile import run_net
+    from msdmatch.io.modelfile import load_model, run_net
     from msdmatch.io.store import Store
     from msdmatch.kernels.dtw import cosine_dtw
     from msdmatch.kernels.features import standardize_bins, unit_frames
@@ -63,7 +63,7 @@ def test_verify_and_screen_scores_are_cosine_dtws_of_their_views(embedded, clust
     t = _table(match.run(embedded["midi-synth"], embedded["audio"], client=cluster_client, rerank=6,
                          verify=6, progress=False))
     Q, D = Store(embedded["midi-synth"]), Store(embedded["audio"])
-    nets = verify.dhs_nets(Q, D, None, "dhs-midi-synth")
+    nets = verify.dhs_nets(Q, D, load_model("dhs-midi-synth"))
 
     def outputs(x, onnx):  # one unbatched sequence through onnxruntime, cut to its own steps
         y = run_net(onnx, x[None].astype(np.float32), np.ones((1, len(x)), np.float32))[0]

@@ -54,62 +54,51 @@ DEFAULT_THRESHOLD = 0.5
 # ----------------------------------------------------------------- checks
 
 
-def _model_names(Q, D, models: str | None) -> tuple[str, str]:
-    if models:
-        from msdmatch.stages.embed import resolve_models
+def match_models(Q, D, models: str | None) -> tuple[dict, str]:
+    """The PSE and DHS models to match ``Q`` against ``D`` with, checked against both stores.
 
-        infos = resolve_models([models], Q.modality)
-        names = {i.kind: i.name for i in infos}
-    else:
-        names = {"pse": f"pse-{Q.modality}", "dhs": f"dhs-{Q.modality}"}
-    for kind in ("pse", "dhs"):
-        if kind not in names:
-            raise ModelError(f"--models {models!r} holds no {kind.upper()} model")
-        for S, role in ((Q, "QUERIES"), (D, "DB")):
-            path = f"{kind}/{names[kind]}"
-            if path not in S.group or not S.group[path].attrs.get("complete"):
-                raise ParameterError(
-                    f"{role} store {S.url!r} has no complete {path!r}; run `msdmatch embed {S.url}` first"
-                )
-    return names["pse"], names["dhs"]
-
-
-def _model_digests(Q, D, models: str | None, names: dict[str, str]) -> str:
-    """Refuse stores embedded by another version of the models matched with.
+    Refuses a store without complete embeddings of either model, or embedded
+    by another version of it.
 
     Parameters
     ----------
-    names : dict
-        ``{'pse': name, 'dhs': name}`` of the models used.
+    Q, D : msdmatch.io.store.Store
+        The query and database stores.
+    models : str or None
+        ``--models`` (a model directory or a directory of them); None: the shipped ones.
 
     Returns
     -------
+    infos : dict
+        ``{'pse': ModelInfo, 'dhs': ModelInfo}``.
     digests : str
         ``'<pse name>:<digest>|<dhs name>:<digest>'`` (recorded with the run).
     """
     from msdmatch.stages.embed import embedded_digest, model_digest, resolve_models
 
-    infos = {i.name: i for i in resolve_models([models] if models else None, Q.modality)}
+    found = {i.kind: i for i in resolve_models([models] if models else None, Q.modality)}
     where = models or "the shipped models"
     out = []
-    for kind, name in names.items():
-        want = model_digest(infos[name]) if name in infos else None
-        got = {role: embedded_digest(S.group, f"{kind}/{name}") for S, role in ((Q, "QUERIES"), (D, "DB"))}
-        for (S, role) in ((Q, "QUERIES"), (D, "DB")):
-            d = got[role]
-            if d is not None and want is not None and d != want:
+    for kind in ("pse", "dhs"):
+        if kind not in found:
+            raise ModelError(f"--models {models!r} holds no {kind.upper()} model")
+        info, path = found[kind], f"{kind}/{found[kind].name}"
+        for S, role in ((Q, "QUERIES"), (D, "DB")):
+            if path not in S.group or not S.group[path].attrs.get("complete"):
+                raise ParameterError(
+                    f"{role} store {S.url!r} has no complete {path!r}; run `msdmatch embed {S.url}` first"
+                )
+        want = model_digest(info)
+        for S, role in ((Q, "QUERIES"), (D, "DB")):
+            got = embedded_digest(S.group, path)
+            if got is not None and got != want:
                 raise ModelError(
-                    f"{role} store {S.url!r} holds {kind}/{name} embedded by another version of that model "
-                    f"(digest {d}; {where} have {want}): re-run `msdmatch embed {S.url}` with the models "
+                    f"{role} store {S.url!r} holds {path} embedded by another version of that model "
+                    f"(digest {got}; {where} have {want}): re-run `msdmatch embed {S.url}` with the models "
                     "you match with, or pass the models it was embedded with as --models"
                 )
-        if want is None and None not in got.values() and got["QUERIES"] != got["DB"]:
-            raise ModelError(
-                f"QUERIES store {Q.url!r} and DB store {D.url!r} hold {kind}/{name} embedded by two versions "
-                f"of that model ({got['QUERIES']} and {got['DB']}): re-embed one with the other's models"
-            )
-        out.append(f"{name}:{want or got['QUERIES'] or got['DB'] or 'unknown'}")
-    return "|".join(out)
+        out.append(f"{info.name}:{want}")
+    return found, "|".join(out)
 
 
 def _require_screen(S, role: str) -> None:
@@ -315,11 +304,11 @@ def run(queries: str, db: str, out: str | None = None, *, models: str | None = N
     if Q.modality == "audio":
         raise ParameterError(f"QUERIES store {queries!r} holds audio; expected a MIDI store (swapped arguments?)")
     Q.require(params=D.params)  # names the differing parameter and how to fix it
-    pse, dhs = _model_names(Q, D, models)
-    digests = _model_digests(Q, D, models, {"pse": pse, "dhs": dhs})
+    infos, digests = match_models(Q, D, models)
+    pse, dhs = infos["pse"].name, infos["dhs"].name
     for S, role in ((Q, "QUERIES"), (D, "DB")):
         _require_screen(S, role)
-    nets = dhs_nets(Q, D, models, dhs)
+    nets = dhs_nets(Q, D, infos["dhs"])
     fusion_model = _load_fusion(fusion, Q.modality)
     if threshold is None:
         threshold = float(fusion_model.threshold) if fusion_model is not None else DEFAULT_THRESHOLD

@@ -24,7 +24,6 @@ import time
 
 import numpy as np
 
-from msdmatch.errors import ModelError
 from msdmatch.params import COSINE_GULLY
 
 #: Gully of the verify DTWs (as the screen DTW).
@@ -210,8 +209,13 @@ def verify_chunk(jobs: list[tuple[int, int, list[int]]], *, q_url: str, db_url: 
     return {"scores": scores, "spans": spans, "failed": failed, "cpu": cpu, "span_cpu": span_cpu}
 
 
-def dhs_nets(Q, D, models: str | None, dhs: str) -> dict:
-    """ONNX paths of DHS model ``dhs`` for the query store ``Q`` and the database ``D``.
+def dhs_nets(Q, D, info) -> dict:
+    """ONNX paths of the DHS model ``info`` for the query store ``Q`` and the database ``D``.
+
+    Parameters
+    ----------
+    info : ModelInfo
+        The DHS model (:func:`msdmatch.stages.match.job.match_models`).
 
     Returns
     -------
@@ -219,12 +223,7 @@ def dhs_nets(Q, D, models: str | None, dhs: str) -> dict:
         ``{'query': path, 'db': path, 'downsample': int}``.
     """
     from msdmatch.io.modelfile import check_compatible
-    from msdmatch.stages.embed import resolve_models
 
-    infos = [i for i in resolve_models([models] if models else None, Q.modality) if i.name == dhs]
-    if not infos:
-        raise ModelError(f"DHS model {dhs!r} not found in {models or 'the shipped models'}")
-    info = infos[0]
     return {"query": str(check_compatible(info, store_params=Q.params, store_modality=Q.modality)),
             "db": str(check_compatible(info, store_params=D.params, store_modality=D.modality)),
             "downsample": int(info.downsample)}
