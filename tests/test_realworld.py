@@ -212,3 +212,46 @@ def test_openset_pool_prefixes_each_run_and_the_report_counts_both(tmp_path):
     assert f["fused"]["false_accept_rate"] == 1.0 and f["fused"]["true_accept_rate"] == 1.0
     assert f["thesis"]["false_accept_rate"] == 0.0 and f["fused"]["auc"] == 1.0
     assert "synth / pooled" in openset.table({"figures": {"synth": {"pooled": f}}})
+
+
+def test_dev_engine_preview_window_is_drawn_from_the_track_id():
+    import dev_engine
+
+    n, w = 60 * dev_engine.SR, int(dev_engine.PREVIEW_SECONDS * dev_engine.SR)
+    starts = [dev_engine.preview_offset(f"TR{i:04d}", n, w) for i in range(200)]
+    assert starts == [dev_engine.preview_offset(f"TR{i:04d}", n, w) for i in range(200)]
+    assert min(starts) >= 0 and max(starts) <= n - w and len(set(starts)) > 150
+    assert dev_engine.preview_offset("TR0001", w // 2, w) == 0  # shorter than a window: from the start
+    y = np.sin(np.arange(n) * 0.01).astype(np.float32) * np.linspace(0.1, 1.0, n, dtype=np.float32)
+    p = dev_engine.preview(y, "TR0007")
+    s = dev_engine.preview_offset("TR0007", n, w)
+    np.testing.assert_allclose(p, y[s:s + w] / np.abs(y[s:s + w]).max() * 0.9, rtol=1e-6)
+    with pytest.raises(ValueError, match="silent"):
+        dev_engine.preview(np.zeros(n, np.float32), "TR0007")
+
+
+def test_dev_engine_moves_the_freepats_patch_dir_into_the_unpacked_tree():
+    import dev_engine
+
+    text = "# freepats\ndir /usr/share/midi/freepats\nbank 0\n 0 Tone_000/000_Acoustic_Grand_Piano.pat\n"
+    got = dev_engine.freepats_config(text, "/tmp/root")
+    assert "dir /tmp/root/usr/share/midi/freepats\n" in got
+    assert got.replace("dir /tmp/root/usr/share/midi/freepats", "dir /usr/share/midi/freepats") == text
+
+
+def test_dev_engine_refuses_a_foreign_folder_and_a_corpus_without_its_files(tmp_path):
+    import dev_engine
+
+    corpus = tmp_path / "corpus"
+    (corpus / "midi").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="lacks split.csv, truth.csv, recordings.jsonl"):
+        dev_engine.build(str(tmp_path / "out"), str(corpus))
+    for name in dev_engine.CORPUS_FILES:
+        (corpus / name).write_text("")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="did not write"):
+        dev_engine.build(str(foreign), str(corpus))
+    assert sorted(p.name for p in foreign.iterdir()) == ["mine.txt"]
+    assert (foreign / "mine.txt").read_text() == "keep"

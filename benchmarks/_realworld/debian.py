@@ -34,13 +34,13 @@ def _have(debs: str, pkg: str) -> bool:
     return bool(glob.glob(os.path.join(debs, f"{pkg}_*.deb")))
 
 
-def download(debs: str, *, log=print) -> list[str]:
-    """``apt-get download`` the packages missing from ``debs``; returns all .deb paths.
+def download(debs: str, *, packages: tuple[str, ...] = PACKAGES, log=print) -> list[str]:
+    """``apt-get download`` the ``packages`` missing from ``debs``; returns all .deb paths.
 
     Runs ``apt-get update`` once if a download fails, then retries.
     """
     os.makedirs(debs, exist_ok=True)
-    missing = [p for p in PACKAGES if not _have(debs, p)]
+    missing = [p for p in packages if not _have(debs, p)]
     if missing:
         log(f"apt-get download {' '.join(missing)}")
         r = subprocess.run(["apt-get", "download", *missing], cwd=debs, capture_output=True, text=True)
