@@ -117,11 +117,17 @@ def build(out: str, corpus: str, *, debs: str | None = None, workers: int = 2) -
     if missing:
         raise FileNotFoundError(f"--corpus {corpus!r} lacks {', '.join(missing)}; expected a msdmatch demo-data corpus")
     mark = os.path.join(out, MARKER)
-    if os.path.isdir(out) and os.listdir(out) and not os.path.exists(mark):
+    spec = {"corpus": os.path.abspath(corpus), "packages": list(PACKAGES), "sr": SR, "kbps": KBPS}
+    if os.path.exists(mark):
+        with open(mark, encoding="utf-8") as fh:
+            if json.load(fh) != spec:
+                raise FileExistsError(f"{out!r} was built from another corpus or with other settings "
+                                      f"(see {MARKER}); choose another OUT")
+    elif os.path.isdir(out) and os.listdir(out):
         raise FileExistsError(f"{out!r} holds files dev_engine did not write; expected a new or empty folder")
     os.makedirs(out, exist_ok=True)
     with open(mark, "w", encoding="utf-8") as fh:
-        json.dump({"corpus": os.path.abspath(corpus), "packages": PACKAGES, "sr": SR, "kbps": KBPS}, fh)
+        json.dump(spec, fh)
     root = os.path.join(out, "root")
     debian.extract(debian.download(debs or os.path.join(out, "debs"), packages=PACKAGES), root)
     cfg = os.path.join(out, "freepats.cfg")

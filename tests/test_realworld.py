@@ -255,3 +255,8 @@ def test_dev_engine_refuses_a_foreign_folder_and_a_corpus_without_its_files(tmp_
         dev_engine.build(str(foreign), str(corpus))
     assert sorted(p.name for p in foreign.iterdir()) == ["mine.txt"]
     assert (foreign / "mine.txt").read_text() == "keep"
+    built = tmp_path / "built"
+    built.mkdir()
+    (built / dev_engine.MARKER).write_text('{"corpus": "/elsewhere"}')
+    with pytest.raises(FileExistsError, match="another corpus"):
+        dev_engine.build(str(built), str(corpus))

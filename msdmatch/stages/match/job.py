@@ -83,13 +83,12 @@ def match_models(Q, D, models: str | None) -> tuple[dict, str]:
         if kind not in found:
             raise ModelError(f"--models {models!r} holds no {kind.upper()} model")
         info, path = found[kind], f"{kind}/{found[kind].name}"
+        want = model_digest(info)
         for S, role in ((Q, "QUERIES"), (D, "DB")):
             if path not in S.group or not S.group[path].attrs.get("complete"):
                 raise ParameterError(
                     f"{role} store {S.url!r} has no complete {path!r}; run `msdmatch embed {S.url}` first"
                 )
-        want = model_digest(info)
-        for S, role in ((Q, "QUERIES"), (D, "DB")):
             got = embedded_digest(S.group, path)
             if got is not None and got != want:
                 raise ModelError(
