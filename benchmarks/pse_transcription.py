@@ -5,6 +5,9 @@ audio side of the piano-roll nets sees, instead of the 48-bin CQT, the note post
 Spotify's basic-pitch model (Apache-2.0), pooled to msdmatch's frame rate and cut to the same 48
 pitches, so the training code and nets run unchanged.  Nothing here is part of the product: the
 frames live in ``.npz`` files and reach the trainer as :class:`msdmatch.models.pairs.MemoryStore`.
+Models trained here expect note frames on the audio side, but their ``model.json`` records the
+CQT's feature parameters (the product has no such feature kind yet): keep them out of
+``msdmatch embed`` and ``match``.
 
 Build step (a package registry, no download at run time): the model file from the wheel::
 
