@@ -21,7 +21,7 @@ Steps (each prints what it did; ``frames`` splits its list with ``--shard I/N`` 
         --truth split.csv --out MODELS --minutes 24
     python benchmarks/pse_transcription.py recall --corpus DEV --frames DEV.npz --cqt DEV/db.zarr \\
         --queries DEV/q-pianoroll.zarr --distractors DIS=DIS.npz --models notes=MODELS:notes \\
-        --models shipped=msdmatch/shipped:cqt
+        --models shipped=msdmatch/shipped:cqt --generated
 
 ``--audio`` takes a folder of audio files or a text file of ``track_id<TAB>path`` lines (a
 training store's ids with their files).  ``recall`` ranks each query's true preview among the
@@ -172,7 +172,7 @@ def cmd_recall(a) -> None:
 
     from msdmatch.io.store import Store
 
-    truth = truth_for(a.corpus, {"valid", "test"}, generated=True)
+    truth = truth_for(a.corpus, set(a.splits.split(",")), generated=a.generated)
     own = works(a.corpus)
     query_works = {own[t] for ts in truth.values() for t in ts if own.get(t)}
     st = Store(a.cqt)
@@ -236,6 +236,9 @@ def main() -> None:
     r.add_argument("--queries", required=True)
     r.add_argument("--distractors", action="append", default=[], metavar="CORPUS=FRAMES.npz")
     r.add_argument("--models", action="append", required=True, metavar="NAME=DIR:notes|cqt")
+    r.add_argument("--splits", default="valid,test")
+    r.add_argument("--generated", action="store_true",
+                   help="also every generated song's query (a dev corpus of another seed)")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     {"frames": cmd_frames, "train": cmd_train, "recall": cmd_recall}[a.cmd](a)
