@@ -53,6 +53,13 @@ def works(corpus: Path) -> dict[str, str]:
         return {r["track_id"]: r["source"] or "" for r in map(json.loads, fh) if not r["error"]}
 
 
+def distractors(ids: list[str], corpus: Path, query_works: set[str], have: set[str]) -> list[int]:
+    """Indices into ``ids`` (a distractor store's) that may join a database: previews of
+    ``corpus`` whose music21 work no query uses, not already in it (``have``)."""
+    other = works(corpus)
+    return [i for i, t in enumerate(ids) if t in other and other[t] not in query_works and t not in have]
+
+
 def pse_nets(model_dir: Path, modality: str) -> Path | None:
     """The pse model directory for a MIDI modality inside ``model_dir``, or None."""
     d = model_dir / f"pse-{modality}"
@@ -104,13 +111,10 @@ def main() -> None:
     query_works = {own[t] for ts in truth.values() for t in ts if own.get(t)}
     for spec in a.distractors:
         url, corpus = spec.split("=", 1)
-        other = works(Path(corpus))
         extra = Store(url)
         ids = list(extra.strings("ids", 0, extra.n))
         seqs = extra.sequences(0, extra.n)
-        have = set(db_ids)
-        keep = [i for i, t in enumerate(ids)
-                if t in other and other[t] not in query_works and t not in have]
+        keep = distractors(ids, Path(corpus), query_works, set(db_ids))
         db_ids += [ids[i] for i in keep]
         db_seqs += [seqs[i] for i in keep]
     col = {t: i for i, t in enumerate(db_ids)}

@@ -25,8 +25,8 @@ Steps (each prints what it did; ``frames`` splits its list with ``--shard I/N`` 
 
 ``--audio`` takes a folder of audio files or a text file of ``track_id<TAB>path`` lines (a
 training store's ids with their files).  ``recall`` ranks each query's true preview among the
-dev corpus's previews plus the distractor corpus's (``--distractors CORPUS=FRAMES.npz``; its CQT
-store is ``CORPUS/db.zarr``), per model and for every pair of models by the sum of their squared
+dev corpus's previews plus the distractor corpus's (``--distractors CORPUS=FRAMES.npz``, shards
+joined by commas; its CQT store is ``CORPUS/db.zarr``), per model and for every pair of models by the sum of their squared
 distances, each divided by its median (what one concatenated vector would rank).
 """
 from __future__ import annotations
@@ -135,7 +135,9 @@ def cmd_frames(a) -> None:
 
     src = Path(a.audio)
     if src.is_dir():
-        rows = [(p.stem, str(p)) for p in sorted(src.iterdir()) if p.suffix.lower() in (".mp3", ".wav", ".flac", ".ogg")]
+        from msdmatch.io.sources import AUDIO_EXTENSIONS
+
+        rows = [(p.stem, str(p)) for p in sorted(src.iterdir()) if p.suffix.lower() in AUDIO_EXTENSIONS]
     else:
         rows = [tuple(line.rstrip("\n").split("\t")) for line in src.open() if line.strip()]
     i, n = (int(v) for v in a.shard.split("/"))
@@ -168,7 +170,7 @@ def cmd_train(a) -> None:
 
 
 def cmd_recall(a) -> None:
-    from pse_recall import embed, ranks, recall_curve, truth_for, works
+    from pse_recall import distractors, embed, ranks, recall_curve, truth_for, works
 
     from msdmatch.io.store import Store
 
@@ -180,14 +182,13 @@ def cmd_recall(a) -> None:
     notes = dict(zip(*load(a.frames)))
     for spec in a.distractors:
         corpus, frames = spec.split("=", 1)
-        other = works(Path(corpus))
         ex = Store(f"{corpus}/db.zarr")
-        ok = [t for t in ex.strings("ids", 0, ex.n) if t in other and other[t] not in query_works]
-        extra_cqt = dict(zip(ex.strings("ids", 0, ex.n), ex.sequences(0, ex.n)))
-        extra_notes = dict(zip(*load([frames])))
-        for t in ok:
-            if t in extra_notes and t not in cqt:
-                cqt[t], notes[t] = extra_cqt[t], extra_notes[t]
+        ids = list(ex.strings("ids", 0, ex.n))
+        extra_notes = dict(zip(*load(frames.split(","))))
+        seqs = ex.sequences(0, ex.n)
+        for i in distractors(ids, Path(corpus), query_works, set(cqt)):
+            if ids[i] in extra_notes:
+                cqt[ids[i]], notes[ids[i]] = seqs[i], extra_notes[ids[i]]
     db_ids = sorted(set(cqt) & set(notes))
     col = {t: i for i, t in enumerate(db_ids)}
     qs = Store(a.queries)
@@ -234,7 +235,7 @@ def main() -> None:
     r.add_argument("--frames", action="append", required=True)
     r.add_argument("--cqt", required=True, help="the same previews' CQT store")
     r.add_argument("--queries", required=True)
-    r.add_argument("--distractors", action="append", default=[], metavar="CORPUS=FRAMES.npz")
+    r.add_argument("--distractors", action="append", default=[], metavar="CORPUS=FRAMES.npz[,SHARD.npz]")
     r.add_argument("--models", action="append", required=True, metavar="NAME=DIR:notes|cqt")
     r.add_argument("--splits", default="valid,test")
     r.add_argument("--generated", action="store_true",
