@@ -415,7 +415,10 @@ def align(query_midi, track_audio, out, soundfont, mode, overwrite):
               help="Synth-CQT store of the same MIDI, to align DHS pairs when QUERIES is a piano roll.")
 @click.option("--dhs", "dhs_dir", default=None, metavar="MODELDIR",
               help="With --kind pse: the DHS model the PSE is built on [default: OUT/dhs-<modality>].")
-def train(queries, db, truth, out, kind, search, minutes, seed, align_with, dhs_dir):
+@click.option("--recordings", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="JSONL",
+              help="A generated corpus's recordings.jsonl: its previews' known alignments replace DTW "
+                   "(repeatable).")
+def train(queries, db, truth, out, kind, search, minutes, seed, align_with, dhs_dir, recordings):
     """Train the DHS and PSE nets (torch) and export them to ONNX."""
     try:
         from msdmatch.models.train import train_models
@@ -423,8 +426,11 @@ def train(queries, db, truth, out, kind, search, minutes, seed, align_with, dhs_
         from msdmatch.errors import ParameterError
 
         raise ParameterError(f"training needs torch: pip install 'msdmatch[train]' ({e})") from None
+    from msdmatch.demo.corpus import time_maps
+
     dirs = train_models(queries, db, truth, out_dir=out, kind=kind, seed=seed, max_minutes=minutes,
                         search=search, align_store=align_with, dhs_dir=dhs_dir,
+                        known=time_maps(recordings) if recordings else None,
                         progress=lambda m: click.echo(m, err=True))
     for k, d in dirs.items():
         click.echo(f"{k}: {d}")

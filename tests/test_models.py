@@ -154,6 +154,26 @@ def test_read_truth_skips_distractors_and_checks_split(tmp_path):
         read_truth(bad)
 
 
+def test_known_time_maps_align_pairs_that_dtw_would_reject(rng):
+    from msdmatch.models.pairs import Pair
+
+    fr = 20.0
+    song = _seqs(rng, [300])[0]
+    same = Pair("q", "t0", "train", song, song[50:170].copy())  # the preview is song frames 50..169
+    noise = Pair("q", "t1", "train", song, _seqs(rng, [120])[0])  # unrelated audio, said to be frames 0..119
+    outside = Pair("q", "t2", "train", song, song[:120].copy())  # a map that puts it past the song's end
+    known = {"t0": lambda s: s + 50 / fr, "t1": lambda s: s, "t2": lambda s: s + 295 / fr}
+    kept, rejected = align_pairs([same, noise, outside], known=known, frame_rate=fr)
+    assert [p.track_id for p in kept] == ["t0", "t1"] and [p.track_id for p in rejected] == ["t2"]
+    np.testing.assert_array_equal(kept[0].midi_w, kept[0].audio_w)
+    assert kept[0].midi_span == (50, 170) and kept[0].confidence == 1.0
+    np.testing.assert_array_equal(kept[1].midi_w, song[:120])
+    # without the maps, DTW keeps the true pair and rejects the unrelated one
+    dtw_kept, _ = align_pairs([Pair("q", "t0", "train", song, song[50:170].copy()),
+                               Pair("q", "t1", "train", song, noise.audio)])
+    assert [p.track_id for p in dtw_kept] == ["t0"]
+
+
 def test_alignment_filter_rejects_mismatched_pair(corpus):
     qs, ds, truth = corpus
     q0, t0, _ = truth[0]

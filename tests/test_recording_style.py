@@ -83,3 +83,43 @@ def test_realistic_recording_renders(tmp_path):
     path.write_bytes(mp3)
     y, sr = R.load_preview(str(path))
     assert abs(y.size / sr - R.PREVIEW_SECONDS) < 1.0 and np.max(np.abs(y)) > 0.1
+
+
+def test_song_seconds_inverts_the_plan_warp():
+    pm = _song()
+    plan = {**R.plan_recording(pm, rng=np.random.default_rng(2)), "extra_lead": -1, "extra_percussion": False}
+    kw = {k: plan["warp_" + k] for k in ("rate", "depth", "period", "phase")}
+    starts = np.array(sorted({n.start for i in pm.instruments for n in i.notes}))
+    preview = R.warp_times(starts, **kw) - plan["offset"]
+    inside = (preview > 0) & (preview < R.PREVIEW_SECONDS)
+    assert inside.sum() > 20
+    np.testing.assert_allclose(R.song_seconds(plan, preview[inside]), starts[inside], atol=0.011)
+    # every note the rendition plays starts where a song note starts
+    perf = R.perform(pm, plan)
+    played = np.array(sorted({n.start for i in perf.instruments for n in i.notes if n.start > 0}))
+    back = R.song_seconds(plan, played)
+    assert np.abs(back[:, None] - starts[None, :]).min(axis=1).max() < 0.011
+    assert R.song_seconds(R.plan_recording(pm, rng=np.random.default_rng(2), style="realistic"), played) is None
+
+
+def test_time_maps_follow_duplicates_and_skip_realistic_plans(tmp_path):
+    from msdmatch.demo.corpus import time_maps
+
+    pm = _song()
+    plan = R.plan_recording(pm, rng=np.random.default_rng(4))
+    rows = [
+        {"track_id": "A", "query_id": "q", "plan": plan, "error": ""},
+        {"track_id": "B", "query_id": "q", "duplicate_of": "A", "plan": {"kind": "offset", "offset": 1.5}, "error": ""},
+        {"track_id": "C", "query_id": "q", "duplicate_of": "A", "plan": {"kind": "reencode", "kbps": 64}, "error": ""},
+        {"track_id": "D", "query_id": "r", "error": "",
+         "plan": R.plan_recording(pm, rng=np.random.default_rng(4), style="realistic")},
+        {"track_id": "E", "query_id": "", "plan": plan, "error": ""},  # a distractor has no song to align to
+    ]
+    path = tmp_path / "recordings.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    maps = time_maps([str(path)])
+    assert sorted(maps) == ["A", "B", "C"]
+    s = np.array([0.0, 10.0])
+    np.testing.assert_allclose(maps["A"](s), R.song_seconds(plan, s))
+    np.testing.assert_allclose(maps["B"](s), R.song_seconds({**plan, "offset": 1.5}, s))
+    np.testing.assert_allclose(maps["C"](s), maps["A"](s))

@@ -428,6 +428,42 @@ def build_corpus(out_dir, *, songs: int = 400, distractors: int = 1600, seed: in
     return summary
 
 
+def time_maps(paths) -> dict:
+    """Known alignments of the previews of built corpora, for training.
+
+    Parameters
+    ----------
+    paths : iterable of str
+        ``recordings.jsonl`` files written by :func:`build_corpus`.
+
+    Returns
+    -------
+    maps : dict of str to callable
+        Track id -> function from preview seconds ``(n,)`` to song seconds
+        ``(n,)`` (:func:`msdmatch.demo.recording.song_seconds` with the
+        preview's plan; a duplicate moved to another offset uses it).  Only
+        previews of a song in the default style are listed.
+    """
+    from functools import partial
+
+    from msdmatch.demo.recording import song_seconds
+
+    plans: dict[str, dict] = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+        for r in rows:
+            if r.get("query_id") and r.get("plan") and not r.get("duplicate_of"):
+                plans[r["track_id"]] = r["plan"]
+        for r in rows:
+            base = plans.get(r.get("duplicate_of") or "")
+            if base is not None:
+                how = r["plan"] or {}
+                plans[r["track_id"]] = {**base, "offset": how["offset"]} if how.get("kind") == "offset" else base
+    return {t: partial(song_seconds, p) for t, p in plans.items()
+            if p.get("style") != "realistic" and "warp_rate" in p}
+
+
 def _recording_soundfonts() -> tuple[str, ...]:
     from msdmatch.demo.recording import RECORDING_SOUNDFONTS
 

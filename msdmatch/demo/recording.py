@@ -348,6 +348,37 @@ def warp_times(t: np.ndarray, *, rate: float, depth: float, period: float, phase
     return rate * (t - depth / w * (np.cos(w * t + phase) - np.cos(phase)))
 
 
+def song_seconds(plan: dict, seconds: np.ndarray) -> np.ndarray | None:
+    """Where in the song each time of a default-style preview lies.
+
+    The plan's time warp is smooth and monotonic, so a preview made by
+    :func:`perform` has a known alignment to its MIDI file: preview time
+    ``s`` is warped song time ``s + offset``.
+
+    Parameters
+    ----------
+    plan : dict
+        From :func:`plan_recording`.
+    seconds : np.ndarray [shape=(n,)]
+        Times in the preview, from its start.
+
+    Returns
+    -------
+    song : np.ndarray [shape=(n,), dtype=float64] or None
+        Song times in seconds (the warp inverted on a 10 ms grid); None for a
+        realistic plan, whose restructured sections and jittered notes have
+        no single time map.
+    """
+    if plan.get("style") == "realistic" or "warp_rate" not in plan:
+        return None
+    kw = {k: plan["warp_" + k] for k in ("rate", "depth", "period", "phase")}
+    warped = np.asarray(seconds, dtype=np.float64) + plan["offset"]
+    # the local tempo is at least rate * (1 - depth), which bounds the song time
+    last = float(warped.max(initial=0.0)) / (kw["rate"] * (1.0 - kw["depth"])) + 1.0
+    grid = np.arange(0.0, last + 0.01, 0.01)
+    return np.interp(warped, warp_times(grid, **kw), grid)
+
+
 def perform(pm, plan: dict):
     """Apply a plan's MIDI-level decisions and crop to the preview window.
 

@@ -12,7 +12,7 @@ Conventions
 * DHS pairs are *aligned*: :func:`align_pairs` runs cosine DTW on each matched
   pair, keeps pairs with confidence >= 0.5 and warps the MIDI sequence onto
   the audio frames, so row ``t`` of both warped arrays is one aligned frame
-  pair.  PSE pairs need no alignment (random crops).
+  pair.  Generated previews have a known alignment, used instead of DTW.  PSE pairs need no alignment (random crops).
 * Negatives are random swaps: the audio of one pair against the MIDI of
   another.
 
@@ -222,7 +222,8 @@ def collect_pairs(
 
 def align_pairs(
     pairs: list[Pair], *, min_confidence: float = 0.5, min_frames: int = 16,
-    guides: dict[str, np.ndarray] | None = None,
+    guides: dict[str, np.ndarray] | None = None, known: dict | None = None,
+    frame_rate: float = DEFAULT_PARAMS.frame_rate,
 ) -> tuple[list[Pair], list[Pair]]:
     """Align each pair with cosine DTW and keep the confident ones.
 
@@ -238,6 +239,14 @@ def align_pairs(
         same frame rate, aligned in place of ``midi`` (piano rolls hold no
         harmonics, so their DTW against audio is unreliable: align the
         synthesized CQT and carry the path over).
+    known : dict, optional
+        Track id -> function from preview seconds ``(n,)`` to song seconds
+        ``(n,)``: pairs whose alignment is known (generated previews,
+        :func:`msdmatch.demo.corpus.time_maps`) are aligned by it and kept
+        whatever their DTW confidence (``confidence`` 1), so hard renditions
+        that DTW misaligns still train DHS.
+    frame_rate : float
+        Frames per second of both stores (for ``known``).
 
     Returns
     -------
@@ -253,6 +262,18 @@ def align_pairs(
         if len(p.midi) < 2 or len(p.audio) < 2:
             p.confidence = 0.0
             rejected.append(p)
+            continue
+        song = known[p.track_id](np.arange(len(p.audio)) / frame_rate) if p.track_id in (known or {}) else None
+        if song is not None:
+            p.confidence = 1.0
+            pos = np.round(song * frame_rate).astype(np.int64)
+            js = np.flatnonzero((pos >= 0) & (pos < len(p.midi)))
+            if len(js) < min_frames:
+                rejected.append(p)
+                continue
+            p.audio_w, p.midi_w = p.audio[js], p.midi[pos[js]]
+            p.midi_span = (int(pos[js].min()), int(pos[js].max()) + 1)
+            kept.append(p)
             continue
         guide = guides.get(p.query_id) if guides else None
         score, path = cosine_dtw(p.midi if guide is None else guide, p.audio, return_path=True)

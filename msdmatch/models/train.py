@@ -749,6 +749,7 @@ def train_models(
     progress: Callable[[str], None] | None = None,
     align_store: Any = None,
     dhs_dir: str | Path | None = None,
+    known: dict | None = None,
 ) -> dict[str, Path]:
     """Train, validate and export DHS and/or PSE models for one MIDI modality.
 
@@ -792,6 +793,10 @@ def train_models(
         front end of a pooled-hash PSE when ``kind='pse'``; default
         ``<out_dir>/dhs-<midi modality>``.  With ``kind='both'`` the DHS
         trained in the same call is used.
+    known : dict, optional
+        Track id -> known time map of a generated preview
+        (:func:`msdmatch.demo.corpus.time_maps`); those pairs are aligned by
+        it instead of DTW (:func:`msdmatch.models.pairs.align_pairs`).
 
     Returns
     -------
@@ -825,10 +830,13 @@ def train_models(
         gs = as_store(align_store)
         gidx = {k: i for i, k in enumerate(gs.ids)}
         guides = {p.query_id: gs.sequence(gidx[p.query_id]) for p in pairs if p.query_id in gidx}
-    kept, rejected = align_pairs(pairs, min_confidence=min_confidence, guides=guides)
-    say(f"aligned {len(pairs)} pairs in {time.monotonic() - t0:.1f}s: kept {len(kept)}, "
-        f"rejected {len(rejected)} with confidence < {min_confidence}")
-    desc.update(n_aligned=len(kept), n_rejected=len(rejected), min_confidence=min_confidence)
+    kept, rejected = align_pairs(pairs, min_confidence=min_confidence, guides=guides, known=known,
+                                 frame_rate=qs.params.frame_rate)
+    n_known = sum(p.track_id in (known or {}) for p in kept)
+    say(f"aligned {len(pairs)} pairs in {time.monotonic() - t0:.1f}s: kept {len(kept)} ({n_known} by their "
+        f"known time map), rejected {len(rejected)} with confidence < {min_confidence}")
+    desc.update(n_aligned=len(kept), n_known_alignment=n_known, n_rejected=len(rejected),
+                min_confidence=min_confidence)
     out = Path(out_dir)
     share = {k: SHARE[k] / sum(SHARE[j] for j in kinds) for k in kinds}
     result = {}
