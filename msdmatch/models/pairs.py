@@ -12,7 +12,8 @@ Conventions
 * DHS pairs are *aligned*: :func:`align_pairs` runs cosine DTW on each matched
   pair, keeps pairs with confidence >= 0.5 and warps the MIDI sequence onto
   the audio frames, so row ``t`` of both warped arrays is one aligned frame
-  pair.  Generated previews have a known alignment, used instead of DTW.  PSE pairs need no alignment (random crops).
+  pair; generated previews may be aligned by their known time maps instead.
+  PSE pairs need no alignment (random crops).
 * Negatives are random swaps: the audio of one pair against the MIDI of
   another.
 
