@@ -446,7 +446,7 @@ def time_maps(paths) -> dict:
     """
     from functools import partial
 
-    from msdmatch.demo.recording import song_seconds
+    from msdmatch.demo.recording import has_time_map, song_seconds
 
     plans: dict[str, dict] = {}
     for path in paths:
@@ -460,8 +460,7 @@ def time_maps(paths) -> dict:
             if base is not None:
                 how = r["plan"] or {}
                 plans[r["track_id"]] = {**base, "offset": how["offset"]} if how.get("kind") == "offset" else base
-    return {t: partial(song_seconds, p) for t, p in plans.items()
-            if p.get("style") != "realistic" and "warp_rate" in p}
+    return {t: partial(song_seconds, p) for t, p in plans.items() if has_time_map(p)}
 
 
 def _recording_soundfonts() -> tuple[str, ...]:

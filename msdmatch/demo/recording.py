@@ -348,6 +348,16 @@ def warp_times(t: np.ndarray, *, rate: float, depth: float, period: float, phase
     return rate * (t - depth / w * (np.cos(w * t + phase) - np.cos(phase)))
 
 
+def _warp(plan: dict) -> dict:
+    """The plan's :func:`warp_times` keyword arguments."""
+    return {k: plan["warp_" + k] for k in ("rate", "depth", "period", "phase")}
+
+
+def has_time_map(plan: dict) -> bool:
+    """Whether :func:`song_seconds` can map the plan's preview onto its song (default style)."""
+    return plan.get("style") != "realistic" and "warp_rate" in plan
+
+
 def song_seconds(plan: dict, seconds: np.ndarray) -> np.ndarray | None:
     """Where in the song each time of a default-style preview lies.
 
@@ -369,9 +379,9 @@ def song_seconds(plan: dict, seconds: np.ndarray) -> np.ndarray | None:
         realistic plan, whose restructured sections and jittered notes have
         no single time map.
     """
-    if plan.get("style") == "realistic" or "warp_rate" not in plan:
+    if not has_time_map(plan):
         return None
-    kw = {k: plan["warp_" + k] for k in ("rate", "depth", "period", "phase")}
+    kw = _warp(plan)
     warped = np.asarray(seconds, dtype=np.float64) + plan["offset"]
     # the local tempo is at least rate * (1 - depth), which bounds the song time
     last = float(warped.max(initial=0.0)) / (kw["rate"] * (1.0 - kw["depth"])) + 1.0
@@ -443,7 +453,7 @@ def _window(insts: list, plan: dict):
 
     t0 = plan["offset"]
     t1 = t0 + PREVIEW_SECONDS
-    kw = {k: plan["warp_" + k] for k in ("rate", "depth", "period", "phase")}
+    kw = _warp(plan)
     out = pretty_midi.PrettyMIDI(resolution=480)
     for inst in insts:
         if not inst.notes:

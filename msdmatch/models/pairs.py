@@ -265,26 +265,21 @@ def align_pairs(
             rejected.append(p)
             continue
         song = known[p.track_id](np.arange(len(p.audio)) / frame_rate) if p.track_id in (known or {}) else None
-        if song is not None:
+        if song is not None:  # audio frame js[k] lies at MIDI frame rows[k]
             p.confidence = 1.0
             pos = np.round(song * frame_rate).astype(np.int64)
             js = np.flatnonzero((pos >= 0) & (pos < len(p.midi)))
-            if len(js) < min_frames:
-                rejected.append(p)
-                continue
-            p.audio_w, p.midi_w = p.audio[js], p.midi[pos[js]]
-            p.midi_span = (int(pos[js].min()), int(pos[js].max()) + 1)
-            kept.append(p)
-            continue
-        guide = guides.get(p.query_id) if guides else None
-        score, path = cosine_dtw(p.midi if guide is None else guide, p.audio, return_path=True)
-        p.confidence = float(dtw_confidence(score))
-        path = np.asarray(path)
-        js, first = np.unique(path[:, 1], return_index=True)
+            rows = pos[js]
+        else:
+            guide = guides.get(p.query_id) if guides else None
+            score, path = cosine_dtw(p.midi if guide is None else guide, p.audio, return_path=True)
+            p.confidence = float(dtw_confidence(score))
+            path = np.asarray(path)
+            js, first = np.unique(path[:, 1], return_index=True)
+            rows = np.minimum(path[first, 0], len(p.midi) - 1)
         if p.confidence < min_confidence or len(js) < min_frames:
             rejected.append(p)
             continue
-        rows = np.minimum(path[first, 0], len(p.midi) - 1)
         p.audio_w = p.audio[js]
         p.midi_w = p.midi[rows]
         p.midi_span = (int(rows.min()), int(rows.max()) + 1)
