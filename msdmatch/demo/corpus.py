@@ -442,7 +442,7 @@ def time_maps(paths) -> dict:
         Track id -> function from preview seconds ``(n,)`` to song seconds
         ``(n,)`` (:func:`msdmatch.demo.recording.song_seconds` with the
         preview's plan; a duplicate moved to another offset uses it).  Only
-        previews of a song in the default style are listed.
+        previews of a song are listed.
     """
     from functools import partial
 

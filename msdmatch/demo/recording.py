@@ -354,16 +354,19 @@ def _warp(plan: dict) -> dict:
 
 
 def has_time_map(plan: dict) -> bool:
-    """Whether :func:`song_seconds` can map the plan's preview onto its song (default style)."""
-    return plan.get("style") != "realistic" and "warp_rate" in plan
+    """Whether :func:`song_seconds` can map the plan's preview onto its song."""
+    return "warp_rate" in plan
 
 
 def song_seconds(plan: dict, seconds: np.ndarray) -> np.ndarray | None:
-    """Where in the song each time of a default-style preview lies.
+    """Where in the song each time of a preview lies.
 
     The plan's time warp is smooth and monotonic, so a preview made by
     :func:`perform` has a known alignment to its MIDI file: preview time
-    ``s`` is warped song time ``s + offset``.
+    ``s`` is warped performance time ``s + offset``.  A realistic plan's
+    performance plays the song's ``segments`` one after another, so its map
+    is piecewise (backwards where a section repeats); its per-note jitter
+    (at most a few tens of milliseconds) is not in the map.
 
     Parameters
     ----------
@@ -376,17 +379,22 @@ def song_seconds(plan: dict, seconds: np.ndarray) -> np.ndarray | None:
     -------
     song : np.ndarray [shape=(n,), dtype=float64] or None
         Song times in seconds (the warp inverted on a 10 ms grid); None for a
-        realistic plan, whose restructured sections and jittered notes have
-        no single time map.
+        plan without a time warp.
     """
     if not has_time_map(plan):
         return None
     kw = _warp(plan)
     warped = np.asarray(seconds, dtype=np.float64) + plan["offset"]
-    # the local tempo is at least rate * (1 - depth), which bounds the song time
+    # the local tempo is at least rate * (1 - depth), which bounds the performance time
     last = float(warped.max(initial=0.0)) / (kw["rate"] * (1.0 - kw["depth"])) + 1.0
     grid = np.arange(0.0, last + 0.01, 0.01)
-    return np.interp(warped, warp_times(grid, **kw), grid)
+    played = np.interp(warped, warp_times(grid, **kw), grid)
+    if "segments" not in plan:
+        return played
+    seg = np.asarray(plan["segments"], dtype=np.float64).reshape(-1, 2)
+    starts = np.concatenate([[0.0], np.cumsum(seg[:, 1] - seg[:, 0])[:-1]])
+    k = np.clip(np.searchsorted(starts, played, side="right") - 1, 0, len(seg) - 1)
+    return seg[k, 0] + played - starts[k]
 
 
 def perform(pm, plan: dict):
