@@ -53,14 +53,10 @@ for seed in $SEEDS; do
     once "q-$mode-$seed" $MS featurize midi "$C/train-midi.txt" --out "$T/q-$mode.zarr" --mode "$mode" --append
   done
 done
-# Every generated preview's plan says where in its song each second lies: DHS pairs are aligned
-# by those time maps, not by DTW (which cannot align the renditions least like their query).
-REC=(--recordings "$W/train_corpus/recordings.jsonl")
-for seed in $SEEDS; do REC+=(--recordings "$W/train_corpus$seed/recordings.jsonl"); done
 train() {  # MODE [extra args]
   local mode=$1; shift
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $MS train "$T/q-$mode.zarr" "$T/db.zarr" \
-      --truth "$T/split.csv" --out "$OUT" --minutes "$M" --seed 0 "${REC[@]}" "$@" \
+      --truth "$T/split.csv" --out "$OUT" --minutes "$M" --seed 0 "$@" \
       > "$W/train-$mode.log" 2>&1
 }
 start=$(date +%s)
