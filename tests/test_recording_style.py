@@ -140,3 +140,4 @@ def test_time_maps_follow_duplicates_and_realistic_plans(tmp_path):
     np.testing.assert_allclose(maps["A"](s), R.song_seconds(plan, s))
     np.testing.assert_allclose(maps["B"](s), R.song_seconds({**plan, "offset": 1.5}, s))
     np.testing.assert_allclose(maps["C"](s), maps["A"](s))
+    np.testing.assert_allclose(maps["D"](s), R.song_seconds(rows[3]["plan"], s))
