@@ -9,7 +9,8 @@ same K (:func:`default_k`): faiss's exact ``IndexFlatL2`` on one thread
 (``faiss.omp_set_num_threads(1)``; ``faiss-cpu`` is in the ``dev`` extra, a
 benchmark peer only) and the naive baseline (one full distance matrix per
 block of queries, then ``np.argpartition`` + sort).  Prints milliseconds per
-query for synthetic 128-D tanh-like embeddings, the ratios (peer / ours: > 1
+query for synthetic 128-D tanh-like embeddings with the hub coordinate
+appended (129-D, as match loads them, :mod:`msdmatch.kernels.hub`), the ratios (peer / ours: > 1
 means msdmatch is faster), whether faiss returned the same neighbours, and the
 issue-22 check: the batched prune costs <= 10 ms per query at 1M entries.
 Each timing is the best of ``--repeats`` runs of the process's CPU time (every
@@ -33,8 +34,9 @@ import numpy as np  # noqa: E402
 from _timing import best  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from msdmatch.kernels.hub import hub_column, pad_queries, with_hub  # noqa: E402
 from msdmatch.kernels.prune import default_k, merge_topk, topk_sq_euclidean  # noqa: E402
-from msdmatch.params import MATCH  # noqa: E402
+from msdmatch.params import HUB_WEIGHT, MATCH  # noqa: E402
 
 #: Issue 22: the batched prune's budget per query at 1M entries, one core.
 BUDGET_MS = 10.0
@@ -62,6 +64,12 @@ def embeddings(rng: np.random.Generator, n: int) -> np.ndarray:
     centres = rng.standard_normal((64, 128))
     x = centres[rng.integers(0, 64, n)] + 0.8 * rng.standard_normal((n, 128))
     return np.tanh(x).astype(np.float32)
+
+
+def prune_arrays(rng: np.random.Generator, n: int, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """Database and query vectors as match holds them: a hub coordinate appended (129-D)."""
+    db = with_hub(embeddings(rng, n), hub_column(rng.uniform(-0.2, 0.9, n), HUB_WEIGHT))
+    return db, pad_queries(embeddings(rng, n_queries), db.shape[1])
 
 
 def shards_of(db: np.ndarray, n_shards: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
@@ -105,19 +113,19 @@ def main() -> None:
     rng = np.random.default_rng(0)
     verdict = []
     with threadpool_limits(limits=1):
-        warm = embeddings(rng, 5000)
-        prune(warm[:8], shards_of(warm, 2), 100)
-        topk_sq_euclidean(warm[:8], warm.astype(np.float16), k=100)
+        warm, wq = prune_arrays(rng, 5000, 8)
+        prune(wq, shards_of(warm, 2), 100)
+        topk_sq_euclidean(wq, warm.astype(np.float16), k=100)
         print(f"{'n_db':>9} {'batch':>5} {'k':>6} {'msdmatch':>9} {'f16':>8} {'faiss':>8} {'naive':>8} "
               f"{'faiss/ours':>10} {'naive/ours':>10} {'same as faiss':>13}   (CPU ms/query, one thread)")
         for n in args.sizes:
-            db = embeddings(rng, n)
+            db, _ = prune_arrays(rng, n, 0)
             sh, sh16 = shards_of(db, args.shards), shards_of(db.astype(np.float16), args.shards)
             index = faiss.IndexFlatL2(db.shape[1])
             index.add(db)
             k = default_k(n)
             for b in args.batches:
-                q = embeddings(rng, b)
+                q = pad_queries(embeddings(rng, b), db.shape[1])
                 reps = args.repeats if n * b <= 64_000_000 else 2
                 t32 = cpu_time(lambda q=q, sh=sh, k=k: prune(q, sh, k), reps) / b * 1e3
                 t16 = cpu_time(lambda q=q, sh16=sh16, k=k: prune(q, sh16, k), reps) / b * 1e3
@@ -128,7 +136,7 @@ def main() -> None:
                       f"{tf / t32:>10.2f} {tn / t32:>10.2f} {agree:>13.4f}", flush=True)
                 if n >= 1_000_000 and b > 1:
                     verdict.append((b, t32))
-            print(f"# memory per 1M entries: float32 {128 * 4} MB, float16 {128 * 2} MB "
+            print(f"# memory per 1M entries: float32 {db.shape[1] * 4} MB, float16 {db.shape[1] * 2} MB "
                   f"(+4 MB float32 norms); this db: {db.nbytes / 2**20:.0f} MiB f32")
     for b, t in verdict:
         ok = "PASS" if t <= BUDGET_MS else "FAIL"

@@ -5,7 +5,8 @@ previews of the database by PSE distance; recall at share ``s`` is the
 fraction of queries whose true preview ranks within ``ceil(s * n_db)``.
 Models are run straight from their ONNX files (no store is written), so
 several model directories with the same model names can be compared on the
-same stores.  ``--windows SECONDS:HOP`` also embeds each query as windows of
+same stores.  A PSE model with a hub reference ranks as the prune does
+(:mod:`msdmatch.kernels.hub`); the row ``whole, no hub`` ranks without it.  ``--windows SECONDS:HOP`` also embeds each query as windows of
 that length (last window flush with the end) and ranks by the minimum
 distance over windows (:func:`msdmatch.kernels.prune.topk_multi`).
 
@@ -86,7 +87,9 @@ def recall_curve(r: np.ndarray, n_db: int) -> dict[str, float]:
 
 
 def main() -> None:
+    from msdmatch.io.modelfile import load_model
     from msdmatch.io.store import Store
+    from msdmatch.kernels.hub import hub_column, hub_scores
     from msdmatch.kernels.prune import query_windows
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,7 +141,13 @@ def main() -> None:
             E_db = embed(db_seqs, d / "audio.onnx").astype(np.float64)
             E_q = embed(seqs, d / "midi.onnx").astype(np.float64)
             dist = ((E_q**2).sum(1)[:, None] - 2 * E_q @ E_db.T + (E_db**2).sum(1)[None])
-            rows = {"whole": recall_curve(ranks(dist, cols), n_db)}
+            rows = {}
+            info = load_model(d)
+            if info.hub is not None:  # the prune's ranking (msdmatch.kernels.hub), and without it
+                rows["whole, no hub"] = recall_curve(ranks(dist, cols), n_db)
+                hub_col = hub_column(hub_scores(E_db, info.reference(), k=info.hub["k"]), info.hub["weight"])
+                dist = dist + np.square(hub_col.astype(np.float64))[None]
+            rows["whole"] = recall_curve(ranks(dist, cols), n_db)
             for w in a.windows:
                 sec, hop = (float(x) for x in w.split(":"))
                 fr = qs.params.frame_rate
@@ -147,6 +156,8 @@ def main() -> None:
                 wins = [s[o : o + int(round(sec * fr))] for s, off in zip(seqs, offs) for o in off]
                 E_w = embed(wins, d / "midi.onnx").astype(np.float64)
                 dw = ((E_w**2).sum(1)[:, None] - 2 * E_w @ E_db.T + (E_db**2).sum(1)[None])
+                if info.hub is not None:
+                    dw += np.square(hub_col.astype(np.float64))[None]
                 owner = np.repeat(np.arange(len(seqs)), [len(o) for o in offs])
                 dmin = np.full_like(dist, np.inf)
                 np.minimum.at(dmin, owner, dw)

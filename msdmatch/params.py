@@ -26,6 +26,14 @@ DHS_GULLY = 0.9
 #: Cosine-DTW gully of the screen and the verify stage.
 COSINE_GULLY = 0.96
 
+#: Hub penalty of the PSE prune (a CSLS-style correction): the squared distance
+#: of a preview to a query is raised by ``HUB_WEIGHT`` times the mean cosine of
+#: the preview's PSE vector to its ``HUB_K`` nearest reference MIDI vectors (the
+#: PSE's own training queries), so that previews near every MIDI file stop
+#: crowding the top K.  A PSE model records its own values in ``model.json``.
+HUB_K = 5
+HUB_WEIGHT = 1.5
+
 #: Names of the modalities a store or model can hold.
 MODALITIES = ("audio", "midi-synth", "midi-pianoroll")
 

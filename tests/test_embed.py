@@ -9,6 +9,7 @@ import pytest
 from msdmatch.errors import FormatMismatchError
 from msdmatch.io.modelfile import load_model, run_net
 from msdmatch.io.store import Store
+from msdmatch.kernels.hub import hub_scores
 from msdmatch.kernels.screen import screen_frames
 from msdmatch.stages import embed as stage
 
@@ -41,8 +42,15 @@ def test_embed_equals_unbatched_onnx(tiny_stores, copy_store, cluster_client, na
         np.testing.assert_array_equal(words[off[i] : off[i + 1]],
                                       stage.pack_bits(_direct(dhs, store.modality, X)))
         np.testing.assert_array_equal(g["screen/frames"][soff[i] : soff[i + 1]], screen_frames(X))
-    if name == "audio":  # an audio store gets every shipped model
+    if name == "audio":  # an audio store gets every shipped model, and their hub scores
         assert {"pse-midi-synth", "pse-midi-pianoroll"} <= set(g["pse"].array_keys())
+        for model in ("pse-midi-synth", "pse-midi-pianoroll"):
+            info, hub = load_model(model), g[f"hub/{model}"]
+            np.testing.assert_allclose(hub[:], hub_scores(g[f"pse/{model}"][:], info.reference(), k=info.hub["k"]),
+                                       atol=1e-6)
+            assert hub.attrs["weight"] == info.hub["weight"] and hub.attrs["complete"]
+    else:  # the penalty ranks previews: a query store has none
+        assert "hub" not in g
 
 
 def test_resume_after_interruption(tiny_stores, copy_store, cluster_client):
@@ -57,7 +65,7 @@ def test_resume_after_interruption(tiny_stores, copy_store, cluster_client):
     assert third["parts_run"] == 0
     a, b = Store(full_dir).group, Store(part).group
     for path in ("pse/pse-midi-synth", "dhs/dhs-midi-synth/words", "dhs/dhs-midi-synth/offsets",
-                 "pse/pse-midi-pianoroll", "screen/frames", "screen/offsets"):
+                 "pse/pse-midi-pianoroll", "hub/pse-midi-synth", "screen/frames", "screen/offsets"):
         np.testing.assert_array_equal(a[path][:], b[path][:])
 
 

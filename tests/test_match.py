@@ -211,3 +211,25 @@ def test_query_store_with_failures_and_tiny_sequences(tiny_corpus, tmp_path, clu
     assert s["failures"] == 0
     for c in ("dhs_score", *verify.VERIFY_COLUMNS):
         assert np.all(np.isfinite(t[c])), c
+
+
+def test_prune_keeps_the_top_k_by_hub_penalised_distance(embedded, cluster_client):
+    """The prune ranks by distance plus the hub penalty; MATCHES reports the plain PSE distance."""
+    from msdmatch.io.modelfile import load_model
+    from msdmatch.io.store import Store
+
+    t = _table(match.run(embedded["midi-synth"], embedded["audio"], client=cluster_client, prune_k=3, rerank=3,
+                         verify=1, keep="all", progress=False))
+    Q, D = Store(embedded["midi-synth"]), Store(embedded["audio"])
+    info = load_model("pse-midi-synth")
+    E_q, E_d = Q.group["pse/pse-midi-synth"][:].astype(np.float64), D.group["pse/pse-midi-synth"][:].astype(np.float64)
+    hub = D.group["hub/pse-midi-synth"][:].astype(np.float64)
+    raw = ((E_q[:, None] - E_d[None]) ** 2).sum(-1)
+    penalised = raw + info.hub["weight"] * (hub + 1.0)[None]
+    assert not np.array_equal(np.argsort(raw, axis=1), np.argsort(penalised, axis=1))  # the penalty matters here
+    for qi, q in enumerate(Q.ids):
+        sel = t["query_id"] == q
+        want = [D.ids[j] for j in np.argsort(penalised[qi], kind="stable")[:3]]
+        assert sorted(t["track_id"][sel].tolist()) == sorted(want)
+        for tid, d in zip(t["track_id"][sel], t["pse_distance"][sel]):
+            assert d == pytest.approx(np.sqrt(raw[qi, D.ids.index(tid)]), abs=1e-5)

@@ -358,7 +358,7 @@ def test_export_model_writes_loadable_model(tmp_path):
 
 
 def test_train_models_end_to_end(corpus, tmp_path):
-    from msdmatch.io.modelfile import load_model
+    from msdmatch.io.modelfile import load_model, run_net
 
     qs, ds, truth = corpus
     hp = {"dhs": HParams(batch=6, crop=32), "pse": HParams(alpha=3.34, margin=1.06, beta=0.0,
@@ -375,6 +375,13 @@ def test_train_models_end_to_end(corpus, tmp_path):
         assert len(doc["zscore"]["audio"]["mean"]) == 48
         assert doc["training"]["n_train_pairs"] > 0
     assert load_model(out["dhs"]).n_bits == 32 and load_model(out["dhs"]).downsample == 8
+    # the PSE's hub reference: its MIDI net's vectors of the training queries, each once
+    pse = load_model(out["pse"])
+    train_ids = {p.query_id for p in collect_pairs(qs, ds, truth) if p.split == "train"}
+    assert pse.hub["n_reference"] == len(train_ids) and pse.reference().shape == (len(train_ids), 128)
+    q = qs.sequence(qs.ids.index(sorted(train_ids)[0]))
+    one = run_net(pse.midi_onnx, q[None], np.ones((1, len(q)), np.float32))[0]
+    assert np.min(np.abs(pse.reference() - one).max(axis=1)) < 2e-3  # float16 storage
 
 
 def test_random_search_writes_trials(corpus, tmp_path):

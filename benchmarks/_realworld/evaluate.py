@@ -82,7 +82,8 @@ def store_ranks(queries: str, db: str, truth: dict[str, str], *, model: str) -> 
     out : dict
         ``pse`` and ``baseline`` rank arrays, ``query_ids`` ranked and ``n_db``.
     """
-    from msdmatch.io.store import Store
+    from msdmatch.io.store import Store, prune_vectors
+    from msdmatch.kernels.hub import pad_queries
     from msdmatch.stages.report import meanstd_embedding
 
     Q, D = Store(queries), Store(db)
@@ -90,8 +91,8 @@ def store_ranks(queries: str, db: str, truth: dict[str, str], *, model: str) -> 
     qrows = [(i, row[truth[q]]) for i, q in enumerate(Q.ids) if q in truth and truth[q] in row]
     qi = np.array([a for a, _ in qrows], dtype=np.int64)
     ti = np.array([b for _, b in qrows], dtype=np.int64)
-    qe = np.asarray(Q.group[f"pse/{model}"][:], np.float32)[qi]
-    de = np.asarray(D.group[f"pse/{model}"][:], np.float32)
+    de = prune_vectors(D.group, model)  # ranked as the prune ranks, hub penalty included
+    qe = pad_queries(np.asarray(Q.group[f"pse/{model}"][:], np.float32)[qi], de.shape[1])
     qb = np.stack([meanstd_embedding(Q.sequence(int(i))) for i in qi])
     db_b = np.stack([meanstd_embedding(x) for a in range(0, D.n, 1024)
                      for x in D.sequences(a, min(a + 1024, D.n))])

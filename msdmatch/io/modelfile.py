@@ -31,6 +31,7 @@ __all__ = [
     "check_compatible",
     "session",
     "run_net",
+    "load_reference",
 ]
 
 _REQUIRED = ("msdmatch_format", "kind", "name", "audio_modality", "midi_modality",
@@ -63,6 +64,10 @@ class ModelInfo:
     inputs : tuple of str
     output : str
     audio_onnx, midi_onnx : Path
+    hub : dict or None
+        A PSE model's hub penalty (:mod:`msdmatch.kernels.hub`): ``k``,
+        ``weight`` and ``reference``, the path of its reference vectors
+        (:meth:`reference`).
     raw : dict
         The whole JSON document.
     """
@@ -83,7 +88,14 @@ class ModelInfo:
     output: str
     audio_onnx: Path
     midi_onnx: Path
+    hub: dict[str, Any] | None = None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def reference(self) -> np.ndarray:
+        """The hub penalty's reference vectors, ``(m, embedding_dim)`` float32."""
+        if self.hub is None:
+            raise ModelError(f"model {self.name!r} has no hub reference")
+        return load_reference(str(self.hub["reference"]))
 
     def onnx_for(self, modality: str) -> Path:
         """ONNX file of the net that embeds a store of ``modality``."""
@@ -188,6 +200,13 @@ def load_model(path_or_name: str | os.PathLike) -> ModelInfo:
     for m, f in files.items():
         if not f.is_file():
             raise ModelError(f"{path}: {m} net {f} is missing; copy the whole model directory")
+    hub = doc.get("hub")
+    if hub is not None:
+        if kind != "pse" or not {"k", "weight", "reference"} <= set(hub):
+            raise ModelError(f"{path}: 'hub' belongs to a PSE model and needs k, weight and reference")
+        hub = dict(hub, reference=path.parent / hub["reference"])
+        if not hub["reference"].is_file():
+            raise ModelError(f"{path}: hub reference {hub['reference']} is missing; copy the whole model directory")
     return ModelInfo(
         dir=path.parent, kind=kind, name=str(doc["name"]),
         audio_modality="audio", midi_modality=doc["midi_modality"],
@@ -196,8 +215,14 @@ def load_model(path_or_name: str | os.PathLike) -> ModelInfo:
         embedding_dim=doc.get("embedding_dim"), zscore=doc["zscore"],
         metrics=doc.get("metrics", {}), training=doc.get("training", {}),
         inputs=tuple(doc["inputs"]), output=doc["output"],
-        audio_onnx=files["audio"], midi_onnx=files["midi"], raw=doc,
+        audio_onnx=files["audio"], midi_onnx=files["midi"], hub=hub, raw=doc,
     )
+
+
+@functools.lru_cache(maxsize=8)
+def load_reference(path: str) -> np.ndarray:
+    """Hub reference vectors stored at ``path`` (``.npy``), float32; cached per process."""
+    return np.load(path).astype(np.float32)
 
 
 def check_compatible(model: ModelInfo, *, store_params: FeatureParams, store_modality: str) -> Path:

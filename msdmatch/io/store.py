@@ -134,10 +134,30 @@ def write_offsets(group, name: str, offsets: np.ndarray) -> None:
                        overwrite=True)[:] = offsets
 
 
-def create_item_rows(group, name: str, *, n: int, width: int, chunk: int) -> None:
-    """Create ``name``: one float32 row of ``width`` per item, NaN until written (an embedding array)."""
-    group.create_array(name, shape=(n, width), dtype="float32", chunks=(chunk, width), overwrite=True,
-                       fill_value=np.nan)
+def create_item_rows(group, name: str, *, n: int, width: int | None, chunk: int) -> None:
+    """Create ``name``: one float32 row of ``width`` per item (one value if None), NaN until written."""
+    shape, chunks = ((n,), (chunk,)) if width is None else ((n, width), (chunk, width))
+    group.create_array(name, shape=shape, dtype="float32", chunks=chunks, overwrite=True, fill_value=np.nan)
+
+
+def prune_vectors(group, model: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """A database's PSE vectors of ``model`` with their hub coordinate, rows ``start:stop``.
+
+    Returns
+    -------
+    vectors : np.ndarray [shape=(n, embedding_dim + 1), dtype=float32]
+        ``pse/<model>`` with :func:`msdmatch.kernels.hub.hub_column` of
+        ``hub/<model>`` appended (zeros when the store has none); the exact
+        Euclidean prune over them ranks by the penalised distance.
+    """
+    from msdmatch.kernels.hub import hub_column, with_hub
+
+    stop = group[f"pse/{model}"].shape[0] if stop is None else stop
+    E = np.asarray(group[f"pse/{model}"][start:stop], dtype=np.float32)
+    path = f"hub/{model}"
+    col = (hub_column(np.asarray(group[path][start:stop]), float(group[path].attrs["weight"]))
+           if path in group else None)
+    return with_hub(E, col)
 
 
 class Store:

@@ -3,6 +3,9 @@
 Writes, for each model, into the store:
 
 - ``pse/<model>``: (n, embedding_dim) float32, one row per item;
+- ``hub/<model>``: (n,) float32, an audio store's hub scores for a PSE model
+  with a hub reference (:mod:`msdmatch.kernels.hub`; attributes ``k`` and
+  ``weight``), which the prune adds to its distances;
 - ``dhs/<model>/words``: flat uint32 hash words, one per downsampled step
   (bit k of a word is output unit k > 0), and ``dhs/<model>/offsets``
   (n + 1,) int64, with ``ceil(n_frames / downsample)`` words per item;
@@ -177,6 +180,12 @@ def embed_shard(shard: Shard, *, url: str, models: list[dict], storage_options: 
                 E[k] = np.nan
             E[short] = np.nan
             store.group[f"pse/{m['name']}"][shard.start : shard.stop] = E
+            if m.get("hub"):
+                from msdmatch.io.modelfile import load_reference
+                from msdmatch.kernels.hub import hub_scores
+
+                store.group[f"hub/{m['name']}"][shard.start : shard.stop] = hub_scores(
+                    E, load_reference(m["hub"]["reference"]), k=m["hub"]["k"])
         else:
             words, counts = [], []
             for k, h in enumerate(outs):
@@ -285,7 +294,10 @@ def run(url: str, *, models: list[str] | None = None, client=None, scheduler: st
     store = Store(url, storage_options=storage_options)
     infos = resolve_models(models, store.modality)
     specs = [{"name": i.name, "kind": i.kind, "downsample": i.downsample, "digest": model_digest(i),
-              "onnx": str(check_compatible(i, store_params=store.params, store_modality=store.modality))}
+              "onnx": str(check_compatible(i, store_params=store.params, store_modality=store.modality)),
+              # the prune's hub penalty is a property of the previews, so only an audio store gets it
+              "hub": (dict(i.hub, reference=str(i.hub["reference"]))
+                      if i.hub is not None and store.modality == "audio" else None)}
              for i in infos]
     from msdmatch.io.lock import store_lease
     from msdmatch.io.outputs import probe_writable
@@ -322,6 +334,10 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
         for s in specs:
             if s["kind"] == "pse":
                 create_item_rows(g, f"pse/{s['name']}", n=store.n, width=128, chunk=partition_size)
+                if s["hub"]:
+                    create_item_rows(g, f"hub/{s['name']}", n=store.n, width=None, chunk=partition_size)
+                elif f"hub/{s['name']}" in g:  # left by another version of the model
+                    delete_path(url, f"hub/{s['name']}", storage_options=storage_options)
         state = {"key": key, "complete": False, "base": 0}
     elif state.get("complete") and int(state.get("n", store.n)) < store.n:
         # items were appended to the store: embed only those
@@ -331,6 +347,8 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
             g[path].attrs["complete"] = False
             if s["kind"] == "pse":
                 g[path].resize((store.n, 128))
+            if s["hub"]:
+                g[f"hub/{s['name']}"].resize((store.n,))
         g["screen/frames"].attrs["complete"] = False
     g.attrs["embed_state"] = state
     base = int(state.get("base", 0))
@@ -376,6 +394,10 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
             path = f"pse/{s['name']}" if s["kind"] == "pse" else f"dhs/{s['name']}"
             g[path].attrs.update({"model": s["name"], "kind": s["kind"], "model_digest": s["digest"],
                                   "complete": True})
+            if s["hub"]:
+                g[f"hub/{s['name']}"].attrs.update({"model": s["name"], "model_digest": s["digest"],
+                                                   "k": s["hub"]["k"], "weight": s["hub"]["weight"],
+                                                   "complete": True})
         g.attrs["embed_state"] = {"key": key, "complete": True, "n": store.n}
         delete_path(url, f"_parts/{STAGE}", storage_options=storage_options)
     return {"items": store.n, "failures": n_fail, "models": [s["name"] for s in specs],

@@ -202,10 +202,14 @@ def _compare(matches, truth, metrics, *, queries, db, brute_force, client, stora
     one_pct = max(1, int(np.ceil(0.01 * D.n)))
     out: dict = {"prune_k": K, "db_size": D.n}
     # PSE against the mean/std baseline, on the same queries
-    pse = f"pse/pse-{Q.modality}"
-    if pse in Q.group and pse in D.group and qrows:
-        r = _best_per_query(true_ranks(sq_dists(Q.group[pse][:][qrows], D.group[pse][:])[pair_q], true_idx),
-                            pair_q, len(qrows))
+    pse = f"pse-{Q.modality}"
+    if f"pse/{pse}" in Q.group and f"pse/{pse}" in D.group and qrows:
+        from msdmatch.io.store import prune_vectors
+        from msdmatch.kernels.hub import pad_queries
+
+        E = prune_vectors(D.group, pse)  # ranked as the prune ranks, hub penalty included
+        dist = sq_dists(pad_queries(Q.group[f"pse/{pse}"][:][qrows], E.shape[1]), E)
+        r = _best_per_query(true_ranks(dist[pair_q], true_idx), pair_q, len(qrows))
         out["pse_top_1pct"] = float(np.mean(r <= one_pct))
         out["pse_top_k"] = float(np.mean(r <= K))
         out["pse_mean_rank"] = float(np.mean(r))

@@ -1,5 +1,8 @@
 """Prune: the PSE top-K of a query batch on each shard, merged by tree reduction.
 
+Distances include each preview's hub penalty (:mod:`msdmatch.kernels.hub`);
+the rerank hands on the plain PSE distance.
+
 The kernel is :func:`msdmatch.kernels.prune.topk_sq_euclidean`; see
 :mod:`msdmatch.stages.match.shard` for the shards' conventions.
 """
@@ -12,9 +15,11 @@ import numpy as np
 
 def shard_topk(data: dict, queries: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Top-k of every query within one shard (global indices via the returned offset)."""
+    from msdmatch.kernels.hub import pad_queries
     from msdmatch.kernels.prune import topk_sq_euclidean
 
-    d, i = topk_sq_euclidean(queries, data["E"], k=k, db_sq_norms=data["norms"])
+    E = data["E"]
+    d, i = topk_sq_euclidean(pad_queries(queries, E.shape[1]), E, k=k, db_sq_norms=data["norms"])
     return d, i, data["shard"].start
 
 

@@ -58,14 +58,17 @@ def shard_rerank_batch(data: dict, qb: dict, pruned: dict) -> dict:
     Returns
     -------
     result : dict
-        ``scores``: per query, ``(dhs_score, dhs_matrix_mean)`` of the
-        candidates ``pruned['i'][q][in this shard]`` (None for a failed query);
-        ``failed``; ``cpu``.
+        ``scores``: per query, ``(dhs_score, dhs_matrix_mean, hub_penalty)`` of
+        the candidates ``pruned['i'][q][in this shard]`` (None for a failed
+        query); ``failed``; ``cpu``.
     """
     t = time.thread_time()
     pidx = pruned["i"]
     items = [(data, qb["words"][q], pidx[q][in_shard(data, pidx[q])]) for q in range(len(pidx))]
     scores, failed = per_query(_rerank_one, items, qb["failed"])
+    # each candidate's hub penalty: the square of its last prune coordinate (msdmatch.kernels.hub)
+    scores = [None if s is None else (*s, np.square(data["E"][c - data["shard"].start, -1].astype(np.float64)))
+              for s, (_, _, c) in zip(scores, items)]
     return {"scores": scores, "failed": failed, "cpu": time.thread_time() - t}
 
 
@@ -86,7 +89,8 @@ def rerank_order(pruned: dict, parts: list[dict], *, shards, failed: dict) -> di
     Returns
     -------
     ranked : dict
-        ``pidx``, ``pdist`` [shape=(n, K)]; ``dhs_score``, ``dhs_mean``,
+        ``pidx``, ``pdist`` [shape=(n, K)] (the PSE distance, without the
+        prune's hub penalty); ``dhs_score``, ``dhs_mean``,
         ``ratio`` [shape=(n, K), float64]; ``order`` [shape=(n, K), int64]:
         columns of ``pidx`` by (DHS ratio, PSE distance); ``failed``; ``cpu``
         (prune and rerank).
@@ -94,7 +98,7 @@ def rerank_order(pruned: dict, parts: list[dict], *, shards, failed: dict) -> di
     from msdmatch.kernels.fusion import dhs_ratio
 
     t = time.thread_time()
-    pdist, pidx = pruned["d"], pruned["i"]
+    pdist, pidx = pruned["d"].astype(np.float64), pruned["i"]
     n, K = pidx.shape
     failed = dict(failed)
     owner = owners(shards, pidx)
@@ -106,6 +110,7 @@ def rerank_order(pruned: dict, parts: list[dict], *, shards, failed: dict) -> di
             if sm is not None:
                 dhs_score[q, owner[q] == sid] = sm[0]
                 dhs_mean[q, owner[q] == sid] = sm[1]
+                pdist[q, owner[q] == sid] -= sm[2]
     ratio = dhs_ratio(dhs_score, dhs_mean)
     order = (np.stack([np.lexsort((pdist[q], ratio[q])) for q in range(n)]) if n else np.zeros((0, K), np.int64))
     cpu = {"prune": pruned["cpu"], "rerank": sum(p["cpu"] for p in parts) + time.thread_time() - t}

@@ -3,7 +3,8 @@
 Conventions
 -----------
 - A loaded shard (:func:`load_shard`) is a dict of its rows' PSE
-  embeddings ``E`` (n, 128) float32, packed DHS words with local
+  embeddings ``E`` (n, 129) float32 with their hub coordinate
+  (:func:`msdmatch.io.store.prune_vectors`), packed DHS words with local
   ``offsets``, bit frequencies and int8 screen frames; failed items get
   embeddings far from everything (1e6) and ``ok`` False.
 - Candidate indices are global database rows (int64).  A shard works only
@@ -24,11 +25,11 @@ from msdmatch.stages.match.plan import DbShard
 
 def load_shard(shard: DbShard, *, url: str, pse: str, dhs: str, storage_options: dict | None = None) -> dict:
     """Load one database shard's embeddings, hash sequences, bit frequencies and screen frames."""
-    from msdmatch.io.store import open_group
+    from msdmatch.io.store import open_group, prune_vectors
     from msdmatch.kernels.dtw import bit_frequencies
 
     g = open_group(url, storage_options=storage_options)
-    E = np.asarray(g[f"pse/{pse}"][shard.start : shard.stop], dtype=np.float32)
+    E = prune_vectors(g, pse, shard.start, shard.stop)
     off = np.asarray(g[f"dhs/{dhs}/offsets"][shard.start : shard.stop + 1], dtype=np.int64)
     words = np.asarray(g[f"dhs/{dhs}/words"][off[0] : off[-1]], dtype=np.uint32)
     ok = np.all(np.isfinite(E), axis=1) & (np.diff(off) > 0)
