@@ -105,10 +105,11 @@ def tile_store(src_url: str, dst_url: str, n: int) -> None:
     """
     import zarr
 
-    stamp = {"n": n, "jitter": JITTER}
+    src = zarr.open_group(src_url, mode="r")
+    # the source's embedding key names its models' digests: new models re-tile
+    stamp = {"n": n, "jitter": JITTER, "embedded": dict(src.attrs.get("embed_state", {})).get("key")}
     if Path(dst_url, ".tiled").exists() and json.loads(Path(dst_url, ".tiled").read_text()) == stamp:
         return
-    src = zarr.open_group(src_url, mode="r")
     dst = zarr.open_group(dst_url, mode="w", zarr_format=3)
     ns = src["ids"].shape[0]
     idx = np.arange(n) % ns
