@@ -80,6 +80,27 @@ def test_refuses_other_feature_parameters(tiny_corpus, tmp_path, cluster_client)
         stage.run(url, client=cluster_client, progress=False)
 
 
+def test_a_model_without_hub_reference_leaves_no_stale_hub_scores(tiny_stores, copy_store, cluster_client, tmp_path):
+    """Re-embedding with a PSE model of the same name but no hub reference removes the old scores."""
+    import shutil
+
+    from msdmatch.io.modelfile import shipped_model_dir
+    from msdmatch.io.store import prune_vectors
+
+    url = copy_store(tiny_stores["audio"])
+    model = tmp_path / "pse-midi-synth"
+    shutil.copytree(shipped_model_dir() / "pse-midi-synth", model)
+    stage.run(url, models=[str(model)], client=cluster_client, progress=False)
+    assert "hub/pse-midi-synth" in Store(url).group
+    doc = json.loads((model / "model.json").read_text())
+    del doc["hub"]
+    (model / "model.json").write_text(json.dumps(doc))
+    stage.run(url, models=[str(model)], client=cluster_client, progress=False)
+    g = Store(url).group
+    assert "hub/pse-midi-synth" not in g
+    np.testing.assert_array_equal(prune_vectors(g, "pse-midi-synth")[:, -1], 0.0)  # no penalty
+
+
 def test_refuses_model_of_another_modality(tiny_stores, copy_store, cluster_client):
     from msdmatch.io.modelfile import shipped_model_dir
 

@@ -121,6 +121,8 @@ def test_check_compatible_refuses_wrong_modality(model_dir):
     ({"kind": "dhs", "output": "hashes"}, ModelError, "needs n_bits and downsample"),
     ({"feature_params": dict(DEFAULT_PARAMS.to_dict(), cqt_filter="x")}, FormatMismatchError,
      "unknown feature parameters"),
+    ({"hub": {"k": 5, "weight": 1.5}}, ModelError, "needs k, weight and reference"),
+    ({"hub": {"k": 5, "weight": 1.5, "reference": "reference.npy"}}, ModelError, "hub reference .* is missing"),
 ])
 def test_malformed_model_json_is_refused(model_dir, over, error, message):
     (model_dir / "model.json").write_text(json.dumps(_doc(**over)))
