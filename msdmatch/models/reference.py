@@ -52,7 +52,6 @@ def write_hub_reference(model_dir: str | Path, midi: Sequence[np.ndarray], *, k:
     k = min(int(k), len(R))  # a tiny training set
     path = info.dir / REFERENCE
     np.save(path, R.astype(np.float16))
-    doc = json.loads((info.dir / "model.json").read_text())
-    doc["hub"] = {"k": k, "weight": float(weight), "reference": REFERENCE, "n_reference": len(R)}
+    doc = dict(info.raw, hub={"k": k, "weight": float(weight), "reference": REFERENCE, "n_reference": len(R)})
     (info.dir / "model.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     return path
