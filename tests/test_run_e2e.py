@@ -66,13 +66,14 @@ def _msdmatch(*args: str, env: dict, timeout: int = 600) -> subprocess.Completed
 
 
 READ_BACK = """
-import io, json, sys
+import io, json, os, sys
 import pyarrow.parquet as pq
 import s3fs
 fs = s3fs.S3FileSystem()
 with fs.open(sys.argv[1], "rb") as f:
-    t = pq.read_table(io.BytesIO(f.read()), use_threads=False)  # pyarrow 26 may abort at exit otherwise
-print(json.dumps({c: t.column(c).to_pylist() for c in t.column_names}))
+    t = pq.read_table(io.BytesIO(f.read()), use_threads=False)
+print(json.dumps({c: t.column(c).to_pylist() for c in t.column_names}), flush=True)
+os._exit(0)  # pyarrow 26 with s3fs's threads can abort in interpreter shutdown, after the table is out
 """
 
 
