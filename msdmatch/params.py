@@ -34,6 +34,16 @@ COSINE_GULLY = 0.96
 HUB_K = 5
 HUB_WEIGHT = 1.5
 
+#: Hub correction of the DHS rerank (the same idea with DHS ratios): each
+#: candidate's ratio is lowered by ``DHS_HUB_WEIGHT`` times the preview's mean
+#: ratio against its ``DHS_HUB_K`` best-aligned reference queries, the first
+#: ``DHS_HUB_N`` training queries of the DHS model, so that previews that align
+#: cheaply with every MIDI file stop leading the rerank.  A DHS model records
+#: its own values in ``model.json``.
+DHS_HUB_K = 5
+DHS_HUB_WEIGHT = 1.5
+DHS_HUB_N = 150
+
 #: Names of the modalities a store or model can hold.
 MODALITIES = ("audio", "midi-synth", "midi-pianoroll")
 

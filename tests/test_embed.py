@@ -9,7 +9,7 @@ import pytest
 from msdmatch.errors import FormatMismatchError
 from msdmatch.io.modelfile import load_model, run_net
 from msdmatch.io.store import Store
-from msdmatch.kernels.hub import hub_scores
+from msdmatch.kernels.hub import dhs_hub_scores, hub_scores
 from msdmatch.kernels.screen import screen_frames
 from msdmatch.stages import embed as stage
 
@@ -49,6 +49,13 @@ def test_embed_equals_unbatched_onnx(tiny_stores, copy_store, cluster_client, na
             np.testing.assert_allclose(hub[:], hub_scores(g[f"pse/{model}"][:], info.reference(), k=info.hub["k"]),
                                        atol=1e-6)
             assert hub.attrs["weight"] == info.hub["weight"] and hub.attrs["complete"]
+        for model in ("dhs-midi-synth", "dhs-midi-pianoroll"):  # and the rerank's hub terms
+            info, hub = load_model(model), g[f"hub/{model}"]
+            want = dhs_hub_scores(g[f"dhs/{model}/words"][:], g[f"dhs/{model}/offsets"][:], info.reference(),
+                                  k=info.hub["k"])
+            assert np.all(np.isfinite(want))
+            np.testing.assert_allclose(hub[:], want, rtol=1e-6)
+            assert hub.attrs["weight"] == info.hub["weight"] and hub.attrs["complete"]
     else:  # the penalty ranks previews: a query store has none
         assert "hub" not in g
 
@@ -65,7 +72,8 @@ def test_resume_after_interruption(tiny_stores, copy_store, cluster_client):
     assert third["parts_run"] == 0
     a, b = Store(full_dir).group, Store(part).group
     for path in ("pse/pse-midi-synth", "dhs/dhs-midi-synth/words", "dhs/dhs-midi-synth/offsets",
-                 "pse/pse-midi-pianoroll", "hub/pse-midi-synth", "screen/frames", "screen/offsets"):
+                 "pse/pse-midi-pianoroll", "hub/pse-midi-synth", "hub/dhs-midi-synth", "screen/frames",
+                 "screen/offsets"):
         np.testing.assert_array_equal(a[path][:], b[path][:])
 
 

@@ -179,7 +179,7 @@ def test_db_on_s3(embedded, s3, cluster_client, tmp_path):
     write_matches(remote, f"s3://{b}/out/m.csv", storage_options=so)
     for name in ("m.zarr", "m.parquet", "m.csv"):
         back = read_matches(f"s3://{b}/out/{name}", storage_options=so)
-        assert list(back) == COLUMNS + ["dhs_matrix_mean", "verify_std_score", "verify_dhs_score",
+        assert list(back) == COLUMNS + ["dhs_matrix_mean", "dhs_hub", "verify_std_score", "verify_dhs_score",
                                         "verify_high_score", "screen_score", "stage", "thesis_confidence",
                                         "matched", "query_start", "query_end"], name
         assert back["track_id"].tolist() == remote["track_id"].tolist(), name
@@ -233,3 +233,27 @@ def test_prune_keeps_the_top_k_by_hub_penalised_distance(embedded, cluster_clien
         assert sorted(t["track_id"][sel].tolist()) == sorted(want)
         for tid, d in zip(t["track_id"][sel], t["pse_distance"][sel]):
             assert d == pytest.approx(np.sqrt(raw[qi, D.ids.index(tid)]), abs=1e-5)
+
+
+def test_rerank_keeps_the_top_r_by_hub_corrected_ratio(embedded, cluster_client):
+    """The rerank orders by DHS ratio less the preview's hub term; MATCHES reports both."""
+    from msdmatch.io.modelfile import load_model
+    from msdmatch.io.store import Store
+    from msdmatch.kernels.fusion import dhs_ratio
+
+    D = Store(embedded["audio"])
+    t = _table(match.run(embedded["midi-synth"], embedded["audio"], client=cluster_client, prune_k=D.n, rerank=3,
+                         verify=1, keep="all", progress=False))
+    info = load_model("dhs-midi-synth")
+    hub = D.group["hub/dhs-midi-synth"][:].astype(np.float64)
+    term = info.hub["weight"] * hub[[D.ids.index(x) for x in t["track_id"]]]
+    np.testing.assert_allclose(t["dhs_hub"], term)
+    ratio = dhs_ratio(t["dhs_score"], t["dhs_matrix_mean"])
+    moved = 0
+    for q in np.unique(t["query_id"]):
+        sel = t["query_id"] == q
+        kept = set(t["track_id"][sel & (t["stage"] != "prune")].tolist())
+        key = ratio[sel] - term[sel]
+        assert kept == set(t["track_id"][sel][np.lexsort((t["pse_distance"][sel], key))[:3]].tolist())
+        moved += kept != set(t["track_id"][sel][np.argsort(ratio[sel], kind="stable")[:3]].tolist())
+    assert moved  # the correction changed some query's top R here

@@ -33,6 +33,7 @@ from msdmatch.models.train import (  # noqa: E402
     pair_loss,
     train_models,
 )
+from msdmatch.params import DHS_HUB_N  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -382,6 +383,15 @@ def test_train_models_end_to_end(corpus, tmp_path):
     q = qs.sequence(qs.ids.index(sorted(train_ids)[0]))
     one = run_net(pse.midi_onnx, q[None], np.ones((1, len(q)), np.float32))[0]
     assert np.min(np.abs(pse.reference() - one).max(axis=1)) < 2e-3  # float16 storage
+    # the DHS's: the hash words of the first training queries, in truth order
+    from msdmatch.stages.embed import pack_bits
+
+    dhs = load_model(out["dhs"])
+    first = list(dict.fromkeys(p.query_id for p in collect_pairs(qs, ds, truth) if p.split == "train"))
+    assert dhs.hub["n_reference"] == len(dhs.reference()) == min(len(first), DHS_HUB_N)
+    q = qs.sequence(qs.ids.index(first[0]))
+    h = run_net(dhs.midi_onnx, q[None], np.ones((1, len(q)), np.float32))[0][: -(-len(q) // dhs.downsample)]
+    np.testing.assert_array_equal(dhs.reference()[0], pack_bits(h))
 
 
 def test_random_search_writes_trials(corpus, tmp_path):

@@ -58,7 +58,7 @@ __all__ = [
 MATCH_COLUMNS = ("query_id", "rank", "track_id", "confidence", "verify_score", "dhs_score",
                  "pse_distance")
 #: Written after MATCH_COLUMNS when present; other tools' tables may lack them.
-OPTIONAL_COLUMNS = ("dhs_matrix_mean", "verify_std_score", "verify_dhs_score", "verify_high_score",
+OPTIONAL_COLUMNS = ("dhs_matrix_mean", "dhs_hub", "verify_std_score", "verify_dhs_score", "verify_high_score",
                     "screen_score", "stage")
 #: The cascade's stages, in order, for the per-stage recall.
 STAGES = ("pse", "dhs", "screen", "final")

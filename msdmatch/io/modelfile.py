@@ -32,6 +32,7 @@ __all__ = [
     "session",
     "run_net",
     "load_reference",
+    "load_word_reference",
 ]
 
 _REQUIRED = ("msdmatch_format", "kind", "name", "audio_modality", "midi_modality",
@@ -65,9 +66,9 @@ class ModelInfo:
     output : str
     audio_onnx, midi_onnx : Path
     hub : dict or None
-        A PSE model's hub penalty (:mod:`msdmatch.kernels.hub`): ``k``,
-        ``weight`` and ``reference``, the path of its reference vectors
-        (:meth:`reference`).
+        The model's hub correction (:mod:`msdmatch.kernels.hub`): ``k``,
+        ``weight`` and ``reference``, the path of its reference (:meth:`reference`):
+        MIDI vectors for a PSE model (``.npy``), hash sequences for a DHS model (``.npz``).
     raw : dict
         The whole JSON document.
     """
@@ -91,11 +92,18 @@ class ModelInfo:
     hub: dict[str, Any] | None = None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
-    def reference(self) -> np.ndarray:
-        """The hub penalty's reference vectors, ``(m, embedding_dim)`` float32."""
+    def reference(self) -> np.ndarray | list[np.ndarray]:
+        """The hub correction's reference.
+
+        Returns
+        -------
+        reference : np.ndarray [shape=(m, embedding_dim), float32] or list of np.ndarray [shape=(M_i,), uint32]
+            A PSE model's reference vectors, or a DHS model's packed hash sequences.
+        """
         if self.hub is None:
             raise ModelError(f"model {self.name!r} has no hub reference")
-        return load_reference(str(self.hub["reference"]))
+        load = load_reference if self.kind == "pse" else load_word_reference
+        return load(str(self.hub["reference"]))
 
     def onnx_for(self, modality: str) -> Path:
         """ONNX file of the net that embeds a store of ``modality``."""
@@ -202,8 +210,8 @@ def load_model(path_or_name: str | os.PathLike) -> ModelInfo:
             raise ModelError(f"{path}: {m} net {f} is missing; copy the whole model directory")
     hub = doc.get("hub")
     if hub is not None:
-        if kind != "pse" or not {"k", "weight", "reference"} <= set(hub):
-            raise ModelError(f"{path}: 'hub' belongs to a PSE model and needs k, weight and reference")
+        if not {"k", "weight", "reference"} <= set(hub):
+            raise ModelError(f"{path}: 'hub' needs k, weight and reference, got {sorted(hub)}")
         hub = dict(hub, reference=path.parent / hub["reference"])
         if not hub["reference"].is_file():
             raise ModelError(f"{path}: hub reference {hub['reference']} is missing; copy the whole model directory")
@@ -223,6 +231,14 @@ def load_model(path_or_name: str | os.PathLike) -> ModelInfo:
 def load_reference(path: str) -> np.ndarray:
     """Hub reference vectors stored at ``path`` (``.npy``), float32; cached per process."""
     return np.load(path).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def load_word_reference(path: str) -> list[np.ndarray]:
+    """A DHS model's hub reference at ``path`` (``.npz`` of flat ``words`` and ``offsets``); cached per process."""
+    with np.load(path) as z:
+        words, off = np.asarray(z["words"], np.uint32), np.asarray(z["offsets"], np.int64)
+    return [words[a:b] for a, b in zip(off[:-1], off[1:])]
 
 
 def check_compatible(model: ModelInfo, *, store_params: FeatureParams, store_modality: str) -> Path:

@@ -114,6 +114,9 @@ _BASE_FEATURES = (
 #: ``*_robust_z``: ``(x - median) / (1.4826 MAD + 0.01)`` over the query's
 #: candidates: how far a candidate stands out of the scores of the query's
 #: other (mostly unrelated) candidates, in units of their spread.
+#: ``dhs_key*``: the rerank's order key, the DHS ratio less the preview's hub
+#: term (:func:`msdmatch.kernels.hub.corrected_ratio`; the ``dhs_hub`` column,
+#: 0 when absent), as is (it may be negative), its gap to the best and its robust z.
 ALL_FEATURES = _BASE_FEATURES + (
     "verify_robust_z",
     "verify_std_robust_z",
@@ -121,6 +124,9 @@ ALL_FEATURES = _BASE_FEATURES + (
     "verify_high_robust_z",
     "dhs_ratio_robust_z",
     "log_pse_robust_z",
+    "dhs_key",
+    "dhs_key_gap_to_best",
+    "dhs_key_robust_z",
 )
 
 
@@ -322,8 +328,8 @@ def features_for(candidates: Mapping, *, groups: np.ndarray | None = None,
     candidates : mapping of str to np.ndarray [shape=(n,)]
         Columns ``verify_score``, ``verify_std_score``, ``verify_dhs_score``,
         ``verify_high_score``, ``dhs_score``, ``pse_distance``,
-        ``dhs_matrix_mean`` (NaN where a stage did not score a candidate)
-        and, unless ``groups`` is given, ``query_id``.
+        ``dhs_matrix_mean`` (NaN where a stage did not score a candidate),
+        optionally ``dhs_hub`` and, unless ``groups`` is given, ``query_id``.
     groups : np.ndarray [shape=(n,)] or None
         Query of each candidate; defaults to ``candidates["query_id"]``, or
         one query for all rows if there is no such column.
@@ -367,6 +373,14 @@ def features_for(candidates: Mapping, *, groups: np.ndarray | None = None,
     cols["log_dhs_ratio"] = np.log(np.maximum(h, 0.0) + _EPS)
     cols["dhs_ratio_gap_to_best"] = h - _group_min(h, inv, ng)
     cols["dhs_ratio_robust_z"] = _robust_z(h, inv, ng)
+    if any(f.startswith("dhs_key") for f in names):
+        from msdmatch.kernels.hub import corrected_ratio
+
+        hub = _column(candidates, "dhs_hub", n) if "dhs_hub" in candidates else np.zeros(n)
+        key = corrected_ratio(h, hub)
+        cols["dhs_key"] = key
+        cols["dhs_key_gap_to_best"] = key - _group_min(key, inv, ng)
+        cols["dhs_key_robust_z"] = _robust_z(key, inv, ng)
     cols["log_pse_distance"] = lp
     cols["log_pse_gap_to_best"] = lp - _group_min(lp, inv, ng)
     cols["log_pse_robust_z"] = _robust_z(lp, inv, ng)
@@ -430,7 +444,7 @@ def single_scores(candidates: Mapping) -> dict[str, np.ndarray]:
     ----------
     candidates : mapping of str to np.ndarray [shape=(n,)]
         MATCHES columns; ``verify_std_score``, ``verify_dhs_score``,
-        ``verify_high_score``, ``screen_score`` and ``dhs_matrix_mean`` may be absent.
+        ``verify_high_score``, ``screen_score``, ``dhs_matrix_mean`` and ``dhs_hub`` may be absent.
 
     Returns
     -------
@@ -444,6 +458,10 @@ def single_scores(candidates: Mapping) -> dict[str, np.ndarray]:
     scores = {c: np.asarray(candidates[c], dtype=np.float64) for c in names if c in candidates}
     if "dhs_matrix_mean" in candidates:
         scores["dhs_ratio"] = dhs_ratio(candidates["dhs_score"], candidates["dhs_matrix_mean"])
+        if "dhs_hub" in candidates:  # the rerank's order key
+            from msdmatch.kernels.hub import corrected_ratio
+
+            scores["dhs_ratio_corrected"] = corrected_ratio(scores["dhs_ratio"], candidates["dhs_hub"])
     return scores
 
 

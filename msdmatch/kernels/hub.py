@@ -16,6 +16,16 @@ constant within a query and drops out of its ranking.
 The penalty enters the exact Euclidean prune as one extra coordinate: the
 preview gets ``sqrt(w (hub + 1))`` and the query 0, which adds ``w (hub + 1)``
 to every squared distance (the constant ``w`` leaves every ranking as it is).
+
+The DHS rerank has the same failure: a preview whose hash sequence aligns
+cheaply with many MIDI files climbs every query's order.  Its correction is
+measured the same way, with DHS ratios (lower is better) instead of cosines:
+
+    L(p) = mean of the k lowest DHS ratios of the reference queries against p
+
+and the rerank orders by ``ratio - w · L(p)`` (:func:`dhs_hub_scores`,
+:func:`corrected_ratio`); the reference is a sample of the DHS model's own
+training queries, as hash sequences.
 """
 from __future__ import annotations
 
@@ -23,7 +33,7 @@ import numpy as np
 
 from msdmatch.errors import ParameterError
 
-__all__ = ["hub_scores", "hub_column", "with_hub", "pad_queries"]
+__all__ = ["hub_scores", "hub_column", "with_hub", "pad_queries", "dhs_hub_scores", "corrected_ratio"]
 
 
 def hub_scores(vectors: np.ndarray, reference: np.ndarray, *, k: int, block: int = 4096) -> np.ndarray:
@@ -95,3 +105,67 @@ def pad_queries(queries: np.ndarray, width: int) -> np.ndarray:
     if Q.shape[1] > width:
         raise ParameterError(f"queries have {Q.shape[1]} dims, more than the database's {width}")
     return np.pad(Q, ((0, 0), (0, width - Q.shape[1])))
+
+
+def dhs_hub_scores(words: np.ndarray, offsets: np.ndarray, reference: list[np.ndarray], *, k: int) -> np.ndarray:
+    """Mean of each hash sequence's ``k`` lowest DHS ratios against the reference queries.
+
+    Parameters
+    ----------
+    words : np.ndarray [shape=(total,), dtype=uint32]
+        Packed DHS words of the previews, stored flat.
+    offsets : np.ndarray [shape=(n + 1,), integer]
+        Preview ``i`` is ``words[offsets[i]:offsets[i+1]]``; it may be empty (a failed item).
+    reference : list of np.ndarray [shape=(M_r,), dtype=uint32]
+        Non-empty hash sequences of the reference queries, ``len(reference) >= k``.
+    k : int > 0
+
+    Returns
+    -------
+    hub : np.ndarray [shape=(n,), dtype=float32]
+        :func:`msdmatch.kernels.fusion.dhs_ratio` of the rerank's Hamming-DTW
+        (:func:`msdmatch.kernels.dtw.hamming_dtw_many`), averaged over the
+        ``k`` reference queries that align best; NaN for an empty sequence.
+    """
+    from msdmatch.kernels.dtw import bit_frequencies, hamming_dtw_many, hamming_matrix_mean
+    from msdmatch.kernels.fusion import dhs_ratio
+
+    off = np.asarray(offsets, np.int64)
+    if not 1 <= int(k) <= len(reference):
+        raise ParameterError(f"k must be in 1..{len(reference)} (the reference's size), got {k!r}")
+    if any(len(r) == 0 for r in reference):
+        raise ParameterError("every reference hash sequence must be non-empty")
+    ok = np.diff(off) > 0
+    out = np.full(len(off) - 1, np.nan, np.float32)
+    if not ok.any():
+        return out
+    # empty sequences hold no words, so dropping their offsets leaves ``words`` as it is
+    sub = np.concatenate([off[:1], off[1:][ok]])
+    freqs = bit_frequencies(words, sub)
+    R = np.empty((len(reference), int(ok.sum())))
+    for i, r in enumerate(reference):
+        r = np.asarray(r, np.uint32)
+        score = hamming_dtw_many(r, words, sub)
+        R[i] = dhs_ratio(score, hamming_matrix_mean(bit_frequencies(r, np.array([0, len(r)]))[0], freqs))
+    out[ok] = np.sort(R, axis=0)[: int(k)].mean(axis=0)
+    return out
+
+
+def corrected_ratio(ratio: np.ndarray, term: np.ndarray) -> np.ndarray:
+    """The rerank's order key: DHS ratios minus their previews' weighted hub terms.
+
+    Parameters
+    ----------
+    ratio : np.ndarray [shape=(...)]
+        :func:`msdmatch.kernels.fusion.dhs_ratio` (``inf`` for a candidate not reranked).
+    term : np.ndarray [shape=(...)]
+        ``weight * L(p)`` per candidate (:func:`dhs_hub_scores`); a non-finite
+        term (no hub score) corrects nothing.
+
+    Returns
+    -------
+    key : np.ndarray [shape=(...), dtype=float64]
+        Lower is better; may be negative.
+    """
+    t = np.asarray(term, np.float64)
+    return np.asarray(ratio, np.float64) - np.where(np.isfinite(t), t, 0.0)

@@ -127,7 +127,8 @@ def screen_order(screen: np.ndarray, ratio: np.ndarray, pse: np.ndarray) -> tupl
     screen : np.ndarray [shape=(R,)]
         :func:`screen_scores`.
     ratio : np.ndarray [shape=(R,)]
-        The DHS ratios (:func:`msdmatch.kernels.fusion.dhs_ratio`), in the same order.
+        The rerank's order key (:func:`msdmatch.kernels.hub.corrected_ratio` of
+        the DHS ratios), in the same order.
     pse : np.ndarray [shape=(R,)]
         The PSE distances (any power of the Euclidean distance: the z-score of
         their log does not depend on it), in the same order.

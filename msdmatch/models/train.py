@@ -873,10 +873,11 @@ def train_models(
                      training=dict(desc, hparams=dataclasses.asdict(res.hparams),
                                    steps=res.steps, seconds=round(res.seconds, 1)),
                      real_inputs=real)
-        if k == "pse":  # the prune's hub penalty is measured against the training queries
-            from msdmatch.models.reference import write_hub_reference
+        # the hub corrections of the prune and the rerank are measured against the training queries
+        from msdmatch.models.reference import write_dhs_reference, write_hub_reference
 
-            write_hub_reference(mdir, list({p.query_id: p.midi for p in train}.values()))
+        (write_hub_reference if k == "pse" else write_dhs_reference)(
+            mdir, list({p.query_id: p.midi for p in train}.values()))
         if report:
             from msdmatch.models.report import training_report
 

@@ -3,9 +3,10 @@
 Writes, for each model, into the store:
 
 - ``pse/<model>``: (n, embedding_dim) float32, one row per item;
-- ``hub/<model>``: (n,) float32, an audio store's hub scores for a PSE model
+- ``hub/<model>``: (n,) float32, an audio store's hub scores for a model
   with a hub reference (:mod:`msdmatch.kernels.hub`; attributes ``k`` and
-  ``weight``), which the prune adds to its distances;
+  ``weight``): the prune adds a PSE model's to its distances, the rerank
+  subtracts a DHS model's from its ratios;
 - ``dhs/<model>/words``: flat uint32 hash words, one per downsampled step
   (bit k of a word is output unit k > 0), and ``dhs/<model>/offsets``
   (n + 1,) int64, with ``ceil(n_frames / downsample)`` words per item;
@@ -198,6 +199,13 @@ def embed_shard(shard: Shard, *, url: str, models: list[dict], storage_options: 
                 counts.append(len(words[-1]))
             arrays[f"{m['name']}__words"] = np.concatenate(words) if words else np.zeros(0, np.uint32)
             arrays[f"{m['name']}__counts"] = np.asarray(counts, np.int64)
+            if m.get("hub"):
+                from msdmatch.io.modelfile import load_word_reference
+                from msdmatch.kernels.hub import dhs_hub_scores
+
+                store.group[f"hub/{m['name']}"][shard.start : shard.stop] = dhs_hub_scores(
+                    arrays[f"{m['name']}__words"], np.concatenate([[0], np.cumsum(counts)]),
+                    load_word_reference(m["hub"]["reference"]), k=m["hub"]["k"])
     from msdmatch.kernels.screen import screen_frames
 
     frames = [screen_frames(x) for x in seqs]
@@ -295,7 +303,7 @@ def run(url: str, *, models: list[str] | None = None, client=None, scheduler: st
     infos = resolve_models(models, store.modality)
     specs = [{"name": i.name, "kind": i.kind, "downsample": i.downsample, "digest": model_digest(i),
               "onnx": str(check_compatible(i, store_params=store.params, store_modality=store.modality)),
-              # the prune's hub penalty is a property of the previews, so only an audio store gets it
+              # a hub correction is a property of the previews, so only an audio store gets it
               "hub": (dict(i.hub, reference=str(i.hub["reference"]))
                       if i.hub is not None and store.modality == "audio" else None)}
              for i in infos]
@@ -334,10 +342,10 @@ def _run(url, store, specs, *, client, partition_size, storage_options, progress
         for s in specs:
             if s["kind"] == "pse":
                 create_item_rows(g, f"pse/{s['name']}", n=store.n, width=128, chunk=partition_size)
-                if s["hub"]:
-                    create_item_rows(g, f"hub/{s['name']}", n=store.n, width=None, chunk=partition_size)
-                elif f"hub/{s['name']}" in g:  # left by another version of the model
-                    delete_path(url, f"hub/{s['name']}", storage_options=storage_options)
+            if s["hub"]:
+                create_item_rows(g, f"hub/{s['name']}", n=store.n, width=None, chunk=partition_size)
+            elif f"hub/{s['name']}" in g:  # left by another version of the model
+                delete_path(url, f"hub/{s['name']}", storage_options=storage_options)
         state = {"key": key, "complete": False, "base": 0}
     elif state.get("complete") and int(state.get("n", store.n)) < store.n:
         # items were appended to the store: embed only those

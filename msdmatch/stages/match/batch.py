@@ -115,7 +115,7 @@ def assemble(ranked: dict, verified: list[dict], *, ids: list[str], db_ids, R: i
         span_of.update(v["spans"])
         failed.update({q: r for q, r in v["failed"].items() if q not in failed})
     pidx, pdist, order = ranked["pidx"], ranked["pdist"], ranked["order"]
-    dhs_score, dhs_mean, sscore = ranked["dhs_score"], ranked["dhs_mean"], ranked["sscore"]
+    dhs_score, dhs_mean, dhs_hub, sscore = ranked["dhs_score"], ranked["dhs_mean"], ranked["dhs_hub"], ranked["sscore"]
     cols: dict[str, list] = {c: [] for c in MATCH_COLUMNS + OPTIONAL_COLUMNS + DECISION_COLUMNS}
     unverified = np.full(len(VERIFY_COLUMNS), np.nan)
     for q in range(len(pidx)):
@@ -131,7 +131,7 @@ def assemble(ranked: dict, verified: list[dict], *, ids: list[str], db_ids, R: i
 
             conf = predict_proba(fusion_model, features_for(
                 {"dhs_score": dhs_score[q, o[:V]], "pse_distance": pse_d[o[:V]],
-                 "dhs_matrix_mean": dhs_mean[q, o[:V]], **dict(zip(VERIFY_COLUMNS, vs.T, strict=True))}))
+                 "dhs_matrix_mean": dhs_mean[q, o[:V]], "dhs_hub": dhs_hub[q, o[:V]], **dict(zip(VERIFY_COLUMNS, vs.T, strict=True))}))
         else:
             conf = dtw_confidence(vs[:, 0])
         vorder = np.lexsort((vs[:, 0], -conf))
@@ -149,6 +149,7 @@ def assemble(ranked: dict, verified: list[dict], *, ids: list[str], db_ids, R: i
             cols["dhs_score"].append(float(dhs_score[q, j]))
             cols["pse_distance"].append(float(pse_d[j]))
             cols["dhs_matrix_mean"].append(float(dhs_mean[q, j]))
+            cols["dhs_hub"].append(float(dhs_hub[q, j]))
             for name, x in zip(VERIFY_COLUMNS, v, strict=True):
                 cols[name].append(float(x))
             cols["screen_score"].append(float(sc))
@@ -169,6 +170,6 @@ def assemble(ranked: dict, verified: list[dict], *, ids: list[str], db_ids, R: i
 
 _DTYPES = {"query_id": str, "track_id": str, "stage": str, "rank": np.int64, "matched": bool,
            **{c: np.float64 for c in ("confidence", "verify_score", "dhs_score", "pse_distance",
-                                     "dhs_matrix_mean", "verify_std_score", "verify_dhs_score",
+                                     "dhs_matrix_mean", "dhs_hub", "verify_std_score", "verify_dhs_score",
                                      "verify_high_score", "screen_score", "thesis_confidence",
                                      "query_start", "query_end")}}

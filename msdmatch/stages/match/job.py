@@ -10,7 +10,10 @@ Conventions
 - The rerank orders candidates by the DHS score over the mean of the
   Hamming distance matrix (:func:`msdmatch.kernels.dtw.hamming_matrix_mean`), the
   same normalisation the verify score applies to its cost matrix: it stops
-  candidates whose bits resemble everything from crowding out the match.
+  candidates whose bits resemble everything from crowding out the match.  The
+  DHS model's hub term (:mod:`msdmatch.kernels.hub`) is subtracted from that
+  ratio, for the same reason: a preview that aligns cheaply with many MIDI
+  files loses its lead.
 - The screen (:mod:`msdmatch.kernels.screen`) runs a coarse cosine DTW on the top R
   candidates' screen frames, held by the shards beside the hash words, and
   picks the V that verify sees by the sum of its z-score and the DHS ratio's.
@@ -25,7 +28,7 @@ Conventions
   client holds only the futures of the batches in flight.
 - Output: one row per (query, candidate) with ``query_id, rank, track_id,
   confidence, verify_score, dhs_score, pse_distance, dhs_matrix_mean,
-  verify_std_score, verify_dhs_score, verify_high_score, screen_score, stage``;
+  dhs_hub, verify_std_score, verify_dhs_score, verify_high_score, screen_score, stage``;
   ``stage`` is ``verify`` for the top V (ranked by the fused confidence),
   ``rerank`` for ranks V+1..R (by the screen's combined score) and ``prune``
   beyond (by PSE distance, only with ``keep='all'``).  Unverified rows have

@@ -2,7 +2,8 @@
 
 The kernel is :func:`msdmatch.kernels.dtw.hamming_dtw_many`.  Candidates are
 ordered by the DHS score over the mean of the Hamming distance matrix
-(:func:`msdmatch.kernels.fusion.dhs_ratio`), then by PSE distance.
+(:func:`msdmatch.kernels.fusion.dhs_ratio`) less the preview's hub term
+(:func:`msdmatch.kernels.hub.corrected_ratio`), then by PSE distance.
 """
 from __future__ import annotations
 
@@ -58,16 +59,18 @@ def shard_rerank_batch(data: dict, qb: dict, pruned: dict) -> dict:
     Returns
     -------
     result : dict
-        ``scores``: per query, ``(dhs_score, dhs_matrix_mean, hub_penalty)`` of
-        the candidates ``pruned['i'][q][in this shard]`` (None for a failed
-        query); ``failed``; ``cpu``.
+        ``scores``: per query, ``(dhs_score, dhs_matrix_mean, hub_penalty,
+        dhs_hub)`` of the candidates ``pruned['i'][q][in this shard]`` (None
+        for a failed query): the prune's hub penalty and the rerank's hub term;
+        ``failed``; ``cpu``.
     """
     t = time.thread_time()
     pidx = pruned["i"]
     items = [(data, qb["words"][q], pidx[q][in_shard(data, pidx[q])]) for q in range(len(pidx))]
     scores, failed = per_query(_rerank_one, items, qb["failed"])
     # each candidate's hub penalty: the square of its last prune coordinate (msdmatch.kernels.hub)
-    scores = [None if s is None else (*s, np.square(data["E"][c - data["shard"].start, -1].astype(np.float64)))
+    s0 = data["shard"].start
+    scores = [None if s is None else (*s, np.square(data["E"][c - s0, -1].astype(np.float64)), data["dhs_hub"][c - s0])
               for s, (_, _, c) in zip(scores, items)]
     return {"scores": scores, "failed": failed, "cpu": time.thread_time() - t}
 
@@ -90,12 +93,13 @@ def rerank_order(pruned: dict, parts: list[dict], *, shards, failed: dict) -> di
     -------
     ranked : dict
         ``pidx``, ``pdist`` [shape=(n, K)] (the PSE distance, without the
-        prune's hub penalty); ``dhs_score``, ``dhs_mean``,
-        ``ratio`` [shape=(n, K), float64]; ``order`` [shape=(n, K), int64]:
-        columns of ``pidx`` by (DHS ratio, PSE distance); ``failed``; ``cpu``
-        (prune and rerank).
+        prune's hub penalty); ``dhs_score``, ``dhs_mean``, ``ratio``,
+        ``dhs_hub`` (the hub term) and ``key`` (the ratio less its hub term)
+        [shape=(n, K), float64]; ``order`` [shape=(n, K), int64]: columns of
+        ``pidx`` by (``key``, PSE distance); ``failed``; ``cpu`` (prune and rerank).
     """
     from msdmatch.kernels.fusion import dhs_ratio
+    from msdmatch.kernels.hub import corrected_ratio
 
     t = time.thread_time()
     pdist, pidx = pruned["d"].astype(np.float64), pruned["i"]
@@ -104,16 +108,18 @@ def rerank_order(pruned: dict, parts: list[dict], *, shards, failed: dict) -> di
     owner = owners(shards, pidx)
     dhs_score = np.full(pidx.shape, np.inf)
     dhs_mean = np.full(pidx.shape, np.nan)
+    hub = np.zeros(pidx.shape)
     for sid, part in enumerate(parts):
         failed.update({q: f"rerank: {r}" for q, r in part["failed"].items() if q not in failed})
         for q, sm in enumerate(part["scores"]):
             if sm is not None:
-                dhs_score[q, owner[q] == sid] = sm[0]
-                dhs_mean[q, owner[q] == sid] = sm[1]
-                pdist[q, owner[q] == sid] -= sm[2]
+                mine = owner[q] == sid
+                dhs_score[q, mine], dhs_mean[q, mine], hub[q, mine] = sm[0], sm[1], sm[3]
+                pdist[q, mine] -= sm[2]
     ratio = dhs_ratio(dhs_score, dhs_mean)
-    order = (np.stack([np.lexsort((pdist[q], ratio[q])) for q in range(n)]) if n else np.zeros((0, K), np.int64))
+    key = corrected_ratio(ratio, hub)
+    order = (np.stack([np.lexsort((pdist[q], key[q])) for q in range(n)]) if n else np.zeros((0, K), np.int64))
     cpu = {"prune": pruned["cpu"], "rerank": sum(p["cpu"] for p in parts) + time.thread_time() - t}
     return {"pidx": pidx, "pdist": pdist, "dhs_score": dhs_score, "dhs_mean": dhs_mean, "ratio": ratio,
-            "order": order, "failed": failed, "cpu": cpu}
+            "dhs_hub": hub, "key": key, "order": order, "failed": failed, "cpu": cpu}
 

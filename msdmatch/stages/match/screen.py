@@ -76,7 +76,7 @@ def screen_select(ranked: dict, parts: list[dict], *, shards, R: int) -> dict:
     from msdmatch.kernels.screen import screen_order
 
     t = time.thread_time()
-    order, ratio, pdist = ranked["order"].copy(), ranked["ratio"], ranked["pdist"]
+    order, ratio, pdist = ranked["order"].copy(), ranked["key"], ranked["pdist"]
     top = top_rows(ranked, R=R)
     n = len(top)
     towner = owners(shards, top)

@@ -5,7 +5,9 @@ Conventions
 - A loaded shard (:func:`load_shard`) is a dict of its rows' PSE
   embeddings ``E`` (n, 129) float32 with their hub coordinate
   (:func:`msdmatch.io.store.prune_vectors`), packed DHS words with local
-  ``offsets``, bit frequencies and int8 screen frames; failed items get
+  ``offsets``, bit frequencies, the DHS hub terms ``dhs_hub`` (n,) (weight
+  times ``hub/<dhs>``, 0 without one; :mod:`msdmatch.kernels.hub`) and int8
+  screen frames; failed items get
   embeddings far from everything (1e6) and ``ok`` False.
 - Candidate indices are global database rows (int64).  A shard works only
   on the candidates inside ``start:stop``.
@@ -35,8 +37,11 @@ def load_shard(shard: DbShard, *, url: str, pse: str, dhs: str, storage_options:
     ok = np.all(np.isfinite(E), axis=1) & (np.diff(off) > 0)
     E[~ok] = 1e6  # failed items: far from everything
     soff = np.asarray(g["screen/offsets"][shard.start : shard.stop + 1], dtype=np.int64)
+    hub = f"hub/{dhs}"
+    term = (float(g[hub].attrs["weight"]) * np.asarray(g[hub][shard.start : shard.stop], np.float64)
+            if hub in g else np.zeros(shard.stop - shard.start))
     return {"shard": shard, "E": E, "norms": np.einsum("ij,ij->i", E, E), "words": words,
-            "offsets": off - off[0], "ok": ok, "bits": bit_frequencies(words, off - off[0]),
+            "offsets": off - off[0], "ok": ok, "bits": bit_frequencies(words, off - off[0]), "dhs_hub": term,
             "screen": np.asarray(g["screen/frames"][soff[0] : soff[-1]], dtype=np.int8),
             "screen_offsets": soff - soff[0]}
 
