@@ -1,25 +1,24 @@
-"""A hub correction for the DHS rerank's order, measured with every preview reranked (a lead, not in the product).
+"""The DHS rerank's hub correction, measured with every preview reranked.
 
 The rerank orders a query's candidates by the DHS ratio (Hamming-DTW score over
-the mean of the Hamming matrix, :func:`msdmatch.kernels.fusion.dhs_ratio`).  As
-for the PSE prune (:mod:`msdmatch.kernels.hub`), a preview whose ratio is low
-against many MIDI files climbs every query's order.  This script scores every
-query of a dev corpus against every preview with the product's rerank
-(:func:`msdmatch.stages.match.rerank.shard_rerank`), scores ``--n-reference``
-training queries the same way, and ranks by ``ratio - g * L(p)``, where
-``L(p)`` is the mean of the preview's ``--k`` lowest ratios against the
-reference queries.  Prints the share of queries whose true preview ranks
-within 1, 3, 10 and 1% of the database for each ``g``.
+the mean of the Hamming matrix, :func:`msdmatch.kernels.fusion.dhs_ratio`)
+less the preview's hub term, ``weight * L(p)``, where ``L(p)`` is the mean of
+the preview's ``k`` lowest ratios against the DHS model's reference queries
+(:mod:`msdmatch.kernels.hub`; ``embed`` writes ``hub/<model>``).  This script
+scores every query of a dev corpus against every preview with the product's
+rerank (:func:`msdmatch.stages.match.rerank.shard_rerank`) and prints the share
+of queries whose true preview ranks within 1, 3, 10 and 1% of the database by
+the ratio alone and by the corrected ratio, at the model's weight and at
+``--g`` multiples of it.
 
     python benchmarks/dhs_hub.py --corpus DEV --db DEV/db.zarr --queries DEV/q-synth.zarr \\
-        --distractors DIS/db.zarr=DIS --reference W/train/q-synth.zarr --reference-split W/train/split.csv
+        --distractors DIS/db.zarr=DIS
 
 Every store must be embedded by the shipped models (``msdmatch embed``).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from pathlib import Path
 
@@ -53,54 +52,50 @@ def ratios(parts: list[tuple[dict, np.ndarray]], qwords: list[np.ndarray]) -> np
 def main() -> None:
     from msdmatch.io.modelfile import load_model
     from msdmatch.io.store import Store
-    from msdmatch.stages.embed import embed_sequences, pack_bits
+    from msdmatch.kernels.hub import corrected_ratio
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", required=True, type=Path)
     ap.add_argument("--db", required=True)
     ap.add_argument("--queries", required=True)
     ap.add_argument("--distractors", action="append", default=[], metavar="STORE=CORPUS")
-    ap.add_argument("--reference", required=True, help="a training MIDI store of the same modality")
-    ap.add_argument("--reference-split", required=True, help="its split.csv: train-split queries are used")
-    ap.add_argument("--n-reference", type=int, default=150)
-    ap.add_argument("--k", type=int, default=5)
-    ap.add_argument("--g", type=float, nargs="+", default=[0.0, 1.0, 1.5])
+    ap.add_argument("--g", type=float, nargs="+", default=[0.0, 1.0],
+                    help="multiples of the model's weight (0: the ratio alone)")
     a = ap.parse_args()
     Q = Store(a.queries)
     model = f"dhs-{Q.modality}"
-    dhs = load_model(model)
+    info = load_model(model)
+    if info.hub is None:
+        raise SystemExit(f"{model} has no hub reference")
     truth = truth_for(a.corpus, {"valid", "test"}, generated=True)
     own = works(a.corpus)
     query_works = {own[t] for ts in truth.values() for t in ts if own.get(t)}
     D = Store(a.db)
     parts = [(dhs_arrays(D, model), np.arange(D.n))]
+    hubs = [np.asarray(D.group[f"hub/{model}"][:], np.float64)]
     db_ids = list(D.ids)
     for spec in a.distractors:
         url, corpus = spec.split("=", 1)
         X = Store(url)
         keep = np.array(distractors(list(X.ids), Path(corpus), query_works, set(db_ids)), dtype=np.int64)
         parts.append((dhs_arrays(X, model), keep))
+        hubs.append(np.asarray(X.group[f"hub/{model}"][:], np.float64)[keep])
         db_ids += [X.ids[i] for i in keep]
     col = {t: j for j, t in enumerate(db_ids)}
     qo = np.asarray(Q.group[f"dhs/{model}/offsets"][:], np.int64)
     qw = np.asarray(Q.group[f"dhs/{model}/words"][:], np.uint32)
     rows = [i for i, q in enumerate(Q.ids) if q in truth and any(t in col for t in truth[q])]
     R_q = ratios(parts, [qw[qo[i] : qo[i + 1]] for i in rows])
-    with open(a.reference_split, encoding="utf-8") as fh:
-        train = {r["query_id"] for r in csv.DictReader(fh) if r["split"] == "train"}
-    T = Store(a.reference)
-    ref = [i for i, q in enumerate(T.ids) if q in train][: a.n_reference]
-    ref_words = [pack_bits(h) for h in embed_sequences([T.sequence(i) for i in ref], str(dhs.midi_onnx),
-                                                         downsample=dhs.downsample)]
-    R_ref = np.nan_to_num(ratios(parts, ref_words), nan=np.inf)
-    L = np.sort(R_ref, axis=0)[: a.k].mean(axis=0)
+    L = np.concatenate(hubs)
     true = [[col[t] for t in truth[Q.ids[i]] if t in col] for i in rows]
     one_pct = max(1, math.ceil(0.01 * len(db_ids)))
-    print(f"{len(rows)} queries, {len(db_ids)} previews, {len(ref)} reference queries, k = {a.k}")
+    w = float(info.hub["weight"])
+    print(f"{len(rows)} queries, {len(db_ids)} previews, {model}: k = {info.hub['k']}, weight = {w}, "
+          f"{info.hub['n_reference']} reference queries")
     for g in a.g:
-        S = R_q - g * L[None]
+        S = corrected_ratio(R_q, g * w * L[None])
         rank = np.array([int((S[n] < S[n, t].min()).sum()) for n, t in enumerate(true)])
-        print(f"g = {g:<4} @1 {np.mean(rank < 1):.3f}  @3 {np.mean(rank < 3):.3f}  @10 {np.mean(rank < 10):.3f}  "
+        print(f"weight {g * w:<5} @1 {np.mean(rank < 1):.3f}  @3 {np.mean(rank < 3):.3f}  @10 {np.mean(rank < 10):.3f}  "
               f"@1% ({one_pct}) {np.mean(rank < one_pct):.3f}")
 
 

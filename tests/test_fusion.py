@@ -121,6 +121,22 @@ def test_features_are_per_query():
     np.testing.assert_allclose(X[:, 14:], [[0.6, 0.4, 0.4], [0.2, 0.0, -0.4], [0.6, 0.4, 0.4], [0.4, 0, 0]])
 
 
+def test_dhs_key_features_subtract_the_hub_term():
+    """The rerank's key (ratio less the hub term), its gap to the best; no hub column: the plain ratio."""
+    cands = {"query_id": np.array(["a", "a", "a", "b"]),
+             "verify_score": np.array([0.5, 0.3, 0.4, 0.9]),
+             "dhs_score": np.array([10.0, 12.0, 11.0, 5.0]),
+             "pse_distance": np.ones(4), "dhs_matrix_mean": np.full(4, 5.0),
+             "verify_std_score": np.zeros(4), "verify_dhs_score": np.zeros(4), "verify_high_score": np.zeros(4),
+             "dhs_hub": np.array([0.5, 1.5, np.nan, 0.25])}
+    names = ("dhs_key", "dhs_key_gap_to_best")
+    X = features_for(cands, names=names)
+    np.testing.assert_allclose(X[:, 0], [1.5, 0.9, 2.2, 0.75])  # ratios 2.0, 2.4, 2.2, 1.0; NaN hub: none
+    np.testing.assert_allclose(X[:, 1], [0.6, 0.0, 1.3, 0.0])
+    del cands["dhs_hub"]
+    np.testing.assert_allclose(features_for(cands, names=names)[:, 0], [2.0, 2.4, 2.2, 1.0])
+
+
 def test_robust_z_and_named_features():
     cands = {"query_id": np.array(["a"] * 5 + ["b"]),
              "verify_score": np.array([0.2, 0.8, 0.9, 1.0, 0.7, 0.5]),

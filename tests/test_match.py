@@ -127,6 +127,15 @@ def test_match_refuses_a_store_embedded_before_the_screen(embedded, copy_store, 
         match.run(embedded["midi-synth"], old, client=cluster_client, progress=False)
 
 
+def test_match_refuses_a_db_without_its_hub_scores(embedded, copy_store, cluster_client):
+    import shutil
+
+    old = copy_store(embedded["audio"])
+    shutil.rmtree(f"{old}/hub/dhs-midi-synth")
+    with pytest.raises(ParameterError, match=r"no complete 'hub/dhs-midi-synth' .* run `msdmatch embed"):
+        match.run(embedded["midi-synth"], old, client=cluster_client, progress=False)
+
+
 def test_match_refuses_stores_embedded_by_another_version_of_the_models(embedded, copy_store, cluster_client,
                                                                        tmp_path):
     import shutil

@@ -27,6 +27,9 @@ Conventions
   8-10   ``verify_std_score``, its gap to the best and its margin, as 0, 3, 6
   11-13  ``verify_dhs_score``, its gap to the best and its margin
   14-16  ``verify_high_score``, its gap to the best and its margin
+  17-19  ``dhs_key``: ``dhs_ratio`` less the preview's hub term (the
+         ``dhs_hub`` column, :func:`msdmatch.kernels.hub.corrected_ratio`),
+         as is; its gap to the best and its robust z (below)
   =====  ==========================================================
 
   Raw verify scores live in [0, ~1.5] and are used as is; DHS ratios and PSE
@@ -83,7 +86,8 @@ __all__ = [
 #:    ``false_accept_rate`` and ``true_accept_rate``.
 #: 6: records the features' fitted range (``lower``, ``upper``; features are clipped to it)
 #:    and an optional ``verify_veto``.
-FORMAT_VERSION = 6
+#: 7: adds the rerank's hub-corrected DHS ratio (``dhs_key``, its gap to the best, its robust z).
+FORMAT_VERSION = 7
 #: Version 4 files with this version's features still load, with the default threshold
 #: (they were fitted on closed-set queries: their confidence is too high when no match exists).
 _OLDEST_READABLE = 4
@@ -132,7 +136,7 @@ ALL_FEATURES = _BASE_FEATURES + (
 
 #: The features of this version's fusion model (chosen by cross-validation on open-set
 #: validation runs; see docs/experiments.md).
-FEATURE_NAMES = _BASE_FEATURES
+FEATURE_NAMES = _BASE_FEATURES + ("dhs_key", "dhs_key_gap_to_best", "dhs_key_robust_z")
 
 
 _EPS = 1e-6

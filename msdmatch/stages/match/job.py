@@ -99,6 +99,10 @@ def match_models(Q, D, models: str | None) -> tuple[dict, str]:
                     f"(digest {got}; {where} have {want}): re-run `msdmatch embed {S.url}` with the models "
                     "you match with, or pass the models it was embedded with as --models"
                 )
+        hub = f"hub/{info.name}"
+        if info.hub is not None and (hub not in D.group or not D.group[hub].attrs.get("complete")):
+            raise ParameterError(f"DB store {D.url!r} has no complete {hub!r} for {info.name}'s hub correction; "
+                                 f"run `msdmatch embed {D.url}` first")
         out.append(f"{info.name}:{want}")
     return found, "|".join(out)
 
