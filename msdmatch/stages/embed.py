@@ -153,7 +153,8 @@ def embed_shard(shard: Shard, *, url: str, models: list[dict], storage_options: 
     Parameters
     ----------
     models : list of dict
-        ``{'name', 'kind', 'onnx', 'downsample'}`` per model.
+        ``{'name', 'kind', 'onnx', 'downsample', 'hub'}`` per model (``hub``: the
+        model's hub correction with its reference path, for an audio store; else None).
     lease : str, optional
         The writer's store-lease token; see :func:`msdmatch.io.store.write_part`.
     """
