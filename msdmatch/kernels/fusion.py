@@ -88,8 +88,8 @@ __all__ = [
 #:    and an optional ``verify_veto``.
 #: 7: adds the rerank's hub-corrected DHS ratio (``dhs_key``, its gap to the best, its robust z).
 FORMAT_VERSION = 7
-#: Version 4 files with this version's features still load, with the default threshold
-#: (they were fitted on closed-set queries: their confidence is too high when no match exists).
+#: Files of older versions load when they carry this version's features (a format-5 file
+#: without the fitted range or veto does not clip); files without them are refused with how to refit.
 _OLDEST_READABLE = 4
 #: Threshold on a query's top-1 confidence when a model records none.
 DEFAULT_THRESHOLD = 0.5

@@ -16,7 +16,7 @@ Conventions
   files loses its lead.
 - The screen (:mod:`msdmatch.kernels.screen`) runs a coarse cosine DTW on the top R
   candidates' screen frames, held by the shards beside the hash words, and
-  picks the V that verify sees by the sum of its z-score and the DHS ratio's.
+  picks the V that verify sees by the sum of its z-score and the rerank key's.
 - Verify (:mod:`msdmatch.stages.match.verify`) runs four cosine DTWs on the top V;
   the fusion uses all four.
 - The job (:func:`run`) plans query batches (:mod:`msdmatch.stages.match.plan`);
